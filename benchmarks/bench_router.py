@@ -1,0 +1,253 @@
+"""Benchmark the router's Score RPC against the seed design's embedder, side by side.
+
+Starts the router as its own process (the embedded default config, a free port), then in
+alternating rounds measures:
+  - Score over gRPC at concurrency 1 (latency) and 32 (throughput, latency), cache bypassed;
+  - Score over gRPC answered by the routing cache, at concurrency 32;
+  - the baseline: sentence-transformers (PyTorch, fp32, the same weights) encoding one prompt
+    per call in this process, plus the same anchor scoring, at concurrency 1.
+Prints a table and writes benchmarks/results/router.json. Medians over the rounds are reported.
+
+    make bench-router            # or: .venv/bin/python benchmarks/bench_router.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tierroute.config import load_config
+from tierroute.router.scoring import build_scorer
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results" / "router.json"
+
+
+def prompt_set() -> list[str]:
+    doc = yaml.safe_load((ROOT / "tests" / "data" / "prompts.yaml").read_text())
+    return doc["simple"] + doc["complex"]
+
+
+def start_router(config: Path) -> tuple[subprocess.Popen[bytes], str]:
+    port_file = Path(tempfile.mkdtemp()) / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tierroute.router",
+            "--config",
+            str(config),
+            "--listen",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            address = f"127.0.0.1:{port_file.read_text().strip()}"
+            with grpc.insecure_channel(address) as ch:
+                try:
+                    status = (
+                        health_pb2_grpc.HealthStub(ch)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        .status
+                    )
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return proc, address
+                except grpc.RpcError:
+                    pass
+        time.sleep(0.1)
+    proc.kill()
+    raise SystemExit("router did not become SERVING within 120 s")
+
+
+async def grpc_load(
+    address: str, prompts: list[str], concurrency: int, total: int, bypass_cache: bool
+) -> dict[str, float]:
+    latencies: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RouterServiceStub(channel)
+        for p in prompts[:concurrency]:  # warm the connection (and, if wanted, the cache)
+            await stub.Score(pb.ScoreRequest(prompt=p))
+        counter = iter(range(total))
+
+        async def worker() -> None:
+            for i in counter:
+                request = pb.ScoreRequest(
+                    prompt=prompts[i % len(prompts)], bypass_cache=bypass_cache
+                )
+                t0 = time.perf_counter()
+                await stub.Score(request, timeout=30)
+                latencies.append((time.perf_counter() - t0) * 1000)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return summarize(latencies, elapsed)
+
+
+def sync_load(address: str, prompts: list[str], total: int) -> dict[str, float]:
+    """Concurrency 1 from a blocking client: the least client-side overhead Python offers."""
+    latencies: list[float] = []
+    with grpc.insecure_channel(address) as channel:
+        stub = pb_grpc.RouterServiceStub(channel)
+        stub.Score(pb.ScoreRequest(prompt=prompts[0]))
+        started = time.perf_counter()
+        for i in range(total):
+            request = pb.ScoreRequest(prompt=prompts[i % len(prompts)], bypass_cache=True)
+            t0 = time.perf_counter()
+            stub.Score(request, timeout=30)
+            latencies.append((time.perf_counter() - t0) * 1000)
+        elapsed = time.perf_counter() - started
+    return summarize(latencies, elapsed)
+
+
+def summarize(latencies_ms: list[float], elapsed_s: float) -> dict[str, float]:
+    arr = np.array(latencies_ms)
+    return {
+        "requests": len(arr),
+        "p50_ms": float(np.percentile(arr, 50)),
+        "p99_ms": float(np.percentile(arr, 99)),
+        "throughput_rps": len(arr) / elapsed_s,
+    }
+
+
+def baseline(prompts: list[str], total: int, model: Any, scorer: Any) -> dict[str, float]:
+    latencies = []
+    started = time.perf_counter()
+    for i in range(total):
+        t0 = time.perf_counter()
+        vector = model.encode([prompts[i % len(prompts)]], normalize_embeddings=True)
+        scorer.score(np.asarray(vector, dtype=np.float32))
+        latencies.append((time.perf_counter() - t0) * 1000)
+    return summarize(latencies, time.perf_counter() - started)
+
+
+def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=400, help="per measurement and round")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    cfg = load_config(args.config)
+    prompts = prompt_set()
+    from sentence_transformers import SentenceTransformer
+    from tokenizers import Tokenizer
+
+    from tierroute.modelbuild import embedder_source
+
+    tokenizer = Tokenizer.from_file(str(cfg.router.model / "tokenizer.json"))
+    lengths = [len(tokenizer.encode(p).ids) for p in prompts]
+    st_model = SentenceTransformer(str(embedder_source()), device="cpu")
+
+    def st_embed(texts: list[str]) -> np.ndarray:
+        return np.asarray(st_model.encode(texts, normalize_embeddings=True), dtype=np.float32)
+
+    st_scorer = build_scorer(cfg.router, st_embed, "sentence-transformers-fp32")
+    st_model.encode(prompts[:8])  # warm-up
+
+    proc, address = start_router(args.config)
+    rows: dict[str, list[dict[str, float]]] = {
+        "score_c1": [],
+        "score_c32": [],
+        "cached_c32": [],
+        "baseline_c1": [],
+    }
+    try:
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+            rows["baseline_c1"].append(baseline(prompts, args.requests // 2, st_model, st_scorer))
+            rows["score_c1"].append(sync_load(address, prompts, args.requests))
+            rows["score_c32"].append(
+                asyncio.run(grpc_load(address, prompts, 32, args.requests * 2, True))
+            )
+            rows["cached_c32"].append(
+                asyncio.run(grpc_load(address, prompts, 32, args.requests * 2, False))
+            )
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+    result = {name: median_of(r) for name, r in rows.items()}
+    speedup = result["baseline_c1"]["p50_ms"] / result["score_c1"]["p50_ms"]
+    goals = {
+        "score_c1_p50_ms<=3": result["score_c1"]["p50_ms"] <= 3,
+        "score_c1_p99_ms<=8": result["score_c1"]["p99_ms"] <= 8,
+        "score_c32_rps>=600": result["score_c32"]["throughput_rps"] >= 600,
+        "score_c32_p99_ms<=25": result["score_c32"]["p99_ms"] <= 25,
+        "speedup_vs_baseline>=4": speedup >= 4,
+    }
+    machine = {
+        "cpus": os.cpu_count(),
+        "cpu": platform.processor() or platform.machine(),
+        "python": platform.python_version(),
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "torch": __import__("torch").__version__,
+    }
+    doc = {
+        "benchmark": "router Score over gRPC vs sentence-transformers fp32, one prompt per call",
+        "command": "make bench-router",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine,
+        "prompts": {
+            "count": len(prompts),
+            "tokens_median": statistics.median(lengths),
+            "tokens_max": max(lengths),
+        },
+        "rounds": args.rounds,
+        "results": result,
+        "speedup_p50_vs_baseline": speedup,
+        "goals_met": goals,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+
+    print(
+        f"\nrouter Score, {len(prompts)} prompts ({doc['prompts']['tokens_median']:.0f} tokens "
+        f"median, {max(lengths)} max), median of {args.rounds} rounds, {os.cpu_count()} cores"
+    )
+    print(f"{'measurement':<42}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
+    labels = {
+        "score_c1": "Score (gRPC, int8 ONNX), concurrency 1",
+        "score_c32": "Score (gRPC, int8 ONNX), concurrency 32",
+        "cached_c32": "Score, routing-cache hits, concurrency 32",
+        "baseline_c1": "baseline: sentence-transformers fp32, c=1",
+    }
+    for key, label in labels.items():
+        m = result[key]
+        print(f"{label:<42}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['throughput_rps']:>9.0f}")
+    print(f"\nper-request speed-up over the baseline (p50): {speedup:.1f}x")
+    for goal, met in goals.items():
+        print(f"  {'met ' if met else 'MISS'} {goal}")
+    print(f"\nwrote {args.out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

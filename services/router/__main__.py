@@ -1,0 +1,8 @@
+"""`python -m tierroute.router`: run the router service."""
+
+import sys
+
+from tierroute.router.server import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,232 @@
+"""The router service: Score (and, later, Route) over gRPC."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from tierroute.router.batching import MicroBatcher
+from tierroute.router.cache import TTLCache, cache_key
+from tierroute.router.decision import TierSelector
+from tierroute.router.embedder import Embedder
+from tierroute.router.scoring import Scorer, build_scorer
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+
+from tierroute.config import Config, ConfigError, load_config
+from tierroute.errors import InvalidArgument, Overloaded, Unavailable, stream_errors, unary_errors
+from tierroute.prompts import check_prompt, normalize, routing_text
+from tierroute.serving import ServiceHost, serve_until_signal, setup_logging
+
+logger = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+@dataclass(frozen=True)
+class CachedDecision:
+    score: float
+    tier: str
+    max_score: float
+    confidence: float
+    category: str
+    reasons: list[pb.ReasonCode] = field(default_factory=list)
+
+
+class RouterCore:
+    """Embedder, scorer, routing cache and tier selection: everything a decision needs."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.selector = TierSelector(cfg)
+        self.cache: TTLCache[CachedDecision] = TTLCache(
+            cfg.router.cache_max_entries, cfg.router.cache_ttl_seconds
+        )
+        self.embedder: Embedder | None = None
+        self.scorer: Scorer | None = None
+        self.batcher: MicroBatcher | None = None
+        self._routing_version = cfg.routing_version()
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher is not None
+
+    async def load(self) -> None:
+        """Load the embedder and embed the scorer's reference prompts (off the event loop)."""
+        cfg = self.cfg.router
+
+        def _load() -> tuple[Embedder, Scorer]:
+            embedder = Embedder(
+                cfg.model, max_tokens=cfg.embed_max_tokens, intra_op_threads=cfg.intra_op_threads
+            )
+            scorer = build_scorer(cfg, embedder.embed, embedder.version)
+            embedder.embed(["warm-up run, so the first request does not pay for it"])
+            return embedder, scorer
+
+        embedder, scorer = await asyncio.to_thread(_load)
+        batcher = MicroBatcher(
+            embedder.embed_with_truncation, cfg.batch_max_size, cfg.batch_max_wait_ms
+        )
+        batcher.start()
+        self.embedder, self.scorer, self.batcher = embedder, scorer, batcher
+        logger.info("scorer %s ready (embedder %s)", scorer.version, embedder.version)
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+
+    async def decide(self, text: str, bypass_cache: bool = False) -> pb.RoutingDecision:
+        if self.batcher is None or self.scorer is None or self.embedder is None:
+            raise Unavailable(
+                "the router is still loading its embedder; retry when health reports SERVING"
+            )
+        started = time.perf_counter()
+        normalized = normalize(text)
+        key = cache_key(
+            normalized, self.embedder.version, self.scorer.version, self._routing_version
+        )
+        cached = None if bypass_cache else self.cache.get(key)
+        if cached is None:
+            vector, truncated = await self.batcher.embed(normalized)
+            (score,) = self.scorer.score(vector[None, :])
+            choice = self.selector.choose(score.value)
+            reasons = list(choice.reasons)
+            if truncated:
+                reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
+            cached = CachedDecision(
+                score.value,
+                choice.tier,
+                choice.max_score,
+                choice.confidence,
+                score.category,
+                reasons,
+            )
+            self.cache.put(key, cached)
+            hit = False
+        else:
+            hit = True
+        return pb.RoutingDecision(
+            complexity_score=round(cached.score, 4),
+            tier=cached.tier,
+            confidence=round(cached.confidence, 4),
+            category=cached.category,
+            reason_codes=[*cached.reasons, pb.REASON_CODE_CACHE_HIT] if hit else cached.reasons,
+            router_latency_ms=(time.perf_counter() - started) * 1000.0,
+            cache_hit=hit,
+            embedder_version=self.embedder.version,
+            scorer_version=self.scorer.version,
+            tier_max_score=cached.max_score,
+        )
+
+
+class RouterServicer(pb_grpc.RouterServiceServicer):
+    def __init__(self, core: RouterCore) -> None:
+        self.core = core
+        self._in_flight = 0
+
+    @contextlib.contextmanager
+    def _admit(self) -> Iterator[None]:
+        limit = self.core.cfg.router.max_concurrent_requests
+        if self._in_flight >= limit:
+            raise Overloaded(
+                f"the router is at its limit of {limit} concurrent requests "
+                "(router.max_concurrent_requests); retry with backoff"
+            )
+        self._in_flight += 1
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+
+    @unary_errors
+    async def Score(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreResponse:
+        check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
+        with self._admit():
+            decision = await self.core.decide(
+                routing_text(request.prompt, request.messages), request.bypass_cache
+            )
+        return pb.ScoreResponse(decision=decision)
+
+    @stream_errors
+    async def Route(
+        self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RouteResponse]:
+        check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
+        raise InvalidArgument("Route is not implemented yet in this release; use Score")
+        yield pb.RouteResponse()  # pragma: no cover - makes this an async generator
+
+
+class RouterServer:
+    """A router on its own gRPC server; tests drive start/load/stop step by step."""
+
+    def __init__(self, cfg: Config) -> None:
+        check_router_config(cfg)
+        self.cfg = cfg
+        self.core = RouterCore(cfg)
+        self.host = ServiceHost(cfg.router.listen, [SERVICE_NAME])
+        pb_grpc.add_RouterServiceServicer_to_server(RouterServicer(self.core), self.host.server)
+
+    async def start(self) -> int:
+        return await self.host.start()
+
+    async def load(self) -> None:
+        await self.core.load()
+        await self.host.set_serving()
+
+    async def stop(self, grace: float | None = None) -> None:
+        await self.host.stop(self.cfg.router.shutdown_grace_seconds if grace is None else grace)
+        await self.core.close()
+
+    async def serve(self, port_file: Path | None = None) -> None:
+        await serve_until_signal(
+            self.host,
+            self.core.load,
+            self.core.close,
+            self.cfg.router.shutdown_grace_seconds,
+            port_file,
+        )
+
+
+def check_router_config(cfg: Config) -> None:
+    if not cfg.tiers:
+        raise ConfigError("invalid configuration: tiers: the router needs at least one tier")
+
+
+async def _serve(cfg: Config, port_file: Path | None) -> None:
+    # grpc.aio servers belong to the loop they are made in: build it inside asyncio.run.
+    await RouterServer(cfg).serve(port_file)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tierroute router service")
+    parser.add_argument("--config", type=Path, help="YAML config file")
+    parser.add_argument("--listen", help="host:port, overrides router.listen")
+    parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+        if args.listen:
+            cfg = cfg.model_copy(
+                update={"router": cfg.router.model_copy(update={"listen": args.listen})}
+            )
+        check_router_config(cfg)
+    except ConfigError as exc:
+        print(f"tierroute-router: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(cfg.monitoring.log_level)
+    asyncio.run(_serve(cfg, args.port_file))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

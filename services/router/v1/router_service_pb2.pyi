@@ -1,0 +1,183 @@
+from tierroute.tier.v1 import tier_service_pb2 as _tier_service_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ReasonCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_CODE_UNSPECIFIED: _ClassVar[ReasonCode]
+    REASON_CODE_SCORE_BELOW_THRESHOLD: _ClassVar[ReasonCode]
+    REASON_CODE_SCORE_ABOVE_THRESHOLD: _ClassVar[ReasonCode]
+    REASON_CODE_CACHE_HIT: _ClassVar[ReasonCode]
+    REASON_CODE_ROUTER_FALLBACK: _ClassVar[ReasonCode]
+    REASON_CODE_TIER_UNAVAILABLE: _ClassVar[ReasonCode]
+    REASON_CODE_CIRCUIT_OPEN: _ClassVar[ReasonCode]
+    REASON_CODE_PROMPT_TRUNCATED: _ClassVar[ReasonCode]
+    REASON_CODE_FORCED_TIER: _ClassVar[ReasonCode]
+
+class EscalationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ESCALATION_REASON_UNSPECIFIED: _ClassVar[EscalationReason]
+    ESCALATION_REASON_LOW_CONFIDENCE: _ClassVar[EscalationReason]
+    ESCALATION_REASON_PARSE_FAILURE: _ClassVar[EscalationReason]
+    ESCALATION_REASON_SCHEMA_VIOLATION: _ClassVar[EscalationReason]
+    ESCALATION_REASON_EMPTY_ANSWER: _ClassVar[EscalationReason]
+    ESCALATION_REASON_TIER_FAILURE: _ClassVar[EscalationReason]
+    ESCALATION_REASON_VALIDATOR_UNAVAILABLE: _ClassVar[EscalationReason]
+REASON_CODE_UNSPECIFIED: ReasonCode
+REASON_CODE_SCORE_BELOW_THRESHOLD: ReasonCode
+REASON_CODE_SCORE_ABOVE_THRESHOLD: ReasonCode
+REASON_CODE_CACHE_HIT: ReasonCode
+REASON_CODE_ROUTER_FALLBACK: ReasonCode
+REASON_CODE_TIER_UNAVAILABLE: ReasonCode
+REASON_CODE_CIRCUIT_OPEN: ReasonCode
+REASON_CODE_PROMPT_TRUNCATED: ReasonCode
+REASON_CODE_FORCED_TIER: ReasonCode
+ESCALATION_REASON_UNSPECIFIED: EscalationReason
+ESCALATION_REASON_LOW_CONFIDENCE: EscalationReason
+ESCALATION_REASON_PARSE_FAILURE: EscalationReason
+ESCALATION_REASON_SCHEMA_VIOLATION: EscalationReason
+ESCALATION_REASON_EMPTY_ANSWER: EscalationReason
+ESCALATION_REASON_TIER_FAILURE: EscalationReason
+ESCALATION_REASON_VALIDATOR_UNAVAILABLE: EscalationReason
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("request_id", "prompt", "messages", "bypass_cache")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[_tier_service_pb2.ChatMessage]
+    bypass_cache: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_tier_service_pb2.ChatMessage, _Mapping]]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+
+class RoutingDecision(_message.Message):
+    __slots__ = ("complexity_score", "tier", "confidence", "category", "reason_codes", "router_latency_ms", "cache_hit", "embedder_version", "scorer_version", "tier_max_score")
+    COMPLEXITY_SCORE_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CATEGORY_FIELD_NUMBER: _ClassVar[int]
+    REASON_CODES_FIELD_NUMBER: _ClassVar[int]
+    ROUTER_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_HIT_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SCORER_VERSION_FIELD_NUMBER: _ClassVar[int]
+    TIER_MAX_SCORE_FIELD_NUMBER: _ClassVar[int]
+    complexity_score: float
+    tier: str
+    confidence: float
+    category: str
+    reason_codes: _containers.RepeatedScalarFieldContainer[ReasonCode]
+    router_latency_ms: float
+    cache_hit: bool
+    embedder_version: str
+    scorer_version: str
+    tier_max_score: float
+    def __init__(self, complexity_score: _Optional[float] = ..., tier: _Optional[str] = ..., confidence: _Optional[float] = ..., category: _Optional[str] = ..., reason_codes: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., router_latency_ms: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., embedder_version: _Optional[str] = ..., scorer_version: _Optional[str] = ..., tier_max_score: _Optional[float] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("decision",)
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    decision: RoutingDecision
+    def __init__(self, decision: _Optional[_Union[RoutingDecision, _Mapping]] = ...) -> None: ...
+
+class RouteRequest(_message.Message):
+    __slots__ = ("request_id", "prompt", "messages", "sampling", "disable_escalation", "force_tier", "bypass_cache")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SAMPLING_FIELD_NUMBER: _ClassVar[int]
+    DISABLE_ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    FORCE_TIER_FIELD_NUMBER: _ClassVar[int]
+    BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[_tier_service_pb2.ChatMessage]
+    sampling: _tier_service_pb2.SamplingParams
+    disable_escalation: bool
+    force_tier: str
+    bypass_cache: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_tier_service_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_tier_service_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+
+class TokenChunk(_message.Message):
+    __slots__ = ("text", "tier")
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    text: str
+    tier: str
+    def __init__(self, text: _Optional[str] = ..., tier: _Optional[str] = ...) -> None: ...
+
+class Escalation(_message.Message):
+    __slots__ = ("from_tier", "to_tier", "reason", "confidence")
+    FROM_TIER_FIELD_NUMBER: _ClassVar[int]
+    TO_TIER_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    from_tier: str
+    to_tier: str
+    reason: EscalationReason
+    confidence: float
+    def __init__(self, from_tier: _Optional[str] = ..., to_tier: _Optional[str] = ..., reason: _Optional[_Union[EscalationReason, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
+
+class StageLatencies(_message.Message):
+    __slots__ = ("score_ms", "generate_ms", "validate_ms", "escalation_ms", "total_ms", "time_to_first_token_ms")
+    SCORE_MS_FIELD_NUMBER: _ClassVar[int]
+    GENERATE_MS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATE_MS_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    TIME_TO_FIRST_TOKEN_MS_FIELD_NUMBER: _ClassVar[int]
+    score_ms: float
+    generate_ms: float
+    validate_ms: float
+    escalation_ms: float
+    total_ms: float
+    time_to_first_token_ms: float
+    def __init__(self, score_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., validate_ms: _Optional[float] = ..., escalation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ...) -> None: ...
+
+class RouteSummary(_message.Message):
+    __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    ESCALATED_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    LATENCIES_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    escalated: bool
+    escalation_reason: EscalationReason
+    usage: Usage
+    cost_usd: float
+    latencies: StageLatencies
+    finish_reason: _tier_service_pb2.FinishReason
+    confidence: float
+    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
+
+class RouteResponse(_message.Message):
+    __slots__ = ("decision", "chunk", "escalation", "summary")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    decision: RoutingDecision
+    chunk: TokenChunk
+    escalation: Escalation
+    summary: RouteSummary
+    def __init__(self, decision: _Optional[_Union[RoutingDecision, _Mapping]] = ..., chunk: _Optional[_Union[TokenChunk, _Mapping]] = ..., escalation: _Optional[_Union[Escalation, _Mapping]] = ..., summary: _Optional[_Union[RouteSummary, _Mapping]] = ...) -> None: ...

@@ -1,0 +1,282 @@
+"""The suite's configuration: one YAML file, typed and validated, with environment overrides.
+
+Environment variables override single keys: `TIERROUTE__ROUTER__CACHE_TTL_SECONDS=60` sets
+`router.cache_ttl_seconds`, `TIERROUTE__TIERS__0__ADDRESS=10.0.0.5:50061` sets the first tier's
+address. Values are parsed as YAML scalars (`true`, `4.5`, `null`). Relative paths in the file
+are resolved against the file's folder.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+ENV_PREFIX = "TIERROUTE__"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the bad key and what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class RouterConfig(_Strict):
+    # Where the router listens. Port 0 picks a free port.
+    listen: str = "127.0.0.1:50051"
+    # Folder with the embedder: model.onnx (int8) and tokenizer.json (from `make models`).
+    model: Path = Path("models/minilm-l6-v2-int8")
+    # onnxruntime execution device. Only "cpu" is built and tested.
+    device: Literal["cpu"] = "cpu"
+    # Threads onnxruntime may use for one embedding run. 0: one per core.
+    intra_op_threads: int = Field(default=0, ge=0)
+    # How prompts are scored: "anchors" (nearest reference prompts) or "centroid".
+    scorer: Literal["anchors", "centroid"] = "anchors"
+    # YAML file of reference prompts (simple/complex, with categories). Empty: the shipped set.
+    anchors_file: Path | None = None
+    # Steepness of the centroid scorer's sigmoid.
+    centroid_sharpness: float = Field(default=12.0, gt=0)
+    # Score at or below which the smallest tier serves. Tiers may set their own `max_score`.
+    complexity_threshold: float = Field(default=4.0, ge=0, le=10)
+    # How long a cached routing decision stays valid, in seconds. 0 turns the cache off.
+    cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    # Most decisions the routing cache holds (least recently used are evicted).
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    # Most Score/Route requests in progress at once; more get RESOURCE_EXHAUSTED.
+    max_concurrent_requests: int = Field(default=512, ge=1)
+    # Longest prompt accepted, in characters; longer ones get INVALID_ARGUMENT.
+    max_prompt_chars: int = Field(default=32_000, ge=1)
+    # Tokens of the prompt the embedder reads; the rest is ignored for scoring.
+    embed_max_tokens: int = Field(default=256, ge=8, le=512)
+    # Most prompts embedded in one ONNX run.
+    batch_max_size: int = Field(default=32, ge=1)
+    # How long the first prompt of a batch may wait for others, in ms. 0: no waiting; prompts
+    # that arrive while a batch runs form the next batch.
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    # The tier used when scoring fails. Empty: the largest (last) tier.
+    default_tier: str = ""
+    # Seconds in-flight requests get to finish on SIGTERM.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+
+class TierConfig(_Strict):
+    # Unique name, used in decisions and metrics (for example "small").
+    name: str = Field(min_length=1)
+    # host:port of the tier service.
+    address: str = Field(min_length=1)
+    # The model the tier serves: a local folder or a model name vLLM can load.
+    model: str = Field(min_length=1)
+    # Default max_tokens for requests that leave it 0.
+    max_tokens: int = Field(default=256, ge=1)
+    # Default sampling temperature.
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    # Ask this tier for JSON {"response_content", "confidence_score"} and validate it.
+    structured_output: bool = False
+    # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
+    # first tier, 10 for the last; tiers in between must set it.
+    max_score: float | None = Field(default=None, ge=0, le=10)
+    # Prices in USD per 1,000 tokens, for cost reporting and cost-aware routing.
+    price_per_1k_input_usd: float = Field(default=0.0, ge=0)
+    price_per_1k_output_usd: float = Field(default=0.0, ge=0)
+    # vLLM engine arguments, passed to AsyncEngineArgs unchanged (the tier service reads them).
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+
+
+class EscalationConfig(_Strict):
+    # Escalate answers whose validated confidence is below this.
+    min_confidence: float = Field(default=0.70, ge=0, le=1)
+    # Escalate when the small tier's JSON answer does not parse.
+    fallback_on_parse_error: bool = True
+    # Most escalations for one request.
+    max_retries: int = Field(default=1, ge=0)
+    # Budget for one tier's answer, in ms.
+    timeout_ms: int = Field(default=30_000, ge=1)
+
+
+class MonitoringConfig(_Strict):
+    # Python log level of every service.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # Port of the Prometheus metrics endpoint (0: off).
+    metrics_port: int = Field(default=0, ge=0, le=65535)
+    # OTLP/gRPC endpoint for traces, for example "127.0.0.1:4317". Empty: tracing off.
+    otlp_endpoint: str = ""
+
+
+class Config(_Strict):
+    router: RouterConfig = RouterConfig()
+    tiers: list[TierConfig] = Field(default_factory=list)
+    escalation: EscalationConfig = EscalationConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    @model_validator(mode="after")
+    def _check_tiers(self) -> Config:
+        names = [t.name for t in self.tiers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        if self.router.default_tier and self.router.default_tier not in names:
+            raise ValueError(
+                f"router.default_tier {self.router.default_tier!r} is not a tier "
+                f"(tiers: {', '.join(names) or 'none'})"
+            )
+        bounds = self.tier_bounds()
+        if any(b2 < b1 for b1, b2 in itertools.pairwise(bounds)):
+            raise ValueError(
+                "tiers must be listed smallest first with increasing max_score; got "
+                + ", ".join(f"{t.name}<={b:g}" for t, b in zip(self.tiers, bounds, strict=True))
+            )
+        return self
+
+    def tier_bounds(self) -> list[float]:
+        """The highest score each tier serves, in tier order; the last tier always serves 10."""
+        bounds: list[float] = []
+        for i, tier in enumerate(self.tiers):
+            if i == len(self.tiers) - 1:
+                bounds.append(10.0)
+            elif tier.max_score is not None:
+                bounds.append(tier.max_score)
+            elif i == 0:
+                bounds.append(self.router.complexity_threshold)
+            else:
+                raise ValueError(f"tiers[{i}] ({tier.name}): a middle tier must set max_score")
+        return bounds
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
+
+    def default_tier_name(self) -> str:
+        return self.router.default_tier or (self.tiers[-1].name if self.tiers else "")
+
+    def routing_version(self) -> str:
+        """A hash of every setting that maps a score to a tier (part of the cache key)."""
+        doc = {"bounds": self.tier_bounds(), "tiers": [t.name for t in self.tiers]}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
+        if not all(path):
+            raise ConfigError(f"environment variable {key}: empty key segment")
+        value = yaml.safe_load(environ[key]) if environ[key] else ""
+        node: Any = data
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"environment variable {key}: no list item {where}")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"environment variable {key}: {where} is not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"environment variable {key}: no list item {'.'.join(path)}")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _describe(err: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(e["loc"][:-1])
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            suffix = (
+                f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
+            )
+            lines.append(f"{where}: unknown key{suffix}")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        candidate = inner[0] if inner else annotation
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            model = candidate
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def resolve(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    router = cfg.router.model_copy(
+        update={
+            "model": resolve(cfg.router.model),
+            "anchors_file": resolve(cfg.router.anchors_file),
+        }
+    )
+    tiers = []
+    for t in cfg.tiers:
+        local = base / t.model
+        tiers.append(t.model_copy(update={"model": str(local.resolve())}) if local.exists() else t)
+    return cfg.model_copy(update={"router": router, "tiers": tiers})
+
+
+def load_config(path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> Config:
+    """Load the YAML file (if any), apply environment overrides and validate everything."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections")
+        data = loaded
+        base = path.resolve().parent
+    data = _env_overrides(data, environ)
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    return _resolve_paths(cfg, base)
+
+
+def config_from_dict(data: dict[str, Any], base: Path | None = None) -> Config:
+    """Validate a configuration given as a dict (tests, embedding), paths relative to `base`."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
+    return _resolve_paths(cfg, base or Path.cwd())

@@ -1,0 +1,128 @@
+"""`make run`: start every service of the suite from one config, wait until all are SERVING,
+print how to call them, and stop them all on Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tierroute.config import Config, ConfigError, load_config
+
+
+@dataclass
+class Service:
+    name: str
+    address: str
+    argv: list[str]
+    process: subprocess.Popen[bytes] | None = None
+
+
+def services(cfg: Config, config_path: Path) -> list[Service]:
+    """The processes the config describes."""
+    py = sys.executable
+    return [
+        Service(
+            "router",
+            cfg.router.listen,
+            [py, "-m", "tierroute.router", "--config", str(config_path)],
+        )
+    ]
+
+
+def health_status(address: str) -> int | None:
+    with grpc.insecure_channel(address) as channel:
+        try:
+            return int(
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=1)
+                .status
+            )
+        except grpc.RpcError:
+            return None
+
+
+def wait_serving(procs: list[Service], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    pending = {s.name for s in procs}
+    while pending:
+        for s in procs:
+            if s.process is not None and s.process.poll() is not None:
+                raise RuntimeError(f"{s.name} exited with code {s.process.returncode}; see its log")
+            if s.name in pending and health_status(s.address) == 1:  # SERVING
+                print(f"  {s.name:<10} SERVING on {s.address}", flush=True)
+                pending.discard(s.name)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"not SERVING after {timeout:.0f} s: {', '.join(sorted(pending))}")
+        time.sleep(0.25)
+
+
+def stop_all(procs: list[Service]) -> None:
+    for s in procs:
+        if s.process is not None and s.process.poll() is None:
+            s.process.send_signal(signal.SIGTERM)
+    for s in procs:
+        if s.process is not None:
+            try:
+                s.process.wait(30)
+            except subprocess.TimeoutExpired:
+                s.process.kill()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for SERVING")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"tierroute: {exc}", file=sys.stderr)
+        return 2
+    procs = services(cfg, args.config)
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(f"starting {len(procs)} service(s) from {args.config}", flush=True)
+    for s in procs:
+        s.process = subprocess.Popen(s.argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    try:
+        wait_serving(procs, args.timeout)
+        router = cfg.router.listen
+        print(
+            "\nready. Try:\n"
+            f"  grpcurl -plaintext {router} list\n"
+            f'  grpcurl -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
+            f"{router} tierroute.router.v1.RouterService/Score\n"
+            "Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stop:
+            for s in procs:
+                if s.process is not None and s.process.poll() is not None:
+                    print(f"{s.name} exited with code {s.process.returncode}", file=sys.stderr)
+                    stop = True
+            time.sleep(0.5)
+    except RuntimeError as exc:
+        print(f"tierroute: {exc}", file=sys.stderr)
+        stop_all(procs)
+        return 1
+    stop_all(procs)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Configuration: typed loading, environment overrides, and errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tierroute.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_loads_with_two_tiers_and_paths_resolved() -> None:
+    cfg = load_config(ROOT / "configs" / "default.yaml", environ={})
+    assert [t.name for t in cfg.tiers] == ["small", "large"]
+    assert cfg.router.model == (ROOT / "models" / "minilm-l6-v2-int8").resolve()
+    assert cfg.tier_bounds() == [4.0, 10.0]
+    assert cfg.escalation.min_confidence == pytest.approx(0.70)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "router:\n  cache_ttl_secs: 10\n")
+    with pytest.raises(
+        ConfigError, match=r"router\.cache_ttl_secs: unknown key.*cache_ttl_seconds"
+    ):
+        load_config(path, environ={})
+
+
+def test_bad_value_names_the_key_and_the_rule(tmp_path: Path) -> None:
+    path = write(tmp_path, "router:\n  complexity_threshold: 12\n")
+    with pytest.raises(
+        ConfigError, match=r"router\.complexity_threshold: .*less than or equal to 10"
+    ):
+        load_config(path, environ={})
+
+
+def test_unknown_key_inside_a_tier_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "tiers:\n  - {name: a, address: 'x:1', model: m, temprature: 0}\n")
+    with pytest.raises(ConfigError, match=r"tiers\.0\.temprature: unknown key.*temperature"):
+        load_config(path, environ={})
+
+
+def test_environment_overrides_single_keys_including_list_items(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n"
+        "  - {name: b, address: 'y:1', model: m}\n",
+    )
+    cfg = load_config(
+        path,
+        environ={
+            "TIERROUTE__ROUTER__CACHE_TTL_SECONDS": "60",
+            "TIERROUTE__TIERS__1__ADDRESS": "10.0.0.5:50062",
+            "TIERROUTE__ROUTER__SCORER": "centroid",
+        },
+    )
+    assert cfg.router.cache_ttl_seconds == 60
+    assert cfg.tiers[1].address == "10.0.0.5:50062"
+    assert cfg.router.scorer == "centroid"
+
+
+def test_environment_override_of_a_missing_list_item_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "tiers:\n  - {name: a, address: 'x:1', model: m}\n")
+    with pytest.raises(ConfigError, match=r"TIERROUTE__TIERS__3__ADDRESS: no list item tiers\.3"):
+        load_config(path, environ={"TIERROUTE__TIERS__3__ADDRESS": "h:1"})
+
+
+def test_duplicate_tier_names_and_unordered_bounds_are_rejected(tmp_path: Path) -> None:
+    dup = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n"
+        "  - {name: a, address: 'y:1', model: m}\n",
+    )
+    with pytest.raises(ConfigError, match="repeated: a"):
+        load_config(dup, environ={})
+    unordered = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m, max_score: 6}\n"
+        "  - {name: b, address: 'y:1', model: m, max_score: 3}\n"
+        "  - {name: c, address: 'z:1', model: m}\n",
+    )
+    with pytest.raises(ConfigError, match="increasing max_score"):
+        load_config(unordered, environ={})
+
+
+def test_routing_version_changes_with_the_threshold(tmp_path: Path) -> None:
+    body = (
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n  - {name: b, address: 'y:1', model: m}\n"
+    )
+    a = load_config(write(tmp_path, body), environ={})
+    b = load_config(write(tmp_path, body), environ={"TIERROUTE__ROUTER__COMPLEXITY_THRESHOLD": "5"})
+    assert a.routing_version() != b.routing_version()
+
+
+def test_missing_or_malformed_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "router: [unclosed\n"), environ={})

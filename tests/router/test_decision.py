@@ -1,0 +1,38 @@
+"""Score-to-tier mapping for two and three tiers."""
+
+from __future__ import annotations
+
+import pytest
+from tierroute.router.decision import TierSelector
+from tierroute.router.v1 import router_service_pb2 as pb
+
+from tierroute.config import config_from_dict
+
+
+def selector(*bounds: float | None) -> TierSelector:
+    tiers = [
+        {"name": f"t{i}", "address": "h:1", "model": "m", **({"max_score": b} if b else {})}
+        for i, b in enumerate(bounds)
+    ]
+    return TierSelector(config_from_dict({"tiers": tiers}))
+
+
+def test_two_tiers_split_at_the_threshold_inclusive() -> None:
+    s = selector(None, None)
+    assert s.choose(4.0).tier == "t0"
+    assert s.choose(4.01).tier == "t1"
+    assert s.choose(0).reasons == [pb.REASON_CODE_SCORE_BELOW_THRESHOLD]
+    assert s.choose(9).reasons == [pb.REASON_CODE_SCORE_ABOVE_THRESHOLD]
+
+
+def test_three_tiers_use_each_max_score() -> None:
+    s = selector(3, 7, None)
+    assert [s.choose(x).tier for x in (1, 3, 5, 7, 8, 10)] == ["t0", "t0", "t1", "t1", "t2", "t2"]
+
+
+def test_confidence_is_zero_on_a_boundary_and_grows_away_from_it() -> None:
+    s = selector(None, None)
+    assert s.choose(4.0).confidence == pytest.approx(0.0)
+    assert s.choose(0.0).confidence == pytest.approx(1.0)
+    assert s.choose(10.0).confidence == pytest.approx(1.0)
+    assert 0 < s.choose(2.0).confidence < s.choose(1.0).confidence

