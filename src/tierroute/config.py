@@ -90,6 +90,11 @@ class TierConfig(_Strict):
     price_per_1k_output_usd: float = Field(default=0.0, ge=0)
     # vLLM engine arguments, passed to AsyncEngineArgs unchanged (the tier service reads them).
     engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Environment variables set in the tier process before the engine starts (for example
+    # VLLM_CPU_KVCACHE_SPACE, the CPU backend's KV-cache size in GiB).
+    env: dict[str, str] = Field(default_factory=dict)
+    # Seconds in-flight streams get to finish on SIGTERM before the engine shuts down.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
 
 
 class EscalationConfig(_Strict):

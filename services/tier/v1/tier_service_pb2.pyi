@@ -119,7 +119,7 @@ class DescribeRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class DescribeResponse(_message.Message):
-    __slots__ = ("tier", "model", "max_context_tokens", "price_per_1k_input_usd", "price_per_1k_output_usd", "dtype", "quantization", "ready", "device", "default_max_tokens")
+    __slots__ = ("tier", "model", "max_context_tokens", "price_per_1k_input_usd", "price_per_1k_output_usd", "dtype", "quantization", "ready", "device", "default_max_tokens", "active_requests", "default_temperature")
     TIER_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MAX_CONTEXT_TOKENS_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,8 @@ class DescribeResponse(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    ACTIVE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     tier: str
     model: str
     max_context_tokens: int
@@ -140,4 +142,6 @@ class DescribeResponse(_message.Message):
     ready: bool
     device: str
     default_max_tokens: int
-    def __init__(self, tier: _Optional[str] = ..., model: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., price_per_1k_input_usd: _Optional[float] = ..., price_per_1k_output_usd: _Optional[float] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., default_max_tokens: _Optional[int] = ...) -> None: ...
+    active_requests: int
+    default_temperature: float
+    def __init__(self, tier: _Optional[str] = ..., model: _Optional[str] = ..., max_context_tokens: _Optional[int] = ..., price_per_1k_input_usd: _Optional[float] = ..., price_per_1k_output_usd: _Optional[float] = ..., dtype: _Optional[str] = ..., quantization: _Optional[str] = ..., ready: _Optional[bool] = ..., device: _Optional[str] = ..., default_max_tokens: _Optional[int] = ..., active_requests: _Optional[int] = ..., default_temperature: _Optional[float] = ...) -> None: ...

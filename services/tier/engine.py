@@ -1,0 +1,289 @@
+"""One vLLM engine (in-process AsyncLLM) and the translation between it and TierService messages.
+
+vLLM is imported lazily, inside `TierEngine.load`, so that this module (and the request checks in
+it) can be imported where vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from tierroute.config import TierConfig
+from tierroute.errors import InvalidArgument, ServiceError, Unavailable
+from tierroute.prompts import check_prompt
+from tierroute.tier.v1 import tier_service_pb2 as pb
+
+logger = logging.getLogger(__name__)
+
+MAX_STOP_STRINGS = 16
+MAX_TOP_LOGPROBS = 20
+MAX_PROMPT_CHARS = 1_000_000
+DEFAULT_TOP_P = 1.0
+
+_FINISH = {
+    "stop": pb.FINISH_REASON_STOP,
+    "length": pb.FINISH_REASON_LENGTH,
+    "abort": pb.FINISH_REASON_ABORT,
+}
+
+
+class EngineFailure(ServiceError):
+    """The engine failed while generating; the server keeps serving other requests."""
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A checked request, ready for the engine."""
+
+    token_ids: list[int]
+    sampling: Any  # vllm.SamplingParams
+    max_tokens: int
+
+
+def engine_args_for(tier: TierConfig, overrides: Mapping[str, Any] | None = None) -> Any:
+    """AsyncEngineArgs from the tier's model, its `engine_args` and any command-line overrides.
+
+    Every AsyncEngineArgs field may be set; an unknown one is a configuration error that names it.
+    """
+    from vllm.engine.arg_utils import AsyncEngineArgs
+
+    fields = {f.name for f in dataclasses.fields(AsyncEngineArgs)}
+    merged: dict[str, Any] = {"model": tier.model, **tier.engine_args, **(overrides or {})}
+    unknown = sorted(set(merged) - fields)
+    if unknown:
+        raise ValueError(
+            f"tiers[{tier.name}].engine_args: unknown vLLM engine argument(s) "
+            f"{', '.join(unknown)} (see vllm.engine.arg_utils.AsyncEngineArgs)"
+        )
+    return AsyncEngineArgs(**merged)
+
+
+class TierEngine:
+    def __init__(self, tier: TierConfig, engine_args: Any) -> None:
+        self.tier = tier
+        self.engine_args = engine_args
+        self.llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once loaded
+        self._tokenizer: Any = None
+        self.max_model_len = 0
+        self.dtype = ""
+        self.quantization = ""
+        self.device = ""
+
+    @property
+    def ready(self) -> bool:
+        return self.llm is not None
+
+    async def load(self) -> None:
+        """Start the engine (about 30 s for SmolLM2 on CPU) without blocking the event loop."""
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        started = time.perf_counter()
+        llm = await asyncio.to_thread(AsyncLLM.from_engine_args, self.engine_args)
+        config = llm.model_config
+        self._tokenizer = llm.get_tokenizer()
+        self.max_model_len = int(config.max_model_len)
+        self.dtype = str(config.dtype).removeprefix("torch.")
+        self.quantization = str(config.quantization or "")
+        self.device = str(current_platform.device_type)
+        self.llm = llm
+        logger.info(
+            "engine for %s ready in %.1f s (max_model_len %d, %s, %s)",
+            self.tier.model,
+            time.perf_counter() - started,
+            self.max_model_len,
+            self.dtype,
+            self.device,
+        )
+
+    def shutdown(self) -> None:
+        if self.llm is not None:
+            self.llm.shutdown()
+            self.llm = None
+
+    def active_requests(self) -> int:
+        return int(self.llm.get_num_unfinished_requests()) if self.llm is not None else 0
+
+    def describe(self) -> pb.DescribeResponse:
+        return pb.DescribeResponse(
+            tier=self.tier.name,
+            model=self.tier.model,
+            max_context_tokens=self.max_model_len,
+            price_per_1k_input_usd=self.tier.price_per_1k_input_usd,
+            price_per_1k_output_usd=self.tier.price_per_1k_output_usd,
+            dtype=self.dtype,
+            quantization=self.quantization,
+            ready=self.ready,
+            device=self.device,
+            default_max_tokens=self.tier.max_tokens,
+            active_requests=self.active_requests(),
+            default_temperature=self.tier.temperature,
+        )
+
+    def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
+        return (
+            prompt_tokens * self.tier.price_per_1k_input_usd
+            + completion_tokens * self.tier.price_per_1k_output_usd
+        ) / 1000.0
+
+    def prepare(self, request: pb.GenerateRequest) -> Prepared:
+        """Check the request, render and tokenize the prompt, build the sampling parameters.
+
+        Raises InvalidArgument (with what to fix) before any generation starts.
+        """
+        if self.llm is None:
+            raise Unavailable("the engine is still loading; retry when health reports SERVING")
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        check_prompt(request.prompt, request.messages, MAX_PROMPT_CHARS)
+        s = request.sampling
+        temperature = s.temperature if s.HasField("temperature") else self.tier.temperature
+        top_p = s.top_p if s.HasField("top_p") else DEFAULT_TOP_P
+        if not 0.0 <= temperature <= 2.0:
+            raise InvalidArgument(f"sampling.temperature is {temperature:g}; use 0 to 2")
+        if not 0.0 < top_p <= 1.0:
+            raise InvalidArgument(f"sampling.top_p is {top_p:g}; use a value in (0, 1]")
+        if len(s.stop) > MAX_STOP_STRINGS:
+            raise InvalidArgument(
+                f"sampling.stop has {len(s.stop)} strings; at most {MAX_STOP_STRINGS}"
+            )
+        if any(not stop for stop in s.stop):
+            raise InvalidArgument("sampling.stop holds an empty string; remove it")
+        if request.top_logprobs > MAX_TOP_LOGPROBS:
+            raise InvalidArgument(
+                f"top_logprobs is {request.top_logprobs}; at most {MAX_TOP_LOGPROBS}"
+            )
+        if request.top_logprobs and not request.logprobs:
+            raise InvalidArgument("top_logprobs needs logprobs: set logprobs to true")
+        structured = None
+        if request.json_schema:
+            try:
+                schema = json.loads(request.json_schema)
+            except json.JSONDecodeError as exc:
+                raise InvalidArgument(f"json_schema is not valid JSON: {exc}") from None
+            if not isinstance(schema, dict):
+                raise InvalidArgument("json_schema must be a JSON object (a JSON Schema)")
+            structured = StructuredOutputsParams(json=schema)
+
+        token_ids = self._tokenize(request)
+        max_tokens = s.max_tokens or self.tier.max_tokens
+        if len(token_ids) + max_tokens > self.max_model_len:
+            raise InvalidArgument(
+                f"the prompt does not fit: {len(token_ids)} prompt tokens + max_tokens "
+                f"{max_tokens} = {len(token_ids) + max_tokens} > the model's context of "
+                f"{self.max_model_len} tokens; shorten the prompt or lower max_tokens"
+            )
+        try:
+            sampling = SamplingParams(
+                max_tokens=max_tokens,
+                temperature=temperature,
+                top_p=top_p,
+                stop=list(s.stop) or None,
+                seed=s.seed if s.HasField("seed") else None,
+                logprobs=(request.top_logprobs or 0) if request.logprobs else None,
+                structured_outputs=structured,
+                output_kind=RequestOutputKind.DELTA,
+            )
+        except ValueError as exc:
+            raise InvalidArgument(f"bad sampling parameters: {exc}") from None
+        return Prepared(token_ids, sampling, max_tokens)
+
+    def _tokenize(self, request: pb.GenerateRequest) -> list[int]:
+        if request.prompt:
+            return list(self._tokenizer.encode(request.prompt))
+        messages = [{"role": m.role, "content": m.content} for m in request.messages]
+        text = self._tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    async def generate(
+        self,
+        prepared: Prepared,
+        request_id: str,
+        trace_headers: Mapping[str, str] | None = None,
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Stream chunks, then one `complete`. Cancelling the iteration aborts the request in
+        the engine (vLLM's generate() aborts on CancelledError/GeneratorExit)."""
+        from vllm.exceptions import VLLMClientError
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        started = time.perf_counter()
+        first_token_at: float | None = None
+        completion_tokens = 0
+        finish_reason = pb.FINISH_REASON_UNSPECIFIED
+        prompt_tokens = len(prepared.token_ids)
+        try:
+            async for out in self.llm.generate(
+                {"prompt_token_ids": prepared.token_ids},
+                prepared.sampling,
+                request_id,
+                trace_headers=trace_headers,
+            ):
+                piece = out.outputs[0]
+                new_tokens = len(piece.token_ids)
+                if new_tokens:
+                    if first_token_at is None:
+                        first_token_at = time.perf_counter()
+                    completion_tokens += new_tokens
+                    chunk = pb.GenerateChunk(text=piece.text, token_count=new_tokens)
+                    if piece.logprobs:
+                        chunk.logprobs.extend(
+                            _logprobs(piece.token_ids, piece.logprobs, prepared.sampling.logprobs)
+                        )
+                    yield pb.GenerateResponse(chunk=chunk)
+                if out.finished:
+                    finish_reason = _FINISH.get(piece.finish_reason or "", pb.FINISH_REASON_STOP)
+        except VLLMClientError as exc:
+            raise InvalidArgument(f"the engine rejected the request: {exc}") from exc
+        except EngineDeadError as exc:
+            logger.error("engine is dead: %s", exc)
+            raise Unavailable(f"the tier's engine has failed: {exc}") from exc
+        except Exception as exc:
+            if isinstance(exc, ServiceError):
+                raise
+            logger.exception("request %s failed in the engine", request_id)
+            raise EngineFailure(f"generation failed in the engine: {exc}") from exc
+        done = time.perf_counter()
+        yield pb.GenerateResponse(
+            complete=pb.GenerateComplete(
+                finish_reason=finish_reason,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                time_to_first_token_ms=((first_token_at or done) - started) * 1000.0,
+                total_time_ms=(done - started) * 1000.0,
+                cost_usd=self.cost(prompt_tokens, completion_tokens),
+                model=self.tier.model,
+            )
+        )
+
+
+def _logprobs(
+    token_ids: list[int], logprobs: list[dict[int, Any]], top: int | None
+) -> list[pb.TokenLogprob]:
+    out = []
+    for token_id, candidates in zip(token_ids, logprobs, strict=False):
+        chosen = candidates.get(token_id)
+        entry = pb.TokenLogprob(
+            token=(chosen.decoded_token or "") if chosen else "",
+            token_id=token_id,
+            logprob=float(chosen.logprob) if chosen else float("-inf"),
+        )
+        if top:
+            ranked = sorted(
+                (c for c in candidates.values() if c.rank is not None and c.rank <= top),
+                key=lambda c: c.rank,
+            )
+            entry.top.extend(
+                pb.TopLogprob(token=c.decoded_token or "", logprob=float(c.logprob)) for c in ranked
+            )
+        out.append(entry)
+    return out

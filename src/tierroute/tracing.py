@@ -1,0 +1,77 @@
+"""OpenTelemetry tracing shared by every service: W3C trace context in gRPC metadata, server
+spans that continue the caller's trace, and OTLP/gRPC export when an endpoint is configured."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+logger = logging.getLogger(__name__)
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(
+    service_name: str, otlp_endpoint: str = "", processors: Sequence[SpanProcessor] = ()
+) -> TracerProvider:
+    """Install this process's tracer provider; export over OTLP/gRPC if an endpoint is set."""
+    global _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+        )
+        logger.info("exporting traces over OTLP/gRPC to %s", otlp_endpoint)
+    for processor in processors:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    if _provider is not None:
+        _provider.force_flush()
+        _provider.shutdown()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def _carrier(metadata: Sequence[tuple[str, str | bytes]] | None) -> dict[str, str]:
+    return {k.lower(): v.decode() if isinstance(v, bytes) else v for k, v in (metadata or ())}
+
+
+@contextlib.contextmanager
+def server_span(
+    name: str, context: grpc.aio.ServicerContext, tracer_name: str
+) -> Iterator[trace.Span]:
+    """A SERVER span for one RPC, child of the trace context the caller sent (if any)."""
+    parent = propagate.extract(_carrier(context.invocation_metadata()))
+    with tracer(tracer_name).start_as_current_span(
+        name, context=parent, kind=trace.SpanKind.SERVER
+    ) as span:
+        yield span
+
+
+def current_headers() -> dict[str, str]:
+    """W3C trace-context headers (traceparent, tracestate) for the current span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=otel_context.get_current())
+    return carrier
+
+
+def outgoing_metadata() -> list[tuple[str, str]]:
+    """gRPC metadata that carries the current trace context to the next hop."""
+    return list(current_headers().items())
