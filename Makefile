@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps models gen lint test run bench-router clean
+.PHONY: setup deps models gen lint test run bench-router bench-tier clean
 
 setup: deps models
 
@@ -65,6 +65,9 @@ run: setup
 
 bench-router: setup
 	$(PY) benchmarks/bench_router.py --config $(CONFIG)
+
+bench-tier: setup
+	$(PY) benchmarks/bench_tier.py --config $(CONFIG)
 
 clean:
 	rm -rf build $(VENV) .tools $(MODELS_DIR)

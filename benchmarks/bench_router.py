@@ -30,11 +30,11 @@ import grpc
 import numpy as np
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tierroute.config import load_config
 from tierroute.router.scoring import build_scorer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
-
-from tierroute.config import load_config
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "router.json"

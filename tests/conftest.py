@@ -3,12 +3,21 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.otlp import OTLPReceiver
 from tierroute.config import Config, config_from_dict
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,3 +46,113 @@ def router_config(**router: Any) -> Config:
 @pytest.fixture(scope="session")
 def prompts() -> dict[str, list[str]]:
     return PROMPTS
+
+
+# --- the tier service: one real vLLM engine (SmolLM2-135M on CPU) for the whole session ---
+
+SMOLLM_DIR = MODELS / "smollm2-135m-instruct"
+DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+
+
+@dataclass
+class ServiceProcess:
+    """A service started as its own process, with what its health said while it started."""
+
+    process: subprocess.Popen[str]
+    address: str
+    log: Path
+    health_seen: list[int] = field(default_factory=list)
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_service(
+    args: list[str], log: Path, timeout: float = 240, env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """Start `python -m <args> --port-file ...`, wait until health reports SERVING."""
+    port_file = log.with_suffix(".port")
+    port_file.unlink(missing_ok=True)
+    out = log.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", *args, "--port-file", str(port_file)],
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+    )
+    svc = ServiceProcess(proc, "", log)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"{args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
+            )
+        if port_file.exists():
+            svc.address = f"127.0.0.1:{port_file.read_text().strip()}"
+            with grpc.insecure_channel(svc.address) as channel:
+                try:
+                    status = (
+                        health_pb2_grpc.HealthStub(channel)
+                        .Check(health_pb2.HealthCheckRequest(), timeout=2)
+                        .status
+                    )
+                except grpc.RpcError:
+                    status = None
+            if status is not None and (not svc.health_seen or svc.health_seen[-1] != status):
+                svc.health_seen.append(int(status))
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return svc
+        time.sleep(0.2)
+    svc.stop()
+    raise RuntimeError(f"{args[0]} not SERVING after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="session")
+def otlp_receiver() -> Iterator[OTLPReceiver]:
+    """A real OTLP/gRPC trace receiver that every service started by the tests exports to."""
+    receiver = OTLPReceiver().start()
+    yield receiver
+    receiver.stop()
+
+
+def tracing_env(receiver: OTLPReceiver) -> dict[str, str]:
+    # Export quickly: the SDK's default batch delay is 5 s.
+    return {
+        "TIERROUTE__MONITORING__OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+
+
+@pytest.fixture(scope="session")
+def small_tier(
+    tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OTLPReceiver
+) -> Iterator[ServiceProcess]:
+    """The embedded default's small tier on a free port, vLLM's own tracing on too."""
+    if not (SMOLLM_DIR / "model.safetensors").is_file():
+        raise pytest.UsageError(f"{SMOLLM_DIR} is missing: run `make models`")
+    log = tmp_path_factory.mktemp("tier") / "small.log"
+    svc = start_service(
+        [
+            "tierroute.tier",
+            "--config",
+            str(DEFAULT_CONFIG),
+            "--tier",
+            "small",
+            "--listen",
+            "127.0.0.1:0",
+            "--otlp-traces-endpoint",
+            otlp_receiver.endpoint,
+        ],
+        log,
+        env=tracing_env(otlp_receiver),
+    )
+    yield svc
+    assert svc.stop() == 0, f"tier did not stop cleanly:\n{log.read_text()[-3000:]}"

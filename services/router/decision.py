@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from tierroute.router.v1 import router_service_pb2 as pb
-
 from tierroute.config import Config
+from tierroute.router.v1 import router_service_pb2 as pb
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+
+from tierroute.config import Config, ConfigError, load_config
+from tierroute.errors import InvalidArgument, Overloaded, Unavailable, stream_errors, unary_errors
+from tierroute.prompts import check_prompt, normalize, routing_text
 from tierroute.router.batching import MicroBatcher
 from tierroute.router.cache import TTLCache, cache_key
 from tierroute.router.decision import TierSelector
@@ -20,10 +24,6 @@ from tierroute.router.embedder import Embedder
 from tierroute.router.scoring import Scorer, build_scorer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
-
-from tierroute.config import Config, ConfigError, load_config
-from tierroute.errors import InvalidArgument, Overloaded, Unavailable, stream_errors, unary_errors
-from tierroute.prompts import check_prompt, normalize, routing_text
 from tierroute.serving import ServiceHost, serve_until_signal, setup_logging
 
 logger = logging.getLogger(__name__)

@@ -78,7 +78,12 @@ class TierEngine:
 
     @property
     def ready(self) -> bool:
-        return self.llm is not None
+        return self.llm is not None and not self.dead
+
+    @property
+    def dead(self) -> bool:
+        """The engine process has failed; only a restart of the tier brings it back."""
+        return self.llm is not None and bool(self.llm.errored)
 
     async def load(self) -> None:
         """Start the engine (about 30 s for SmolLM2 on CPU) without blocking the event loop."""
@@ -140,6 +145,8 @@ class TierEngine:
         """
         if self.llm is None:
             raise Unavailable("the engine is still loading; retry when health reports SERVING")
+        if self.dead:
+            raise Unavailable("the tier's engine has failed; restart the tier service")
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 

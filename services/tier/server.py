@@ -34,11 +34,24 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TierService"].full_name
 
 
 class TierServicer(pb_grpc.TierServiceServicer):
-    def __init__(self, engine: TierEngine) -> None:
+    def __init__(self, engine: TierEngine, host: ServiceHost) -> None:
         self.engine = engine
+        self.host = host
 
     @stream_errors
     async def Generate(
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        try:
+            async for response in self._generate(request, context):
+                yield response
+        finally:
+            if self.engine.dead:
+                # Tell health checkers (and so the router) to stop sending work here.
+                logger.error("engine is dead: reporting NOT_SERVING")
+                await self.host.set_serving(False)
+
+    async def _generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         with tracing.server_span(f"{SERVICE_NAME}/Generate", context, __name__) as span:
@@ -72,7 +85,9 @@ class TierServer:
         self.tier = tier
         self.engine = TierEngine(tier, engine_args)
         self.host = ServiceHost(listen, [SERVICE_NAME])
-        pb_grpc.add_TierServiceServicer_to_server(TierServicer(self.engine), self.host.server)
+        pb_grpc.add_TierServiceServicer_to_server(
+            TierServicer(self.engine, self.host), self.host.server
+        )
 
     async def release(self) -> None:
         await asyncio.to_thread(self.engine.shutdown)

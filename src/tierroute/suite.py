@@ -29,13 +29,19 @@ class Service:
 def services(cfg: Config, config_path: Path) -> list[Service]:
     """The processes the config describes."""
     py = sys.executable
-    return [
+    config = str(config_path)
+    tiers = [
         Service(
-            "router",
-            cfg.router.listen,
-            [py, "-m", "tierroute.router", "--config", str(config_path)],
+            f"tier:{t.name}",
+            t.address,
+            [py, "-m", "tierroute.tier", "--config", config, "--tier", t.name],
         )
+        for t in cfg.tiers
     ]
+    router = Service(
+        "router", cfg.router.listen, [py, "-m", "tierroute.router", "--config", config]
+    )
+    return [*tiers, router]
 
 
 def health_status(address: str) -> int | None:
@@ -98,7 +104,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, on_signal)
     print(f"starting {len(procs)} service(s) from {args.config}", flush=True)
     for s in procs:
-        s.process = subprocess.Popen(s.argv, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        # Own sessions: Ctrl-C reaches only this supervisor, which stops each service in turn
+        # (a SIGINT to vLLM's worker processes would kill them under the engine).
+        s.process = subprocess.Popen(
+            s.argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True
+        )
     try:
         wait_serving(procs, args.timeout)
         router = cfg.router.listen
@@ -107,7 +117,13 @@ def main(argv: list[str] | None = None) -> int:
             f"  grpcurl -plaintext {router} list\n"
             f'  grpcurl -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
             f"{router} tierroute.router.v1.RouterService/Score\n"
-            "Ctrl-C stops everything.",
+            + "".join(
+                f'  grpcurl -plaintext -d \'{{"messages": [{{"role": "user", "content": '
+                f'"What is the capital of France?"}}]}}\' {t.address} '
+                "tierroute.tier.v1.TierService/Generate\n"
+                for t in cfg.tiers[:1]
+            )
+            + "Ctrl-C stops everything.",
             flush=True,
         )
         while not stop:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from tierroute.router.decision import TierSelector
-from tierroute.router.v1 import router_service_pb2 as pb
 
 from tierroute.config import config_from_dict
+from tierroute.router.decision import TierSelector
+from tierroute.router.v1 import router_service_pb2 as pb
 
 
 def selector(*bounds: float | None) -> TierSelector:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from tierroute.router.embedder import Embedder, EmbedderNotBuiltError
-from tierroute.router.scoring import ReferenceSet, build_scorer
 
 from tests.conftest import EMBEDDER_DIR, router_config
+from tierroute.router.embedder import Embedder, EmbedderNotBuiltError
+from tierroute.router.scoring import ReferenceSet, build_scorer
 
 
 @pytest.fixture(scope="module")

@@ -17,13 +17,13 @@ import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.conftest import ROOT, router_config
+from tierroute.config import Config
 from tierroute.router.server import RouterCore, RouterServer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
-
-from tests.conftest import ROOT, router_config
-from tierroute.config import Config
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

