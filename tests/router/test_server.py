@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,7 +15,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ROOT, router_config
+from tests.conftest import ROOT, router_config, start_service
 from tierroute.config import Config
 from tierroute.router.server import RouterCore, RouterServer
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -299,43 +296,11 @@ def test_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
         "tiers:\n  - {name: small, address: 'h:1', model: m}\n"
         "  - {name: large, address: 'h:2', model: m}\n"
     )
-    port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "tierroute.router",
-            "--config",
-            str(cfg),
-            "--port-file",
-            str(port_file),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        deadline = time.monotonic() + 60
-        status = None
-        while time.monotonic() < deadline and status != SERVING:
-            time.sleep(0.1)
-            if port_file.exists():
-                with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text().strip()}") as ch:
-                    try:
-                        status = (
-                            health_pb2_grpc.HealthStub(ch)
-                            .Check(health_pb2.HealthCheckRequest(), timeout=2)
-                            .status
-                        )
-                    except grpc.RpcError:
-                        pass
-        assert status == SERVING
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=30)
-    finally:
-        proc.kill()
-    assert proc.returncode == 0, err
-    assert "draining" in err and "stopped" in err
+    router = start_service(["tierroute.router", "--config", str(cfg)], tmp_path / "router.log")
+    assert router.health_seen[-1] == SERVING
+    assert router.stop(timeout=30) == 0
+    log = router.log.read_text()
+    assert "draining" in log and "stopped" in log
 
 
 def test_bad_config_key_fails_at_start_up_naming_the_key(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import DEFAULT_CONFIG, ROOT, ServiceProcess, start_service
+from tests.conftest import DEFAULT_CONFIG, ROOT, ServiceProcess, start_tier
 from tests.otlp import OTLPReceiver
 from tierroute.tier.v1 import tier_service_pb2 as pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
@@ -286,18 +286,7 @@ async def test_grpcurl_calls_describe(small_tier: ServiceProcess) -> None:
 
 def own_tier(tmp_path, name: str) -> ServiceProcess:  # type: ignore[no-untyped-def]
     """A tier process of the test's own, for tests that end it."""
-    return start_service(
-        [
-            "tierroute.tier",
-            "--config",
-            str(DEFAULT_CONFIG),
-            "--tier",
-            "small",
-            "--listen",
-            "127.0.0.1:0",
-        ],
-        tmp_path / f"{name}.log",
-    )
+    return start_tier(tmp_path / f"{name}.log")
 
 
 async def test_sigterm_drains_in_flight_streams_then_stops_the_engine(tmp_path) -> None:  # type: ignore[no-untyped-def]
