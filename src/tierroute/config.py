@@ -108,6 +108,13 @@ class EscalationConfig(_Strict):
     timeout_ms: int = Field(default=30_000, ge=1)
 
 
+class ValidatorConfig(_Strict):
+    # Where the validator listens. Port 0 picks a free port.
+    listen: str = "127.0.0.1:50071"
+    # Seconds in-flight requests get to finish on SIGTERM.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+
+
 class MonitoringConfig(_Strict):
     # Python log level of every service.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -121,6 +128,7 @@ class Config(_Strict):
     router: RouterConfig = RouterConfig()
     tiers: list[TierConfig] = Field(default_factory=list)
     escalation: EscalationConfig = EscalationConfig()
+    validator: ValidatorConfig = ValidatorConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
     @model_validator(mode="after")

@@ -41,7 +41,10 @@ def services(cfg: Config, config_path: Path) -> list[Service]:
     router = Service(
         "router", cfg.router.listen, [py, "-m", "tierroute.router", "--config", config]
     )
-    return [*tiers, router]
+    validator = Service(
+        "validator", cfg.validator.listen, [py, "-m", "tierroute.validator", "--config", config]
+    )
+    return [*tiers, validator, router]
 
 
 def health_status(address: str) -> int | None:

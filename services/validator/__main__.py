@@ -1,0 +1,8 @@
+"""`python -m tierroute.validator`: run the validator service."""
+
+import sys
+
+from tierroute.validator.server import main
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""Validation policies: is a tier's answer good enough to deliver, or should it be escalated?
+
+- self-reported: the answer is JSON {"response_content": str, "confidence_score": 0..1} and the
+  model's own confidence is compared with the threshold.
+- log-probability: confidence is computed from the answer's token log-probabilities (the
+  geometric mean token probability, or its minimum over a sliding window), because models'
+  self-reported confidence is known to be poorly calibrated.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tierroute.errors import InvalidArgument
+from tierroute.validator.v1 import validator_service_pb2 as pb
+
+DEFAULT_MIN_CONFIDENCE = 0.70
+DEFAULT_WINDOW = 8
+
+
+@dataclass(frozen=True)
+class Judgement:
+    verdict: pb.Verdict
+    confidence: float
+    reason: pb.ValidationReason
+    content: str
+    detail: str = ""
+
+    def to_proto(self) -> pb.ValidateResponse:
+        return pb.ValidateResponse(
+            verdict=self.verdict,
+            confidence=self.confidence,
+            reason=self.reason,
+            content=self.content,
+            detail=self.detail,
+        )
+
+
+def _threshold(policy: pb.ValidationPolicy) -> float:
+    value = policy.min_confidence or DEFAULT_MIN_CONFIDENCE
+    if not 0.0 <= value <= 1.0 or math.isnan(value):
+        raise InvalidArgument(f"policy.min_confidence is {value:g}; use a value in [0, 1]")
+    return value
+
+
+def _by_confidence(confidence: float, threshold: float, content: str) -> Judgement:
+    if confidence < threshold:
+        return Judgement(
+            pb.VERDICT_ESCALATE,
+            confidence,
+            pb.VALIDATION_REASON_LOW_CONFIDENCE,
+            content,
+            f"confidence {confidence:.3f} is below the threshold {threshold:.3f}",
+        )
+    return Judgement(pb.VERDICT_DELIVER, confidence, pb.VALIDATION_REASON_CONFIDENT, content)
+
+
+def self_reported(answer: str, policy: pb.ValidationPolicy) -> Judgement:
+    threshold = _threshold(policy)
+    fallback = (
+        policy.fallback_on_parse_error if policy.HasField("fallback_on_parse_error") else True
+    )
+    if not answer.strip():
+        return Judgement(
+            pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_EMPTY_ANSWER, "", "the answer is empty"
+        )
+    try:
+        doc = json.loads(answer)
+    except json.JSONDecodeError as exc:
+        detail = f"the answer is not valid JSON: {exc}"
+        if fallback:
+            return Judgement(
+                pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_PARSE_FAILURE, answer, detail
+            )
+        return Judgement(
+            pb.VERDICT_DELIVER, 0.0, pb.VALIDATION_REASON_PARSE_FAILURE, answer, detail
+        )
+    problem = _shape_problem(doc)
+    if problem:
+        return Judgement(
+            pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_SCHEMA_VIOLATION, answer, problem
+        )
+    content, confidence = doc["response_content"], float(doc["confidence_score"])
+    if not content.strip():
+        return Judgement(
+            pb.VERDICT_ESCALATE,
+            confidence,
+            pb.VALIDATION_REASON_EMPTY_ANSWER,
+            "",
+            "response_content is empty",
+        )
+    return _by_confidence(confidence, threshold, content)
+
+
+def _shape_problem(doc: object) -> str:
+    if not isinstance(doc, dict):
+        return f"the answer is JSON but a {type(doc).__name__}, not an object"
+    content = doc.get("response_content")
+    score = doc.get("confidence_score")
+    if not isinstance(content, str):
+        return "response_content is missing or not a string"
+    if isinstance(score, bool) or not isinstance(score, int | float):
+        return "confidence_score is missing or not a number"
+    if not 0.0 <= float(score) <= 1.0:
+        return f"confidence_score is {score}, outside [0, 1]"
+    return ""
+
+
+def logprob_confidence(
+    logprobs: Sequence[float], aggregation: pb.LogprobAggregation, window: int
+) -> float:
+    """exp(mean logprob), or the lowest such value over `window` consecutive tokens."""
+    if aggregation == pb.LOGPROB_AGGREGATION_MIN_WINDOW and len(logprobs) > window:
+        total = sum(logprobs[:window])
+        lowest = total
+        for i in range(window, len(logprobs)):
+            total += logprobs[i] - logprobs[i - window]
+            lowest = min(lowest, total)
+        return math.exp(lowest / window)
+    return math.exp(sum(logprobs) / len(logprobs))
+
+
+def by_logprob(answer: str, logprobs: Sequence[float], policy: pb.ValidationPolicy) -> Judgement:
+    threshold = _threshold(policy)
+    if not answer.strip():
+        return Judgement(
+            pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_EMPTY_ANSWER, "", "the answer is empty"
+        )
+    if not logprobs:
+        raise InvalidArgument(
+            "policy POLICY_KIND_LOGPROB needs `logprobs`: ask the tier for them (logprobs: true)"
+        )
+    for i, lp in enumerate(logprobs):
+        if math.isnan(lp) or lp > 0:
+            raise InvalidArgument(f"logprobs[{i}].logprob is {lp}; log-probabilities are <= 0")
+    window = policy.window or DEFAULT_WINDOW
+    confidence = logprob_confidence(logprobs, policy.aggregation, window)
+    return _by_confidence(confidence, threshold, answer)
+
+
+def judge(request: pb.ValidateRequest) -> Judgement:
+    """Apply the request's policy to its answer. Raises InvalidArgument for a bad request."""
+    if not request.HasField("policy") or request.policy.kind == pb.POLICY_KIND_UNSPECIFIED:
+        raise InvalidArgument(
+            "policy.kind is required: POLICY_KIND_SELF_REPORTED or POLICY_KIND_LOGPROB"
+        )
+    if request.policy.kind == pb.POLICY_KIND_SELF_REPORTED:
+        return self_reported(request.answer, request.policy)
+    if request.policy.kind == pb.POLICY_KIND_LOGPROB:
+        return by_logprob(request.answer, [lp.logprob for lp in request.logprobs], request.policy)
+    raise InvalidArgument(f"policy.kind {request.policy.kind} is not a known policy")
