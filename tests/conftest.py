@@ -80,14 +80,14 @@ def start_service(
     """Start `python -m <args> --port-file ...`, wait until health reports SERVING."""
     port_file = log.with_suffix(".port")
     port_file.unlink(missing_ok=True)
-    out = log.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", *args, "--port-file", str(port_file)],
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
+    with log.open("w") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", *args, "--port-file", str(port_file)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+        )
     svc = ServiceProcess(proc, "", log)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

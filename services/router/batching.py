@@ -36,6 +36,7 @@ class MicroBatcher:
         self._queue: asyncio.Queue[_Item] = asyncio.Queue()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
         self._worker: asyncio.Task[None] | None = None
+        self._current: list[_Item] = []  # the batch being embedded, for close()
         self.batches = 0
         self.items = 0
 
@@ -44,16 +45,18 @@ class MicroBatcher:
             self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def close(self) -> None:
+        """Stop the worker; every caller still waiting gets an error, none is left hanging."""
         if self._worker is not None:
             self._worker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._worker
             self._worker = None
-        while not self._queue.empty():
-            item = self._queue.get_nowait()
+        waiting = self._current + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+        for item in waiting:
             if not item.future.done():
-                item.future.set_exception(RuntimeError("embedder shut down"))
-        self._executor.shutdown(wait=True)
+                item.future.set_exception(RuntimeError("the embedder is shutting down"))
+        self._current = []
+        await asyncio.to_thread(self._executor.shutdown, True)
 
     async def embed(self, text: str) -> tuple[np.ndarray, bool]:
         """The embedding of `text` and whether it was truncated for embedding."""
@@ -90,7 +93,7 @@ class MicroBatcher:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._take_batch()
+            batch = self._current = await self._take_batch()
             live = [item for item in batch if not item.future.done()]  # skip cancelled callers
             if not live:
                 continue

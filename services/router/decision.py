@@ -39,15 +39,18 @@ class TierSelector:
         )
 
     def _confidence(self, score: float, index: int) -> float:
-        """How far the score lies inside its tier's band, relative to the widest distance it
-        could lie: 0 on a boundary, 1 at the far end of the scale."""
+        """How far the score lies from the nearest boundary of its tier's band, relative to
+        the farthest any score in that band can lie: 0 on a boundary, 1 at the farthest point
+        (the end of the scale for the first and last tier, the middle for a middle tier)."""
         lower = self._bounds[index - 1] if index > 0 else None
         upper = self._bounds[index] if index < len(self._bounds) - 1 else None
-        distances = []
-        if upper is not None:
-            distances.append((upper - score) / max(upper, 1e-9))
-        if lower is not None:
-            distances.append((score - lower) / max(10.0 - lower, 1e-9))
-        if not distances:
+        if lower is None and upper is None:
             return 1.0
-        return float(min(max(min(distances), 0.0), 1.0))
+        if lower is None:
+            assert upper is not None
+            distance, farthest = upper - score, upper
+        elif upper is None:
+            distance, farthest = score - lower, 10.0 - lower
+        else:
+            distance, farthest = min(upper - score, score - lower), (upper - lower) / 2
+        return float(min(max(distance / max(farthest, 1e-9), 0.0), 1.0))

@@ -63,13 +63,15 @@ class Embedder:
         )
         self._input_names = {i.name for i in self._session.get_inputs()}
         self.dimension = int(self._session.get_outputs()[0].shape[-1])
-        self.version = self._version(model_dir, model_path, tokenizer_path)
+        self.version = self._version(model_dir, model_path, tokenizer_path, max_tokens)
         logger.info("embedder %s loaded from %s", self.version, model_path)
 
     @staticmethod
-    def _version(model_dir: Path, model_path: Path, tokenizer_path: Path) -> str:
+    def _version(model_dir: Path, model_path: Path, tokenizer_path: Path, max_tokens: int) -> str:
+        """Names everything that shapes an embedding: the weights, the tokenizer and how much
+        of a prompt is read."""
         manifest = model_dir / "manifest.json"
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(f"max_tokens={max_tokens}".encode())
         if manifest.is_file() and model_path.name == "model.onnx":
             meta = json.loads(manifest.read_text())
             digest.update(str(meta.get("model_sha256", "")).encode())

@@ -15,7 +15,7 @@ from pathlib import Path
 import grpc
 
 from tierroute.config import Config, ConfigError, load_config
-from tierroute.errors import InvalidArgument, Overloaded, Unavailable, stream_errors, unary_errors
+from tierroute.errors import Overloaded, Unavailable, Unimplemented, stream_errors, unary_errors
 from tierroute.prompts import check_prompt, normalize, routing_text
 from tierroute.router.batching import MicroBatcher
 from tierroute.router.cache import TTLCache, cache_key
@@ -161,8 +161,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Route(
         self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RouteResponse]:
-        check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
-        raise InvalidArgument("Route is not implemented yet in this release; use Score")
+        raise Unimplemented("Route is not implemented yet in this release; use Score")
         yield pb.RouteResponse()  # pragma: no cover - makes this an async generator
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tierroute.config import TierConfig
-from tierroute.errors import InvalidArgument, ServiceError, Unavailable
+from tierroute.errors import InvalidArgument, Overloaded, ServiceError, Unavailable
 from tierroute.prompts import check_prompt
 from tierroute.tier.v1 import tier_service_pb2 as pb
 
@@ -24,18 +24,21 @@ logger = logging.getLogger(__name__)
 
 MAX_STOP_STRINGS = 16
 MAX_TOP_LOGPROBS = 20
-MAX_PROMPT_CHARS = 1_000_000
+# A token is rarely longer than this many characters: a prompt longer than this many times the
+# context is rejected before it is tokenized.
+MAX_CHARS_PER_TOKEN = 32
 DEFAULT_TOP_P = 1.0
 
 _FINISH = {
     "stop": pb.FINISH_REASON_STOP,
     "length": pb.FINISH_REASON_LENGTH,
     "abort": pb.FINISH_REASON_ABORT,
+    "repetition": pb.FINISH_REASON_REPETITION,
 }
 
 
 class EngineFailure(ServiceError):
-    """The engine failed while generating; the server keeps serving other requests."""
+    """The engine failed one request; the server keeps serving other requests."""
 
 
 @dataclass(frozen=True)
@@ -44,7 +47,6 @@ class Prepared:
 
     token_ids: list[int]
     sampling: Any  # vllm.SamplingParams
-    max_tokens: int
 
 
 def engine_args_for(tier: TierConfig, overrides: Mapping[str, Any] | None = None) -> Any:
@@ -71,6 +73,7 @@ class TierEngine:
         self.engine_args = engine_args
         self.llm: Any = None  # vllm.v1.engine.async_llm.AsyncLLM once loaded
         self._tokenizer: Any = None
+        self.model = tier.model
         self.max_model_len = 0
         self.dtype = ""
         self.quantization = ""
@@ -98,6 +101,7 @@ class TierEngine:
         self.dtype = str(config.dtype).removeprefix("torch.")
         self.quantization = str(config.quantization or "")
         self.device = str(current_platform.device_type)
+        self.model = str(config.model)  # what was loaded, after command-line overrides
         self.llm = llm
         logger.info(
             "engine for %s ready in %.1f s (max_model_len %d, %s, %s)",
@@ -119,7 +123,7 @@ class TierEngine:
     def describe(self) -> pb.DescribeResponse:
         return pb.DescribeResponse(
             tier=self.tier.name,
-            model=self.tier.model,
+            model=self.model,
             max_context_tokens=self.max_model_len,
             price_per_1k_input_usd=self.tier.price_per_1k_input_usd,
             price_per_1k_output_usd=self.tier.price_per_1k_output_usd,
@@ -138,7 +142,7 @@ class TierEngine:
             + completion_tokens * self.tier.price_per_1k_output_usd
         ) / 1000.0
 
-    def prepare(self, request: pb.GenerateRequest) -> Prepared:
+    async def prepare(self, request: pb.GenerateRequest) -> Prepared:
         """Check the request, render and tokenize the prompt, build the sampling parameters.
 
         Raises InvalidArgument (with what to fix) before any generation starts.
@@ -148,9 +152,10 @@ class TierEngine:
         if self.dead:
             raise Unavailable("the tier's engine has failed; restart the tier service")
         from vllm import SamplingParams
+        from vllm.exceptions import VLLMClientError
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
-        check_prompt(request.prompt, request.messages, MAX_PROMPT_CHARS)
+        check_prompt(request.prompt, request.messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
         s = request.sampling
         temperature = s.temperature if s.HasField("temperature") else self.tier.temperature
         top_p = s.top_p if s.HasField("top_p") else DEFAULT_TOP_P
@@ -180,7 +185,8 @@ class TierEngine:
                 raise InvalidArgument("json_schema must be a JSON object (a JSON Schema)")
             structured = StructuredOutputsParams(json=schema)
 
-        token_ids = self._tokenize(request)
+        # Templating and tokenizing a long prompt takes a while: keep the event loop free.
+        token_ids = await asyncio.to_thread(self._tokenize, request)
         max_tokens = s.max_tokens or self.tier.max_tokens
         if len(token_ids) + max_tokens > self.max_model_len:
             raise InvalidArgument(
@@ -199,9 +205,9 @@ class TierEngine:
                 structured_outputs=structured,
                 output_kind=RequestOutputKind.DELTA,
             )
-        except ValueError as exc:
+        except (ValueError, VLLMClientError) as exc:
             raise InvalidArgument(f"bad sampling parameters: {exc}") from None
-        return Prepared(token_ids, sampling, max_tokens)
+        return Prepared(token_ids, sampling)
 
     def _tokenize(self, request: pb.GenerateRequest) -> list[int]:
         if request.prompt:
@@ -216,14 +222,15 @@ class TierEngine:
         self,
         prepared: Prepared,
         request_id: str,
+        started: float,
         trace_headers: Mapping[str, str] | None = None,
     ) -> AsyncIterator[pb.GenerateResponse]:
         """Stream chunks, then one `complete`. Cancelling the iteration aborts the request in
-        the engine (vLLM's generate() aborts on CancelledError/GeneratorExit)."""
-        from vllm.exceptions import VLLMClientError
+        the engine (vLLM's generate() aborts on CancelledError/GeneratorExit). `started` is
+        when the request arrived (time.perf_counter()), for the timings."""
+        from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
-        started = time.perf_counter()
         first_token_at: float | None = None
         completion_tokens = 0
         finish_reason = pb.FINISH_REASON_UNSPECIFIED
@@ -248,9 +255,18 @@ class TierEngine:
                         )
                     yield pb.GenerateResponse(chunk=chunk)
                 if out.finished:
-                    finish_reason = _FINISH.get(piece.finish_reason or "", pb.FINISH_REASON_STOP)
+                    if piece.finish_reason == "error":
+                        raise EngineFailure(
+                            f"the engine failed this request after {completion_tokens} tokens "
+                            "(finish reason 'error'); retry it"
+                        )
+                    finish_reason = _FINISH.get(
+                        piece.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED
+                    )
         except VLLMClientError as exc:
             raise InvalidArgument(f"the engine rejected the request: {exc}") from exc
+        except GracefulHTTPError as exc:  # the engine's queue limits
+            raise Overloaded(f"the tier is at capacity: {exc}") from exc
         except EngineDeadError as exc:
             logger.error("engine is dead: %s", exc)
             raise Unavailable(f"the tier's engine has failed: {exc}") from exc
@@ -268,7 +284,7 @@ class TierEngine:
                 time_to_first_token_ms=((first_token_at or done) - started) * 1000.0,
                 total_time_ms=(done - started) * 1000.0,
                 cost_usd=self.cost(prompt_tokens, completion_tokens),
-                model=self.tier.model,
+                model=self.model,
             )
         )
 

@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TierService"].full_name
+ENGINE_WATCH_SECONDS = 1.0
 
 
 class TierServicer(pb_grpc.TierServiceServicer):
@@ -54,16 +56,17 @@ class TierServicer(pb_grpc.TierServiceServicer):
     async def _generate(
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
+        started = time.perf_counter()
         with tracing.server_span(f"{SERVICE_NAME}/Generate", context, __name__) as span:
             span.set_attribute("tierroute.tier", self.engine.tier.name)
-            prepared = self.engine.prepare(request)
+            prepared = await self.engine.prepare(request)
             # The caller's id stays readable in engine logs; the suffix keeps two requests
             # with the same id from colliding inside the engine.
             request_id = f"{request.request_id or 'req'}-{uuid.uuid4().hex[:12]}"
             span.set_attribute("tierroute.request_id", request_id)
             span.set_attribute("gen_ai.usage.input_tokens", len(prepared.token_ids))
             async for response in self.engine.generate(
-                prepared, request_id, trace_headers=tracing.current_headers()
+                prepared, request_id, started, trace_headers=tracing.current_headers()
             ):
                 if response.HasField("complete"):
                     c = response.complete
@@ -84,18 +87,32 @@ class TierServer:
         self.cfg = cfg
         self.tier = tier
         self.engine = TierEngine(tier, engine_args)
+        self._watcher: asyncio.Task[None] | None = None
         self.host = ServiceHost(listen, [SERVICE_NAME])
         pb_grpc.add_TierServiceServicer_to_server(
             TierServicer(self.engine, self.host), self.host.server
         )
 
+    async def load(self) -> None:
+        await self.engine.load()
+        self._watcher = asyncio.create_task(self._watch_engine())
+
+    async def _watch_engine(self) -> None:
+        """Turn health to NOT_SERVING as soon as the engine dies, even with no request."""
+        while not self.engine.dead:  # noqa: ASYNC110 - vLLM signals engine death by no event
+            await asyncio.sleep(ENGINE_WATCH_SECONDS)
+        logger.error("the engine has died: reporting NOT_SERVING")
+        await self.host.set_serving(False)
+
     async def release(self) -> None:
+        if self._watcher is not None:
+            self._watcher.cancel()
         await asyncio.to_thread(self.engine.shutdown)
         tracing.shutdown_tracing()
 
     async def serve(self, port_file: Path | None = None) -> None:
         await serve_until_signal(
-            self.host, self.engine.load, self.release, self.tier.shutdown_grace_seconds, port_file
+            self.host, self.load, self.release, self.tier.shutdown_grace_seconds, port_file
         )
 
 

@@ -2,8 +2,12 @@
 
 Environment variables override single keys: `TIERROUTE__ROUTER__CACHE_TTL_SECONDS=60` sets
 `router.cache_ttl_seconds`, `TIERROUTE__TIERS__0__ADDRESS=10.0.0.5:50061` sets the first tier's
-address. Values are parsed as YAML scalars (`true`, `4.5`, `null`). Relative paths in the file
-are resolved against the file's folder.
+address. Keys are case-insensitive except below `env` and `engine_args`, whose keys are kept as
+written. Values are parsed as YAML scalars (`true`, `4.5`, `null`), or kept as text where that
+fails, and always kept as text below `env`. Relative paths in the file are resolved against the
+file's folder.
+
+Keys marked "(Route)" are read by the Route pipeline, which is not implemented yet.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 ENV_PREFIX = "TIERROUTE__"
+_VERBATIM = {"env", "engine_args"}
 
 
 class ConfigError(ValueError):
@@ -63,7 +68,7 @@ class RouterConfig(_Strict):
     # How long the first prompt of a batch may wait for others, in ms. 0: no waiting; prompts
     # that arrive while a batch runs form the next batch.
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
-    # The tier used when scoring fails. Empty: the largest (last) tier.
+    # (Route) The tier used when scoring fails. Empty: the largest (last) tier.
     default_tier: str = ""
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
@@ -80,7 +85,7 @@ class TierConfig(_Strict):
     max_tokens: int = Field(default=256, ge=1)
     # Default sampling temperature.
     temperature: float = Field(default=0.7, ge=0, le=2)
-    # Ask this tier for JSON {"response_content", "confidence_score"} and validate it.
+    # (Route) Ask this tier for JSON {"response_content", "confidence_score"} and validate it.
     structured_output: bool = False
     # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
     # first tier, 10 for the last; tiers in between must set it.
@@ -98,8 +103,10 @@ class TierConfig(_Strict):
 
 
 class EscalationConfig(_Strict):
+    """(Route) When and how far answers are escalated."""
+
     # Escalate answers whose validated confidence is below this.
-    min_confidence: float = Field(default=0.70, ge=0, le=1)
+    min_confidence: float = Field(default=0.70, gt=0, le=1)
     # Escalate when the small tier's JSON answer does not parse.
     fallback_on_parse_error: bool = True
     # Most escalations for one request.
@@ -118,7 +125,7 @@ class ValidatorConfig(_Strict):
 class MonitoringConfig(_Strict):
     # Python log level of every service.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # Port of the Prometheus metrics endpoint (0: off).
+    # (Not implemented yet) Port of the Prometheus metrics endpoint (0: off).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # OTLP/gRPC endpoint for traces, for example "127.0.0.1:4317". Empty: tracing off.
     otlp_endpoint: str = ""
@@ -142,10 +149,15 @@ class Config(_Strict):
                 f"router.default_tier {self.router.default_tier!r} is not a tier "
                 f"(tiers: {', '.join(names) or 'none'})"
             )
-        bounds = self.tier_bounds()
-        if any(b2 < b1 for b1, b2 in itertools.pairwise(bounds)):
+        if self.tiers and self.tiers[-1].max_score not in (None, 10.0):
             raise ValueError(
-                "tiers must be listed smallest first with increasing max_score; got "
+                f"tiers[{len(self.tiers) - 1}] ({self.tiers[-1].name}): the last tier serves "
+                "every score up to 10; remove its max_score"
+            )
+        bounds = self.tier_bounds()
+        if any(b2 <= b1 for b1, b2 in itertools.pairwise(bounds)):
+            raise ValueError(
+                "tiers must be listed smallest first with strictly increasing max_score; got "
                 + ", ".join(f"{t.name}<={b:g}" for t, b in zip(self.tiers, bounds, strict=True))
             )
         return self
@@ -170,9 +182,6 @@ class Config(_Strict):
                 return tier
         raise KeyError(name)
 
-    def default_tier_name(self) -> str:
-        return self.router.default_tier or (self.tiers[-1].name if self.tiers else "")
-
     def routing_version(self) -> str:
         """A hash of every setting that maps a score to a tier (part of the cache key)."""
         doc = {"bounds": self.tier_bounds(), "tiers": [t.name for t in self.tiers]}
@@ -183,10 +192,21 @@ def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str
     for key in sorted(environ):
         if not key.startswith(ENV_PREFIX):
             continue
-        path = [p.lower() for p in key[len(ENV_PREFIX) :].split("__")]
-        if not all(path):
+        raw = key[len(ENV_PREFIX) :].split("__")
+        if not all(raw):
             raise ConfigError(f"environment variable {key}: empty key segment")
-        value = yaml.safe_load(environ[key]) if environ[key] else ""
+        # Keys below env/engine_args are the user's own (environment variable names, vLLM
+        # argument names): keep them as written.
+        path = [
+            part if i > 0 and raw[i - 1].lower() in _VERBATIM else part.lower()
+            for i, part in enumerate(raw)
+        ]
+        value: Any = environ[key]
+        if len(path) < 2 or path[-2] != "env":
+            try:
+                value = yaml.safe_load(value) if value else ""
+            except yaml.YAMLError:
+                pass  # not a YAML scalar (an IPv6 address, say): keep the text
         node: Any = data
         for depth, part in enumerate(path[:-1]):
             where = ".".join(path[: depth + 1])

@@ -30,8 +30,8 @@ class Unavailable(ServiceError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
-class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+class Unimplemented(ServiceError):
+    code = grpc.StatusCode.UNIMPLEMENTED
 
 
 Req = TypeVar("Req")

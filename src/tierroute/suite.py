@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,16 @@ def health_status(address: str) -> int | None:
             return None
 
 
-def wait_serving(procs: list[Service], timeout: float) -> None:
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM arrived while the services were starting."""
+
+
+def wait_serving(procs: list[Service], timeout: float, stopping: Callable[[], bool]) -> None:
     deadline = time.monotonic() + timeout
     pending = {s.name for s in procs}
     while pending:
+        if stopping():
+            raise Interrupted()
         for s in procs:
             if s.process is not None and s.process.poll() is not None:
                 raise RuntimeError(f"{s.name} exited with code {s.process.returncode}; see its log")
@@ -74,16 +81,19 @@ def wait_serving(procs: list[Service], timeout: float) -> None:
         time.sleep(0.25)
 
 
-def stop_all(procs: list[Service]) -> None:
+def stop_all(procs: list[Service], grace: float) -> None:
+    """SIGTERM every service, give each `grace` seconds to drain and shut its engine down."""
     for s in procs:
         if s.process is not None and s.process.poll() is None:
             s.process.send_signal(signal.SIGTERM)
     for s in procs:
         if s.process is not None:
             try:
-                s.process.wait(30)
+                s.process.wait(grace)
             except subprocess.TimeoutExpired:
+                print(f"{s.name} did not stop within {grace:.0f} s: killing it", file=sys.stderr)
                 s.process.kill()
+                s.process.wait()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,8 +122,11 @@ def main(argv: list[str] | None = None) -> int:
         s.process = subprocess.Popen(
             s.argv, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True
         )
+    # The longest drain any service may take, plus time for an engine to shut down.
+    grace = max([cfg.router.shutdown_grace_seconds, *(t.shutdown_grace_seconds for t in cfg.tiers)])
+    grace += 30.0
     try:
-        wait_serving(procs, args.timeout)
+        wait_serving(procs, args.timeout, lambda: stop)
         router = cfg.router.listen
         print(
             "\nready. Try:\n"
@@ -135,11 +148,13 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"{s.name} exited with code {s.process.returncode}", file=sys.stderr)
                     stop = True
             time.sleep(0.5)
+    except Interrupted:
+        print("interrupted while starting: stopping", file=sys.stderr)
     except RuntimeError as exc:
         print(f"tierroute: {exc}", file=sys.stderr)
-        stop_all(procs)
+        stop_all(procs, grace)
         return 1
-    stop_all(procs)
+    stop_all(procs, grace)
     return 0
 
 

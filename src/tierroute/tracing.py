@@ -70,8 +70,3 @@ def current_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=otel_context.get_current())
     return carrier
-
-
-def outgoing_metadata() -> list[tuple[str, str]]:
-    """gRPC metadata that carries the current trace context to the next hop."""
-    return list(current_headers().items())

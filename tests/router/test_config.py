@@ -104,3 +104,39 @@ def test_missing_or_malformed_file_is_a_clear_error(tmp_path: Path) -> None:
         load_config(tmp_path / "nope.yaml", environ={})
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(write(tmp_path, "router: [unclosed\n"), environ={})
+
+
+def test_environment_keeps_case_below_env_and_text_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m, env: {VLLM_CPU_KVCACHE_SPACE: '1'}}\n",
+    )
+    cfg = load_config(
+        path,
+        environ={
+            "TIERROUTE__TIERS__0__ENV__VLLM_CPU_KVCACHE_SPACE": "4",
+            "TIERROUTE__TIERS__0__ENGINE_ARGS__max_model_len": "4096",
+            "TIERROUTE__ROUTER__LISTEN": "[::]:50051",
+        },
+    )
+    assert cfg.tiers[0].env == {"VLLM_CPU_KVCACHE_SPACE": "4"}
+    assert cfg.tiers[0].engine_args == {"max_model_len": 4096}
+    assert cfg.router.listen == "[::]:50051"
+
+
+def test_equal_bounds_and_a_bounded_last_tier_are_rejected(tmp_path: Path) -> None:
+    equal = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m, max_score: 4}\n"
+        "  - {name: b, address: 'y:1', model: m, max_score: 4}\n"
+        "  - {name: c, address: 'z:1', model: m}\n",
+    )
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        load_config(equal, environ={})
+    last = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n"
+        "  - {name: b, address: 'y:1', model: m, max_score: 8}\n",
+    )
+    with pytest.raises(ConfigError, match="the last tier serves every score up to 10"):
+        load_config(last, environ={})

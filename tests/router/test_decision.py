@@ -11,7 +11,12 @@ from tierroute.router.v1 import router_service_pb2 as pb
 
 def selector(*bounds: float | None) -> TierSelector:
     tiers = [
-        {"name": f"t{i}", "address": "h:1", "model": "m", **({"max_score": b} if b else {})}
+        {
+            "name": f"t{i}",
+            "address": "h:1",
+            "model": "m",
+            **({"max_score": b} if b is not None else {}),
+        }
         for i, b in enumerate(bounds)
     ]
     return TierSelector(config_from_dict({"tiers": tiers}))
@@ -36,3 +41,10 @@ def test_confidence_is_zero_on_a_boundary_and_grows_away_from_it() -> None:
     assert s.choose(0.0).confidence == pytest.approx(1.0)
     assert s.choose(10.0).confidence == pytest.approx(1.0)
     assert 0 < s.choose(2.0).confidence < s.choose(1.0).confidence
+
+
+def test_middle_tier_confidence_peaks_at_the_middle_of_its_band() -> None:
+    s = selector(3, 7, None)
+    assert s.choose(5.0).confidence == pytest.approx(1.0)
+    assert s.choose(3.5).confidence == pytest.approx(0.25)
+    assert s.choose(7.0).confidence == pytest.approx(0.0)

@@ -124,7 +124,7 @@ async def test_config_change_can_never_serve_a_stale_decision(
     core = router[0].core
     prompt = "Summarize the plot of Hamlet in two sentences."
     before = await core.decide(prompt)
-    assert before.tier == "small" or before.tier == "large"
+    assert before.tier == "small", before  # so that a lower threshold must change the tier
     # Same embedder, same cache, a different threshold: the old entry must not answer.
     moved = RouterCore(router_config(complexity_threshold=before.complexity_score - 0.5))
     moved.embedder, moved.scorer, moved.batcher = core.embedder, core.scorer, core.batcher

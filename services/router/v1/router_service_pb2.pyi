@@ -150,8 +150,26 @@ class StageLatencies(_message.Message):
     time_to_first_token_ms: float
     def __init__(self, score_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., validate_ms: _Optional[float] = ..., escalation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ...) -> None: ...
 
+class TierAttempt(_message.Message):
+    __slots__ = ("tier", "usage", "cost_usd", "finish_reason", "latency_ms", "delivered", "escalation_reason")
+    TIER_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    COST_USD_FIELD_NUMBER: _ClassVar[int]
+    FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    DELIVERED_FIELD_NUMBER: _ClassVar[int]
+    ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    tier: str
+    usage: Usage
+    cost_usd: float
+    finish_reason: _tier_service_pb2.FinishReason
+    latency_ms: float
+    delivered: bool
+    escalation_reason: EscalationReason
+    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ...) -> None: ...
+
 class RouteSummary(_message.Message):
-    __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence")
+    __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence", "attempts")
     TIER_FIELD_NUMBER: _ClassVar[int]
     ESCALATED_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -160,6 +178,7 @@ class RouteSummary(_message.Message):
     LATENCIES_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
     tier: str
     escalated: bool
     escalation_reason: EscalationReason
@@ -168,7 +187,8 @@ class RouteSummary(_message.Message):
     latencies: StageLatencies
     finish_reason: _tier_service_pb2.FinishReason
     confidence: float
-    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
+    attempts: _containers.RepeatedCompositeFieldContainer[TierAttempt]
+    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[TierAttempt, _Mapping]]] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("decision", "chunk", "escalation", "summary")

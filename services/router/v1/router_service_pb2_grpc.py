@@ -66,8 +66,14 @@ class RouterServiceServicer:
     def Route(self, request, context):
         """Route runs a whole request: it decides the tier, generates there,
         validates the answer and escalates when needed. The stream is one
-        `decision`, then `chunk`s (with an `escalation` before the larger tier's
-        chunks if the answer was escalated), then one `summary`.
+        `decision`, then `chunk`s, then one `summary`. A tier whose answers are
+        validated has its answer held back until the validator has judged it:
+        then it is sent as chunks (deliver), or an `escalation` is sent and the
+        next tier's chunks follow live. Chunks already sent are never retracted.
+        Errors: INVALID_ARGUMENT for bad input or an unknown `force_tier`,
+        RESOURCE_EXHAUSTED past the concurrency limit, UNAVAILABLE when no tier
+        can serve (or a tier fails after chunks were sent), DEADLINE_EXCEEDED
+        when the client's deadline or the stage budgets run out.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
