@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 
 import grpc
@@ -352,3 +353,47 @@ async def test_a_dead_engine_is_unavailable_and_health_says_not_serving(tmp_path
             assert not (await stub.Describe(pb.DescribeRequest(), timeout=5)).ready
     finally:
         tier.stop()
+
+
+def test_sigterm_while_the_engine_loads_leaves_no_engine_behind(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import psutil
+
+    port_file = tmp_path / "loading.port"
+    with (tmp_path / "loading.log").open("w") as log:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tierroute.tier",
+                "--config",
+                str(DEFAULT_CONFIG),
+                "--tier",
+                "small",
+                "--listen",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        for _ in range(300):  # wait until it listens (and so is loading the engine)
+            if port_file.exists():
+                break
+            time.sleep(0.1)
+        time.sleep(3)  # well into the ~30 s load
+        with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text().strip()}") as channel:
+            status = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(), timeout=5
+            )
+        assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "the engine's processes had not started yet"
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(180)
+    finally:
+        proc.kill()
+    assert code == 0, (tmp_path / "loading.log").read_text()[-3000:]
+    _, alive = psutil.wait_procs(children, 30)
+    assert not alive, f"engine processes left running: {[p.pid for p in alive]}"
