@@ -124,6 +124,24 @@ def start_tier(
 
 
 @pytest.fixture(scope="session")
+def large_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The embedded default's large tier (the same small model on CPU), on a free port."""
+    svc = start_tier(tmp_path_factory.mktemp("tier") / "large.log", tier="large")
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+def validator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    svc = start_service(
+        ["tierroute.validator", "--config", str(DEFAULT_CONFIG), "--listen", "127.0.0.1:0"],
+        tmp_path_factory.mktemp("validator") / "validator.log",
+    )
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
 def otlp_receiver() -> Iterator[OTLPReceiver]:
     """A real OTLP/gRPC trace receiver that every service started by the tests exports to."""
     receiver = OTLPReceiver().start()

@@ -15,12 +15,13 @@ from pathlib import Path
 import grpc
 
 from tierroute.config import Config, ConfigError, load_config
-from tierroute.errors import Overloaded, Unavailable, Unimplemented, stream_errors, unary_errors
+from tierroute.errors import Overloaded, Unavailable, stream_errors, unary_errors
 from tierroute.prompts import check_prompt, normalize, routing_text
 from tierroute.router.batching import MicroBatcher
 from tierroute.router.cache import TTLCache, cache_key
 from tierroute.router.decision import TierSelector
 from tierroute.router.embedder import Embedder
+from tierroute.router.pipeline import Pipeline
 from tierroute.router.scoring import Scorer, build_scorer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -128,8 +129,9 @@ class RouterCore:
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
-    def __init__(self, core: RouterCore) -> None:
+    def __init__(self, core: RouterCore, pipeline: Pipeline) -> None:
         self.core = core
+        self.pipeline = pipeline
         self._in_flight = 0
 
     @contextlib.contextmanager
@@ -161,8 +163,24 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Route(
         self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RouteResponse]:
-        raise Unimplemented("Route is not implemented yet in this release; use Score")
-        yield pb.RouteResponse()  # pragma: no cover - makes this an async generator
+        started = time.perf_counter()
+        check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
+        with self._admit():
+            if request.force_tier:
+                self.pipeline.tier_index(request.force_tier)  # INVALID_ARGUMENT if unknown
+                decision = pb.RoutingDecision(
+                    tier=request.force_tier,
+                    confidence=1.0,
+                    reason_codes=[pb.REASON_CODE_FORCED_TIER],
+                    router_latency_ms=(time.perf_counter() - started) * 1000.0,
+                )
+            else:
+                decision = await self.core.decide(
+                    routing_text(request.prompt, request.messages), request.bypass_cache
+                )
+            yield pb.RouteResponse(decision=decision)
+            async for event in self.pipeline.run(request, decision, started, context):
+                yield event
 
 
 class RouterServer:
@@ -172,8 +190,11 @@ class RouterServer:
         check_router_config(cfg)
         self.cfg = cfg
         self.core = RouterCore(cfg)
+        self.pipeline = Pipeline(cfg)
         self.host = ServiceHost(cfg.router.listen, [SERVICE_NAME])
-        pb_grpc.add_RouterServiceServicer_to_server(RouterServicer(self.core), self.host.server)
+        pb_grpc.add_RouterServiceServicer_to_server(
+            RouterServicer(self.core, self.pipeline), self.host.server
+        )
 
     async def start(self) -> int:
         return await self.host.start()
@@ -184,13 +205,17 @@ class RouterServer:
 
     async def stop(self, grace: float | None = None) -> None:
         await self.host.stop(self.cfg.router.shutdown_grace_seconds if grace is None else grace)
+        await self.release()
+
+    async def release(self) -> None:
         await self.core.close()
+        await self.pipeline.close()
 
     async def serve(self, port_file: Path | None = None) -> None:
         await serve_until_signal(
             self.host,
             self.core.load,
-            self.core.close,
+            self.release,
             self.cfg.router.shutdown_grace_seconds,
             port_file,
         )

@@ -7,7 +7,7 @@ written. Values are parsed as YAML scalars (`true`, `4.5`, `null`), or kept as t
 fails, and always kept as text below `env`. Relative paths in the file are resolved against the
 file's folder.
 
-Keys marked "(Route)" are read by the Route pipeline, which is not implemented yet.
+Keys marked "(not implemented yet)" are accepted and validated but not yet acted on.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ class RouterConfig(_Strict):
     # How long the first prompt of a batch may wait for others, in ms. 0: no waiting; prompts
     # that arrive while a batch runs form the next batch.
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
-    # (Route) The tier used when scoring fails. Empty: the largest (last) tier.
+    # (not implemented yet) The tier used when scoring fails. Empty: the largest (last) tier.
     default_tier: str = ""
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
@@ -85,8 +85,17 @@ class TierConfig(_Strict):
     max_tokens: int = Field(default=256, ge=1)
     # Default sampling temperature.
     temperature: float = Field(default=0.7, ge=0, le=2)
-    # (Route) Ask this tier for JSON {"response_content", "confidence_score"} and validate it.
+    # Ask this tier for JSON {"response_content", "confidence_score"} and validate the model's
+    # self-reported confidence (the same as `validation: self_reported`).
     structured_output: bool = False
+    # How this tier's answers are checked before delivery, when a larger tier can take over:
+    # "none" (streamed live), "self_reported" (JSON with a confidence), or "logprob"
+    # (confidence from token log-probabilities). Unset: self_reported if structured_output.
+    validation: Literal["none", "self_reported", "logprob"] | None = None
+    # For validation "logprob": "mean" (geometric mean token probability) or "min_window"
+    # (its lowest value over `logprob_window` consecutive tokens).
+    logprob_aggregation: Literal["mean", "min_window"] = "mean"
+    logprob_window: int = Field(default=8, ge=1)
     # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
     # first tier, 10 for the last; tiers in between must set it.
     max_score: float | None = Field(default=None, ge=0, le=10)
@@ -103,21 +112,23 @@ class TierConfig(_Strict):
 
 
 class EscalationConfig(_Strict):
-    """(Route) When and how far answers are escalated."""
+    """When and how far Route escalates answers."""
 
     # Escalate answers whose validated confidence is below this.
     min_confidence: float = Field(default=0.70, gt=0, le=1)
     # Escalate when the small tier's JSON answer does not parse.
     fallback_on_parse_error: bool = True
-    # Most escalations for one request.
+    # Most escalations for one request (0: never escalate, as `disable_escalation` per request).
     max_retries: int = Field(default=1, ge=0)
-    # Budget for one tier's answer, in ms.
+    # Budget for one tier's answer, in ms; the client's own deadline caps it.
     timeout_ms: int = Field(default=30_000, ge=1)
 
 
 class ValidatorConfig(_Strict):
     # Where the validator listens. Port 0 picks a free port.
     listen: str = "127.0.0.1:50071"
+    # Where the router reaches the validator. Empty: the `listen` address.
+    address: str = ""
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
 
@@ -125,7 +136,7 @@ class ValidatorConfig(_Strict):
 class MonitoringConfig(_Strict):
     # Python log level of every service.
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # (Not implemented yet) Port of the Prometheus metrics endpoint (0: off).
+    # (not implemented yet) Port of the Prometheus metrics endpoint (0: off).
     metrics_port: int = Field(default=0, ge=0, le=65535)
     # OTLP/gRPC endpoint for traces, for example "127.0.0.1:4317". Empty: tracing off.
     otlp_endpoint: str = ""
@@ -161,6 +172,11 @@ class Config(_Strict):
                 + ", ".join(f"{t.name}<={b:g}" for t, b in zip(self.tiers, bounds, strict=True))
             )
         return self
+
+    def validation_of(self, tier: TierConfig) -> str:
+        if tier.validation is not None:
+            return tier.validation
+        return "self_reported" if tier.structured_output else "none"
 
     def tier_bounds(self) -> list[float]:
         """The highest score each tier serves, in tier order; the last tier always serves 10."""

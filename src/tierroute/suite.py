@@ -133,6 +133,8 @@ def main(argv: list[str] | None = None) -> int:
             f"  grpcurl -plaintext {router} list\n"
             f'  grpcurl -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
             f"{router} tierroute.router.v1.RouterService/Score\n"
+            f'  grpcurl -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
+            f"{router} tierroute.router.v1.RouterService/Route\n"
             + "".join(
                 f'  grpcurl -plaintext -d \'{{"messages": [{{"role": "user", "content": '
                 f'"What is the capital of France?"}}]}}\' {t.address} '
