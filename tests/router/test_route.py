@@ -259,3 +259,17 @@ async def test_route_decision_matches_score(router: str) -> None:
     assert r.decision.tier == scored.decision.tier
     assert r.decision.complexity_score == pytest.approx(scored.decision.complexity_score)
     assert json.dumps(r.decision.category) == json.dumps(scored.decision.category)
+
+
+async def test_cli_route_streams_the_answer_and_the_summary(router: str) -> None:
+    from tests.test_cli import cli
+
+    code, out, err = await cli("--address", router, "route", SIMPLE)
+    assert code == 0, err
+    assert "Paris" in out
+    assert "[routed to small" in err and "[served by small" in err
+    code, out, err = await cli("--address", router, "--json", "route", COMPLEX)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert next(iter(events[0])) == "decision" and next(iter(events[-1])) == "summary"
+    assert events[-1]["summary"]["tier"] == "large"
