@@ -201,10 +201,18 @@ class Pipeline:
         structured = validation == "self_reported"
         if structured:
             messages = [tier_pb.ChatMessage(role="system", content=ANSWER_INSTRUCTION), *messages]
+        # The tier's configured defaults for what the client left unset (the tier service
+        # applies the same ones when it reads the same config; here they also hold when not).
+        sampling = tier_pb.SamplingParams()
+        sampling.CopyFrom(request.sampling)
+        if not sampling.max_tokens:
+            sampling.max_tokens = tier.max_tokens
+        if not sampling.HasField("temperature"):
+            sampling.temperature = tier.temperature
         return tier_pb.GenerateRequest(
             request_id=request.request_id,
             messages=messages,
-            sampling=request.sampling,
+            sampling=sampling,
             json_schema=ANSWER_SCHEMA if structured else "",
             logprobs=validation == "logprob",
         )
