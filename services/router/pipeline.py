@@ -156,6 +156,11 @@ class Pipeline:
                     async for event in self._live(tier, request, context, outcome):
                         yield event
             except TierFailed as failure:
+                outcome.attempts.append(
+                    pb.TierAttempt(
+                        tier=tier.name, escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE
+                    )
+                )
                 if failure.sent or not can_escalate:
                     raise _status_for(failure) from failure
                 logger.warning("%s; failing over", failure)
@@ -281,9 +286,6 @@ class Pipeline:
                 else:
                     complete = response.complete
         except grpc.aio.AioRpcError as error:
-            outcome.attempts.append(
-                pb.TierAttempt(tier=tier.name, escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE)
-            )
             raise TierFailed(tier.name, error, sent) from error
         outcome.attempts.append(_attempt(tier, complete, delivered=True))
 
@@ -306,9 +308,6 @@ class Pipeline:
                 else:
                     complete = response.complete
         except grpc.aio.AioRpcError as error:
-            outcome.attempts.append(
-                pb.TierAttempt(tier=tier.name, escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE)
-            )
             raise TierFailed(tier.name, error, sent=False) from error
         answer = "".join(parts)
         judged_at = time.perf_counter()
