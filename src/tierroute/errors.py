@@ -17,6 +17,11 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
+    def __init__(self, message: str, trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()):
+        super().__init__(message)
+        # Sent with the status: machine-readable detail (for example what was delivered).
+        self.trailing_metadata = trailing_metadata
+
 
 class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
@@ -38,11 +43,13 @@ Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 
 
-def _status_for(exc: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> Awaitable[None]:
     if isinstance(exc, ServiceError):
-        return exc.code, str(exc)
+        return context.abort(exc.code, str(exc), exc.trailing_metadata)
     logger.exception("%s failed unexpectedly", method)
-    return grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}"
+    return context.abort(
+        grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}: {exc}"
+    )
 
 
 def unary_errors(
@@ -57,8 +64,7 @@ def unary_errors(
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            code, message = _status_for(exc, handler.__qualname__)
-            await context.abort(code, message)
+            await _abort(context, exc, handler.__qualname__)
             raise AssertionError("unreachable: abort raises") from exc
 
     return wrapper
@@ -77,7 +83,6 @@ def stream_errors(
         except Exception as exc:
             if isinstance(exc, grpc.aio.AbortError):
                 raise
-            code, message = _status_for(exc, handler.__qualname__)
-            await context.abort(code, message)
+            await _abort(context, exc, handler.__qualname__)
 
     return wrapper

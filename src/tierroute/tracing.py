@@ -70,3 +70,24 @@ def current_headers() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier, context=otel_context.get_current())
     return carrier
+
+
+@contextlib.contextmanager
+def client_span(
+    name: str, tracer_name: str, attributes: dict[str, str | int | float | bool] | None = None
+) -> Iterator[tuple[trace.Span, tuple[tuple[str, str], ...]]]:
+    """A CLIENT span for one outgoing RPC (child of the current span) and the gRPC metadata
+    that carries it. The span is not made current, so it is safe to hold across the yields of
+    a streaming call; errors mark it failed."""
+    span = tracer(tracer_name).start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    try:
+        yield span, tuple(carrier.items())
+    except BaseException as exc:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        span.end()

@@ -4,20 +4,27 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
+import psutil
 import pytest
 import pytest_asyncio
+import yaml
 
-from tests.conftest import EMBEDDER_DIR, ServiceProcess
+from tests.conftest import EMBEDDER_DIR, ServiceProcess, start_service, start_tier, tracing_env
+from tests.otlp import OTLPReceiver
 from tierroute.config import config_from_dict
+from tierroute.router.pipeline import PARTIAL_SUMMARY_KEY
 from tierroute.router.server import RouterServer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
 pytestmark = pytest.mark.tier
 
@@ -32,6 +39,7 @@ def route_config(
     *,
     small_max_tokens: int = 96,
     validation: str = "self_reported",
+    breaker: dict[str, Any] | None = None,
     **escalation: Any,
 ) -> dict[str, Any]:
     return {
@@ -55,7 +63,13 @@ def route_config(
         ],
         "validator": {"address": validator},
         # Two CPU engines on two cores are slow under the concurrency test: a generous budget.
-        "escalation": {"min_confidence": 0.05, "timeout_ms": 150_000, **escalation},
+        "escalation": {
+            "min_confidence": 0.05,
+            "timeout_ms": 150_000,
+            "escalation_timeout_ms": 150_000,
+            **escalation,
+        },
+        "circuit_breaker": breaker or {},
     }
 
 
@@ -231,6 +245,24 @@ async def test_unreachable_validator_escalates_by_default(suite: tuple[str, str,
         await server.stop(0)
     assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_VALIDATOR_UNAVAILABLE]
     assert r.summary is not None and r.summary.tier == "large"
+    assert r.summary.attempts[0].validation == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+    assert r.summary.validation == pb.VALIDATION_STATUS_NOT_VALIDATED
+
+
+async def test_unreachable_validator_can_deliver_unvalidated(suite: tuple[str, str, str]) -> None:
+    small, large, _ = suite
+    server, address = await started(
+        route_config(small, large, "127.0.0.1:9", on_validator_unavailable="deliver")
+    )
+    try:
+        r = await route(address, prompt=SIMPLE)
+    finally:
+        await server.stop(0)
+    assert not r.escalations
+    assert r.summary is not None and r.summary.tier == "small" and not r.summary.escalated
+    assert r.summary.validation == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+    assert "Paris" in r.text
+    assert not r.text.lstrip().startswith("{"), "the JSON envelope is unwrapped even so"
 
 
 async def test_no_tier_reachable_is_unavailable(suite: tuple[str, str, str]) -> None:
@@ -273,3 +305,179 @@ async def test_cli_route_streams_the_answer_and_the_summary(router: str) -> None
     events = [json.loads(line) for line in out.splitlines()]
     assert next(iter(events[0])) == "decision" and next(iter(events[-1])) == "summary"
     assert events[-1]["summary"]["tier"] == "large"
+
+
+async def test_cancelling_a_route_cancels_the_tiers_generation(
+    suite: tuple[str, str, str],
+) -> None:
+    small, large, validator = suite
+    server, address = await started(route_config(small, large, validator, validation="none"))
+    try:
+        async with (
+            grpc.aio.insecure_channel(address) as channel,
+            grpc.aio.insecure_channel(small) as tier_channel,
+        ):
+            describe = tier_grpc.TierServiceStub(tier_channel).Describe
+            call = pb_grpc.RouterServiceStub(channel).Route(
+                pb.RouteRequest(
+                    prompt=COMPLEX,
+                    force_tier="small",
+                    sampling=tier_pb.SamplingParams(max_tokens=400),
+                ),
+                timeout=300,
+            )
+            chunks = 0
+            async for event in call:
+                chunks += event.HasField("chunk")
+                if chunks == 3:
+                    break
+            during = (await describe(tier_pb.DescribeRequest(), timeout=10)).active_requests
+            call.cancel()
+            after = during
+            for _ in range(100):
+                after = (await describe(tier_pb.DescribeRequest(), timeout=10)).active_requests
+                if after == 0:
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        await server.stop(0)
+    assert during >= 1, "the tier should be generating while the Route streams"
+    assert after == 0, "the tier still generates for a Route its client cancelled"
+
+
+def kill_tree(process: ServiceProcess) -> None:
+    """SIGKILL a tier and its engine processes: a crash, with no chance to drain."""
+    root = psutil.Process(process.process.pid)
+    victims = [root, *root.children(recursive=True)]
+    for victim in victims:
+        victim.kill()
+    psutil.wait_procs(victims, timeout=30)
+
+
+async def test_a_tier_killed_mid_stream_then_failover_then_its_circuit_opens(
+    suite: tuple[str, str, str], tmp_path: Path
+) -> None:
+    _, large, validator = suite
+    doomed = start_tier(tmp_path / "doomed.log")
+    server, address = await started(
+        route_config(
+            doomed.address,
+            large,
+            validator,
+            validation="none",
+            breaker={"failure_threshold": 2, "cooldown_seconds": 600},
+        )
+    )
+    try:
+        # 1. Killed while its answer streams: UNAVAILABLE, saying how much was delivered.
+        received = ""
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = pb_grpc.RouterServiceStub(channel).Route(
+                pb.RouteRequest(
+                    prompt=COMPLEX,
+                    force_tier="small",
+                    sampling=tier_pb.SamplingParams(max_tokens=400),
+                ),
+                timeout=300,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for event in call:
+                    received += event.chunk.text
+                    if len(received) > 20 and doomed.process.poll() is None:
+                        kill_tree(doomed)
+            trailing = dict(await call.trailing_metadata())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = info.value.details()
+        assert f"after {len(received)} characters of its answer were sent" in details, details
+        assert "what was delivered is incomplete" in details
+        partial = pb.RouteSummary.FromString(trailing[PARTIAL_SUMMARY_KEY])
+        assert partial.tier == "", "nothing was delivered in full"
+        assert [(a.tier, a.escalation_reason) for a in partial.attempts] == [
+            ("small", pb.ESCALATION_REASON_TIER_FAILURE)
+        ]
+
+        # 2. A simple prompt for the dead small tier fails over to the large one.
+        r = await route(address, prompt=SIMPLE)
+        assert r.decision.tier in ("small", "large")
+        assert r.summary is not None and r.summary.tier == "large" and r.text
+        if r.decision.tier == "small":  # tried and failed before any token
+            assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_TIER_FAILURE]
+        else:  # its channel already known to be down
+            assert pb.REASON_CODE_TIER_UNAVAILABLE in r.decision.reason_codes
+
+        # 3. Two failures opened its breaker: it is passed over without being tried.
+        breaker = server.pipeline.breakers["small"]
+        assert breaker.state.value == "open"
+        r = await route(address, prompt=SIMPLE)
+        assert r.decision.tier == "large"
+        assert pb.REASON_CODE_CIRCUIT_OPEN in r.decision.reason_codes
+        assert not r.escalations and [a.tier for a in r.summary.attempts] == ["large"]  # type: ignore[union-attr]
+    finally:
+        await server.stop(0)
+        doomed.stop()
+
+
+async def test_one_trace_spans_router_tiers_and_validator(
+    suite: tuple[str, str, str], otlp_receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    config = tmp_path / "router.yaml"
+    # Forced low confidence: the trace holds Generate (small), Validate, then Generate (large).
+    config.write_text(
+        yaml.safe_dump(route_config(*suite, validation="logprob", min_confidence=0.999))
+    )
+    router = start_service(
+        ["tierroute.router", "--config", str(config)],
+        tmp_path / "router.log",
+        env=tracing_env(otlp_receiver),
+    )
+    try:
+        r = await route(router.address, prompt=SIMPLE, request_id="trace-test-1")
+    finally:
+        assert router.stop() == 0
+    assert r.escalations and r.summary is not None and r.summary.tier == "large"
+
+    roots = await asyncio.to_thread(
+        otlp_receiver.wait_for,
+        lambda s: s.service == "tierroute-router" and s.name.endswith("RouterService/Route"),
+    )
+    assert len(roots) == 1
+    root = roots[0]
+    trace_id = root.trace_id
+
+    def spans() -> list[Any]:
+        return [s for s in otlp_receiver.spans if s.trace_id == trace_id]
+
+    # Spans arrive from five processes, each on its own export schedule.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        services = {s.service for s in spans()}
+        if {"tierroute-tier-small", "tierroute-tier-large", "tierroute-validator"} <= services:
+            break
+        await asyncio.sleep(0.2)
+    found = spans()
+    by_id = {s.span_id: s for s in found}
+    assert root.parent_span_id == "" and root.kind == 2  # SERVER, the trace's root
+    assert root.attributes["tierroute.tier"] == "large"
+    assert root.attributes["tierroute.escalated"] is True
+    assert root.attributes["tierroute.decision.tier"] == "small"
+    assert root.attributes["tierroute.completion_tokens"] > 0
+
+    (score,) = [s for s in found if s.name == "score"]
+    assert score.parent_span_id == root.span_id
+    clients = [s for s in found if s.kind == 3 and s.service == "tierroute-router"]
+    # Exports arrive in batches, not in call order: compare as sorted lists.
+    assert sorted((c.name.rsplit("/", 1)[1], c.attributes["tierroute.tier"]) for c in clients) == [
+        ("Generate", "large"),
+        ("Generate", "small"),
+        ("Validate", "small"),
+    ]
+    assert all(c.parent_span_id == root.span_id for c in clients)
+    servers = {s.service: s for s in found if s.kind == 2 and s.service != "tierroute-router"}
+    for service, tier in (("tierroute-tier-small", "small"), ("tierroute-tier-large", "large")):
+        parent = by_id[servers[service].parent_span_id]
+        assert parent.kind == 3 and parent.attributes["tierroute.tier"] == tier
+        assert parent.name.endswith("TierService/Generate")
+    validate_parent = by_id[servers["tierroute-validator"].parent_span_id]
+    assert validate_parent.name.endswith("ValidatorService/Validate")
+    # vLLM's own span (the small tier exports it) hangs under the tier's server span.
+    assert any(s.parent_span_id == servers["tierroute-tier-small"].span_id for s in found)

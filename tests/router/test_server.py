@@ -35,7 +35,9 @@ async def started(cfg: Config) -> tuple[RouterServer, str]:
 
 @pytest_asyncio.fixture(scope="module")
 async def router() -> AsyncIterator[tuple[RouterServer, str]]:
-    server, address = await started(router_config())
+    # 60 concurrent prompts on two cores take longer than the default 50 ms score budget;
+    # these tests are about the decisions themselves (the fallback has its own tests).
+    server, address = await started(router_config(score_budget_ms=5000))
     yield server, address
     await server.stop(0)
 
@@ -199,7 +201,9 @@ async def test_micro_batching_returns_each_caller_its_own_result(
 
 async def test_past_max_concurrent_requests_is_resource_exhausted() -> None:
     # A 300 ms batching window holds the admitted requests in flight while the rest arrive.
-    server, address = await started(router_config(max_concurrent_requests=2, batch_max_wait_ms=300))
+    server, address = await started(
+        router_config(max_concurrent_requests=2, batch_max_wait_ms=300, score_budget_ms=2000)
+    )
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RouterServiceStub(channel)
@@ -216,6 +220,42 @@ async def test_past_max_concurrent_requests_is_resource_exhausted() -> None:
     for e in errors:
         assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "max_concurrent_requests" in e.details()
+
+
+async def test_scoring_over_its_budget_falls_back_to_the_default_tier_and_fills_the_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One embedding takes about 3 ms here: with a 1 ms budget every uncached decision is late.
+    core = RouterCore(router_config(score_budget_ms=1))
+    await core.load()
+    try:
+        with caplog.at_level("WARNING", logger="tierroute.router.server"):
+            late = await core.decide("Prove that the square root of 2 is irrational.")
+        assert late.tier == "large", "router.default_tier unset: the last tier"
+        assert list(late.reason_codes) == [pb.REASON_CODE_ROUTER_FALLBACK]
+        assert "over its 1 ms budget: routing to the default tier 'large'" in caplog.text
+        for _ in range(100):  # the shielded scoring finishes and fills the cache
+            if len(core.cache) == 1:
+                break
+            await asyncio.sleep(0.01)
+        cached = await core.decide("Prove that the square root of 2 is irrational.")
+        assert cached.cache_hit and pb.REASON_CODE_ROUTER_FALLBACK not in cached.reason_codes
+        assert cached.complexity_score > 0
+    finally:
+        await core.close()
+
+
+async def test_a_scorer_error_falls_back_to_the_configured_default_tier() -> None:
+    core = RouterCore(router_config(default_tier="small"))
+    await core.load()
+    assert core.batcher is not None
+    await core.batcher.close()  # the embedder now fails every call, as a broken one would
+    try:
+        d = await core.decide("What is 2 + 2?")
+    finally:
+        await core.close()
+    assert d.tier == "small" and list(d.reason_codes) == [pb.REASON_CODE_ROUTER_FALLBACK]
+    assert d.tier_max_score == 4.0 and d.complexity_score == 0
 
 
 async def test_health_is_not_serving_until_loaded_and_during_shutdown() -> None:

