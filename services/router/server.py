@@ -127,7 +127,7 @@ class RouterCore:
     async def _score(self, normalized: str, key: str) -> CachedDecision:
         assert self.batcher is not None and self.scorer is not None
         vector, truncated = await self.batcher.embed(normalized)
-        (score,) = self.scorer.score(vector[None, :])
+        (score,) = self.scorer.score(vector[None, :], [normalized])
         choice = self.selector.choose(score.value)
         reasons = list(choice.reasons)
         if truncated:

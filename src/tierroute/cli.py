@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -124,12 +126,81 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--no-escalation", action="store_true", help="strict-latency mode")
     r.add_argument("--no-cache", action="store_true", help="bypass the routing cache")
     r.set_defaults(run=route)
+    _offline_commands(commands)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args))
     except grpc.RpcError as error:
         print(f"tierroute: {_explain(error, args.address)}", file=sys.stderr)
         return 1
+    except (ValueError, FileNotFoundError) as error:  # bad data, artifact or config
+        print(f"tierroute {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _offline_commands(commands: Any) -> None:
+    """Commands that work on labelled data, without a running suite."""
+
+    def later(name: str) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            from tierroute import quality  # numpy/scikit-learn work: only when asked
+
+            return int(getattr(quality, name)(args))
+
+        return run
+
+    config_help = "config whose router.model (the embedder) to use"
+    data = commands.add_parser("data", help="labelled routing data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    convert = data_commands.add_parser(
+        "convert", help="convert RouteLLM's evaluation files to tierroute's JSONL"
+    )
+    convert.add_argument("benchmark", choices=["mmlu", "gsm8k", "mt_bench"])
+    convert.add_argument("input", type=Path, help="e.g. ../shared/data/routellm/mmlu")
+    convert.add_argument("-o", "--out", type=Path, required=True)
+    convert.set_defaults(run=later("cmd_convert"))
+
+    cal = commands.add_parser("calibrate", help="fit a router artifact on labelled data")
+    cal.add_argument("data", type=Path, nargs="+", help="labelled JSONL file(s)")
+    cal.add_argument("--small", required=True, help="the small tier's model name in `scores`")
+    cal.add_argument("--large", required=True, help="the large tier's model name in `scores`")
+    cal.add_argument(
+        "--target",
+        default="pgr=0.8",
+        help="large_share=X (share of large-tier calls) or "
+        "pgr=X (quality gap to recover); default pgr=0.8",
+    )
+    cal.add_argument(
+        "--model",
+        default="auto",
+        choices=["auto", "logistic", "knn", "ensemble", "centroid", "anchors"],
+    )
+    cal.add_argument(
+        "--split",
+        default="calibrate",
+        choices=["calibrate", "all"],
+        help="calibrate: fit on the hash-chosen half, leaving the other for `eval`",
+    )
+    cal.add_argument("-o", "--out", type=Path, required=True, help="artifact folder")
+    cal.add_argument("--config", type=Path, help=config_help)
+    cal.add_argument("--cache-dir", type=Path, help="cache embeddings here")
+    cal.set_defaults(run=later("cmd_calibrate"))
+
+    ev = commands.add_parser("eval", help="RouteLLM's metrics for an artifact and baselines")
+    ev.add_argument("data", type=Path, nargs="+", help="labelled JSONL file(s)")
+    ev.add_argument("--artifact", type=Path, required=True)
+    ev.add_argument(
+        "--split",
+        default="eval",
+        choices=["eval", "all"],
+        help="eval: the half `calibrate` left out (and refit every scorer kind on the other)",
+    )
+    ev.add_argument("--name", help="title of the table and plot")
+    ev.add_argument("--out", type=Path, help="write the results as JSON here")
+    ev.add_argument("--plot", type=Path, help="write a PNG of quality against large-tier share")
+    ev.add_argument("--config", type=Path, help=config_help)
+    ev.add_argument("--cache-dir", type=Path, help="cache embeddings here")
+    ev.set_defaults(run=later("cmd_eval"))
 
 
 if __name__ == "__main__":

