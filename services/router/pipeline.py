@@ -257,7 +257,11 @@ class Pipeline:
             escalations_left -= 1
             first = False
             tier = self._admit_next(tier, outcome, started, score_ms)
-            yield self._escalation(outcome.attempts[-1].tier, tier.name, outcome)
+            try:
+                yield self._escalation(outcome.attempts[-1].tier, tier.name, outcome)
+            except BaseException:  # the client left: free a half-open probe slot
+                self.breakers[tier.name].release()
+                raise
 
     def _admit_next(
         self, after: TierConfig, outcome: Outcome, started: float, score_ms: float

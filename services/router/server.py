@@ -217,7 +217,11 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                         ],
                     }
                 )
-                yield pb.RouteResponse(decision=decision)
+                try:
+                    yield pb.RouteResponse(decision=decision)
+                except BaseException:  # the client left: free a half-open probe slot
+                    self.pipeline.breakers[decision.tier].release()
+                    raise
                 async for event in self.pipeline.run(request, decision, started, context):
                     if event.HasField("summary"):
                         _annotate(span, event.summary)
