@@ -4,8 +4,9 @@ Starts the router as its own process (the embedded default config, a free port),
 alternating rounds measures:
   - Score over gRPC at concurrency 1 (latency) and 32 (throughput, latency), cache bypassed;
   - Score over gRPC answered by the routing cache, at concurrency 32;
-  - the baseline: sentence-transformers (PyTorch, fp32, the same weights) encoding one prompt
-    per call in this process, plus the same anchor scoring, at concurrency 1.
+  - the baseline, the seed design: sentence-transformers (PyTorch, fp32, the same weights)
+    encoding one prompt per call in this process, plus the hand-written anchor scorer, at
+    concurrency 1. (The router runs the config's scorer: the calibrated one by default.)
 Prints a table and writes benchmarks/results/router.json. Medians over the rounds are reported.
 
     make bench-router            # or: .venv/bin/python benchmarks/bench_router.py
@@ -169,7 +170,9 @@ def main() -> int:
     def st_embed(texts: list[str]) -> np.ndarray:
         return np.asarray(st_model.encode(texts, normalize_embeddings=True), dtype=np.float32)
 
-    st_scorer = build_scorer(cfg.router, st_embed, "sentence-transformers-fp32")
+    # The seed design: fp32 sentence-transformers and the hand-written anchor scorer.
+    seed = cfg.router.model_copy(update={"scorer": "anchors", "anchors_file": None})
+    st_scorer = build_scorer(seed, st_embed, "sentence-transformers-fp32")
     st_model.encode(prompts[:8])  # warm-up
 
     proc, address = start_router(args.config)

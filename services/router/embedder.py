@@ -42,6 +42,7 @@ class Embedder:
         *,
         max_tokens: int = 256,
         intra_op_threads: int = 0,
+        spinning: bool = False,
         model_file: str = "model.onnx",
     ) -> None:
         model_path = model_dir / model_file
@@ -58,6 +59,11 @@ class Embedder:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = intra_op_threads
         options.inter_op_num_threads = 1
+        # ORT's worker threads otherwise spin on the CPU for a while after each run, taking
+        # it from whatever runs beside the router (a vLLM engine on the same box, say).
+        options.add_session_config_entry(
+            "session.intra_op.allow_spinning", "1" if spinning else "0"
+        )
         self._session = ort.InferenceSession(
             str(model_path), options, providers=["CPUExecutionProvider"]
         )

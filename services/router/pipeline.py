@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
@@ -204,7 +204,7 @@ class Pipeline:
         decision: pb.RoutingDecision,
         started: float,
         context: grpc.aio.ServicerContext,
-    ) -> AsyncIterator[pb.RouteResponse]:
+    ) -> AsyncGenerator[pb.RouteResponse, None]:
         """Everything after the decision (already admitted to its tier): chunks, escalations,
         then the summary."""
         score_ms = (time.perf_counter() - started) * 1000.0

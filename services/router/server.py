@@ -68,7 +68,10 @@ class RouterCore:
 
         def _load() -> tuple[Embedder, Scorer]:
             embedder = Embedder(
-                cfg.model, max_tokens=cfg.embed_max_tokens, intra_op_threads=cfg.intra_op_threads
+                cfg.model,
+                max_tokens=cfg.embed_max_tokens,
+                intra_op_threads=cfg.intra_op_threads,
+                spinning=cfg.onnx_spinning,
             )
             scorer = build_scorer(cfg, embedder.embed, embedder.version)
             embedder.embed(["warm-up run, so the first request does not pay for it"])
@@ -217,15 +220,25 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                         ],
                     }
                 )
+                events = self.pipeline.run(request, decision, started, context)
+                # The tier call starts while the decision is being written, not after it.
+                first = asyncio.ensure_future(anext(events))
                 try:
                     yield pb.RouteResponse(decision=decision)
-                except BaseException:  # the client left: free a half-open probe slot
-                    self.pipeline.breakers[decision.tier].release()
+                    event = await first
+                except BaseException:  # the client left, or the run failed at once
+                    first.cancel()
+                    await events.aclose()  # cancels the tier call
+                    self.pipeline.breakers[decision.tier].release()  # a probe never started
                     raise
-                async for event in self.pipeline.run(request, decision, started, context):
+                while True:
                     if event.HasField("summary"):
                         _annotate(span, event.summary)
                     yield event
+                    try:
+                        event = await anext(events)
+                    except StopAsyncIteration:
+                        return
 
 
 def _annotate(span: trace.Span, summary: pb.RouteSummary) -> None:

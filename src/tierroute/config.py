@@ -45,6 +45,9 @@ class RouterConfig(_Strict):
     device: Literal["cpu"] = "cpu"
     # Threads onnxruntime may use for one embedding run. 0: one per core.
     intra_op_threads: int = Field(default=0, ge=0)
+    # Let onnxruntime's threads spin-wait after a run for the next one: slightly faster bursts,
+    # but they take CPU from anything sharing the machine (an engine on the same box).
+    onnx_spinning: bool = False
     # How prompts are scored: "learned" (a calibrated artifact, see `artifact`), "anchors"
     # (nearest hand-written reference prompts) or "centroid".
     scorer: Literal["learned", "anchors", "centroid"] = "anchors"
