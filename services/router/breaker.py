@@ -5,6 +5,10 @@ closed -> open: `failure_threshold` consecutive failures, or an error rate of at
 `error_rate_threshold` over the last `window_seconds` once `min_requests` calls were made in it.
 open -> half-open: `cooldown_seconds` after opening; one probe request is let through.
 half-open -> closed on the probe's success, -> open (a new cooldown) on its failure.
+
+Each request passes a `holder` (any object of its own): in half-open only the request that
+took the probe settles the breaker or frees the probe; results of requests admitted before the
+breaker opened, or never admitted (a forced tier), do not count then.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ class CircuitBreaker:
         self._consecutive = 0
         self._calls: deque[tuple[float, bool]] = deque()  # (when, failed) within the window
         self._opened_at = 0.0
-        self._probing = False
+        self._probe: object | None = None  # the request holding the half-open probe
 
     @property
     def state(self) -> State:
@@ -48,15 +52,16 @@ class CircuitBreaker:
             self._move(State.HALF_OPEN, "cooldown over; the next request probes the tier")
         return self._state
 
-    def allow(self) -> bool:
-        """Whether a request may go to this tier now; in half-open, only one probe at a time."""
+    def allow(self, holder: object) -> bool:
+        """Whether `holder` may send a request to this tier now; in half-open, it takes the
+        one probe (if free)."""
         if not self.cfg.enabled:
             return True
         state = self.state
         if state is State.CLOSED:
             return True
-        if state is State.HALF_OPEN and not self._probing:
-            self._probing = True
+        if state is State.HALF_OPEN and self._probe is None:
+            self._probe = holder
             return True
         return False
 
@@ -65,23 +70,25 @@ class CircuitBreaker:
         if not self.cfg.enabled:
             return True
         state = self.state
-        return state is State.CLOSED or (state is State.HALF_OPEN and not self._probing)
+        return state is State.CLOSED or (state is State.HALF_OPEN and self._probe is None)
 
-    def release(self) -> None:
-        """An admitted request ended with no verdict on the tier (cancelled, bad input)."""
-        if self._state is State.HALF_OPEN:
-            self._probing = False
+    def release(self, holder: object) -> None:
+        """`holder`'s request ended with no verdict on the tier (cancelled, bad input)."""
+        if self._probe is holder:
+            self._probe = None
 
-    def record(self, success: bool) -> None:
+    def record(self, success: bool, holder: object) -> None:
         if not self.cfg.enabled:
             return
+        if self._state is State.HALF_OPEN and self._probe is not holder:
+            return  # admitted before the breaker opened, or never admitted: not the probe
         now = self._clock()
         self._calls.append((now, not success))
         while self._calls and now - self._calls[0][0] > self.cfg.window_seconds:
             self._calls.popleft()
         self._consecutive = 0 if success else self._consecutive + 1
         if self._state is State.HALF_OPEN:
-            self._probing = False
+            self._probe = None
             if success:
                 self._calls.clear()
                 self._move(State.CLOSED, "the probe succeeded")

@@ -29,6 +29,7 @@ from opentelemetry import trace
 from tierroute import tracing
 from tierroute.config import Config, TierConfig
 from tierroute.errors import DeadlineExceeded, InvalidArgument, Unavailable
+from tierroute.prompts import routing_text
 from tierroute.router.breaker import CircuitBreaker
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.serving import CHANNEL_OPTIONS
@@ -155,27 +156,27 @@ class Pipeline:
         names = ", ".join(t.name for t in self.cfg.tiers)
         raise InvalidArgument(f"force_tier {name!r} is not a tier (tiers: {names})")
 
-    def _skip_reason(self, tier: TierConfig, admit: bool) -> pb.ReasonCode | None:
-        """Why `tier` cannot take a request now (None: it can). `admit` takes the breaker's
-        half-open probe slot; without it this only looks."""
+    def _skip_reason(self, tier: TierConfig, holder: object | None) -> pb.ReasonCode | None:
+        """Why `tier` cannot take a request now (None: it can). With a `holder` (the request)
+        this admits it, taking the breaker's half-open probe; without, it only looks."""
         breaker = self.breakers[tier.name]
-        if not (breaker.allow() if admit else breaker.would_allow()):
+        if not (breaker.would_allow() if holder is None else breaker.allow(holder)):
             return pb.REASON_CODE_CIRCUIT_OPEN
         state = self._tier_channels[tier.name].get_state(try_to_connect=True)
         if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
-            if admit:
-                breaker.release()
+            if holder is not None:
+                breaker.release(holder)
             return pb.REASON_CODE_TIER_UNAVAILABLE
         return None
 
-    def admit(self, decision: pb.RoutingDecision) -> None:
+    def admit(self, decision: pb.RoutingDecision, holder: object) -> None:
         """Move the decision to a tier that can serve: the chosen one, else the next larger,
         else the next smaller; the reason codes say why. UNAVAILABLE if none can."""
         chosen = self.tier_index(decision.tier)
         tiers = self.cfg.tiers
         skipped: list[str] = []
         for tier in [*tiers[chosen:], *reversed(tiers[:chosen])]:
-            reason = self._skip_reason(tier, admit=True)
+            reason = self._skip_reason(tier, holder)
             if reason is None:
                 if skipped:
                     logger.warning("passed over %s: %s serves", ", ".join(skipped), tier.name)
@@ -194,7 +195,7 @@ class Pipeline:
     def _next_tier(self, after: TierConfig) -> TierConfig | None:
         """The next larger tier that can take an escalation (looking only)."""
         for tier in self.cfg.tiers[self.tier_index(after.name) + 1 :]:
-            if self._skip_reason(tier, admit=False) is None:
+            if self._skip_reason(tier, None) is None:
                 return tier
         return None
 
@@ -204,9 +205,10 @@ class Pipeline:
         decision: pb.RoutingDecision,
         started: float,
         context: grpc.aio.ServicerContext,
+        holder: object,
     ) -> AsyncGenerator[pb.RouteResponse, None]:
-        """Everything after the decision (already admitted to its tier): chunks, escalations,
-        then the summary."""
+        """Everything after the decision (already admitted to its tier, as `holder`): chunks,
+        escalations, then the summary."""
         score_ms = (time.perf_counter() - started) * 1000.0
         tier = self.cfg.tier(decision.tier)
         escalations_left = 0 if request.disable_escalation else self.cfg.escalation.max_retries
@@ -225,9 +227,9 @@ class Pipeline:
                         yield event
             except TierFailed as failure:
                 if failure.tier_fault:
-                    breaker.record(success=False)
+                    breaker.record(False, holder)
                 else:
-                    breaker.release()
+                    breaker.release(holder)
                 outcome.attempts.append(
                     pb.TierAttempt(
                         tier=tier.name,
@@ -240,10 +242,10 @@ class Pipeline:
                 logger.warning("%s; failing over", failure)
                 outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
             except BaseException:
-                breaker.release()  # cancelled by the client: no verdict on the tier
+                breaker.release(holder)  # cancelled by the client: no verdict on the tier
                 raise
             else:
-                breaker.record(success=True)
+                breaker.record(True, holder)
             finally:
                 elapsed = (time.perf_counter() - tier_started) * 1000.0
                 if first:
@@ -256,18 +258,18 @@ class Pipeline:
             # Not delivered: only possible where a following tier existed.
             escalations_left -= 1
             first = False
-            tier = self._admit_next(tier, outcome, started, score_ms)
+            tier = self._admit_next(tier, outcome, started, score_ms, holder)
             try:
                 yield self._escalation(outcome.attempts[-1].tier, tier.name, outcome)
             except BaseException:  # the client left: free a half-open probe slot
-                self.breakers[tier.name].release()
+                self.breakers[tier.name].release(holder)
                 raise
 
     def _admit_next(
-        self, after: TierConfig, outcome: Outcome, started: float, score_ms: float
+        self, after: TierConfig, outcome: Outcome, started: float, score_ms: float, holder: object
     ) -> TierConfig:
         for tier in self.cfg.tiers[self.tier_index(after.name) + 1 :]:
-            if self._skip_reason(tier, admit=True) is None:
+            if self._skip_reason(tier, holder) is None:
                 return tier
         raise Unavailable(
             f"tier {after.name!r} could not answer "
@@ -489,7 +491,7 @@ class Pipeline:
             verdict: val_pb.ValidateResponse = await self._validator.Validate(
                 val_pb.ValidateRequest(
                     request_id=request.request_id,
-                    prompt=request.prompt or request.messages[-1].content,
+                    prompt=routing_text(request.prompt, request.messages),
                     answer=answer,
                     logprobs=logprobs,
                     policy=self._policy(tier),

@@ -129,14 +129,20 @@ def _unit(v: np.ndarray) -> np.ndarray:
 
 
 def build_scorer(
-    cfg: RouterConfig, embed: Callable[[list[str]], np.ndarray], embedder_version: str
+    cfg: RouterConfig,
+    embed: Callable[[list[str]], np.ndarray],
+    embedder_version: str,
+    first_bound: float | None = None,
 ) -> Scorer:
-    """Build the configured scorer, embedding its reference prompts with `embed`."""
+    """Build the configured scorer, embedding its reference prompts with `embed`. A learned
+    scorer's threshold lands on `first_bound`, the first tier's bound (default
+    `complexity_threshold`)."""
     if cfg.scorer == "learned":
         from tierroute.router.learned import LearnedScorer  # it builds on this module's Score
 
         assert cfg.artifact is not None  # the config requires it
-        return LearnedScorer(cfg.artifact, cfg.complexity_threshold, embedder_version)
+        bound = cfg.complexity_threshold if first_bound is None else first_bound
+        return LearnedScorer(cfg.artifact, bound, embedder_version)
     refs = ReferenceSet.load(cfg.anchors_file)
     simple = embed([text for _, text in refs.simple])
     complex_ = embed([text for _, text in refs.complex])

@@ -73,7 +73,8 @@ class RouterCore:
                 intra_op_threads=cfg.intra_op_threads,
                 spinning=cfg.onnx_spinning,
             )
-            scorer = build_scorer(cfg, embedder.embed, embedder.version)
+            first_bound = self.cfg.tier_bounds()[0] if self.cfg.tiers else None
+            scorer = build_scorer(cfg, embedder.embed, embedder.version, first_bound)
             embedder.embed(["warm-up run, so the first request does not pay for it"])
             return embedder, scorer
 
@@ -195,6 +196,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         started = time.perf_counter()
         with tracing.server_span(f"{SERVICE_NAME}/Route", context, __name__) as span:
             check_prompt(request.prompt, request.messages, self.core.cfg.router.max_prompt_chars)
+            holder = object()  # this request, for the circuit breakers
             with self._admit():
                 if request.force_tier:
                     self.pipeline.tier_index(request.force_tier)  # INVALID_ARGUMENT if unknown
@@ -210,7 +212,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                             routing_text(request.prompt, request.messages), request.bypass_cache
                         )
                         score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
-                    self.pipeline.admit(decision)
+                    self.pipeline.admit(decision, holder)
                 span.set_attributes(
                     {
                         "tierroute.decision.tier": decision.tier,
@@ -220,7 +222,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                         ],
                     }
                 )
-                events = self.pipeline.run(request, decision, started, context)
+                events = self.pipeline.run(request, decision, started, context, holder)
                 # The tier call starts while the decision is being written, not after it.
                 first = asyncio.ensure_future(anext(events))
                 try:
@@ -228,8 +230,12 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
                     event = await first
                 except BaseException:  # the client left, or the run failed at once
                     first.cancel()
-                    await events.aclose()  # cancels the tier call
-                    self.pipeline.breakers[decision.tier].release()  # a probe never started
+                    # Let the step finish unwinding (it cancels the tier call) before closing
+                    # the generator: aclose() on a running generator raises.
+                    with contextlib.suppress(BaseException):
+                        await first
+                    await events.aclose()
+                    self.pipeline.breakers[decision.tier].release(holder)  # if never started
                     raise
                 while True:
                     if event.HasField("summary"):

@@ -274,8 +274,13 @@ def calibrate(
     param = select(model, data)
     arrays, params = fit(model, data, param)
     raw = out_of_fold(model, data, param)
-    threshold = threshold_for(raw, data, target)
-    low, high = (float(v) for v in np.quantile(raw, [0.005, 0.995]))
+    # The target is met on out-of-fold scores (what unseen prompts get); the served model,
+    # fitted on all of the data, spreads its scores differently: its threshold is the one that
+    # sends the same share of these prompts to the large tier.
+    share = float(np.mean(raw > threshold_for(raw, data, target)))
+    served = raw_scores(model, arrays, params, data.embeddings, data.texts)
+    threshold = float(np.quantile(served, 1.0 - share))
+    low, high = (float(v) for v in np.quantile(served, [0.005, 0.995]))
     spread = max(high - low, 1e-6)
     low, high = min(low, threshold - 1e-3 * spread), max(high, threshold + 1e-3 * spread)
     categories = sorted({r.category for r in data.rows if r.category})
@@ -302,7 +307,9 @@ def calibrate(
         "cross_validated_apgr": cross_validated,
         "calibration_out_of_fold": {
             **metrics.curve(raw, data.large, data.small).summary(),
-            **metrics.at_threshold(raw, threshold, data.large, data.small),
+            **metrics.at_threshold(
+                raw, float(np.quantile(raw, 1.0 - share)), data.large, data.small
+            ),
         },
     }
     meta["version"] = save_artifact(out, meta, arrays)

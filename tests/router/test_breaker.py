@@ -9,6 +9,8 @@ import pytest
 from tierroute.config import BreakerConfig
 from tierroute.router.breaker import CircuitBreaker, State
 
+ME = object()  # the request in most steps
+
 
 class Clock:
     def __init__(self) -> None:
@@ -26,34 +28,34 @@ def breaker(**cfg: object) -> tuple[CircuitBreaker, Clock]:
 def test_consecutive_failures_open_it_and_a_success_resets_the_count() -> None:
     b, _ = breaker(failure_threshold=3, min_requests=100)
     for _ in range(2):
-        b.record(success=False)
-    b.record(success=True)
+        b.record(False, ME)
+    b.record(True, ME)
     for _ in range(2):
-        b.record(success=False)
-    assert b.state is State.CLOSED and b.allow()
-    b.record(success=False)
+        b.record(False, ME)
+    assert b.state is State.CLOSED and b.allow(ME)
+    b.record(False, ME)
     assert b.state is State.OPEN
-    assert not b.allow() and not b.would_allow()
+    assert not b.allow(ME) and not b.would_allow()
 
 
 def test_error_rate_over_the_window_opens_it_once_enough_calls_were_made() -> None:
     b, clock = breaker(failure_threshold=100, error_rate_threshold=0.5, min_requests=6)
     for success in (True, False, True, False, True):
-        b.record(success)
+        b.record(success, ME)
         clock.now += 1
     assert b.state is State.CLOSED, "5 calls: under min_requests"
-    b.record(success=False)  # 3 of 6 failed
+    b.record(False, ME)  # 3 of 6 failed
     assert b.state is State.OPEN
 
 
 def test_calls_older_than_the_window_do_not_count() -> None:
     b, clock = breaker(failure_threshold=100, min_requests=4, window_seconds=10)
     for _ in range(3):
-        b.record(success=False)  # under min_requests: stays closed
+        b.record(False, ME)  # under min_requests: stays closed
     clock.now += 11
     for _ in range(3):
-        b.record(success=True)
-    b.record(success=False)
+        b.record(True, ME)
+    b.record(False, ME)
     # Counting every call, 4 of 7 failed (over 0.5); within the window, 1 of 4.
     assert b.state is State.CLOSED
 
@@ -63,15 +65,15 @@ def test_half_open_lets_one_probe_through_and_closes_on_its_success(
 ) -> None:
     b, clock = breaker(failure_threshold=1, cooldown_seconds=5)
     with caplog.at_level(logging.WARNING, logger="tierroute.router.breaker"):
-        b.record(success=False)
+        b.record(False, ME)
         clock.now += 4.9
-        assert not b.allow()
+        assert not b.allow(ME)
         clock.now += 0.2
         assert b.state is State.HALF_OPEN
-        assert b.would_allow() and b.allow(), "the probe"
-        assert not b.allow() and not b.would_allow(), "only one probe at a time"
-        b.record(success=True)
-    assert b.state is State.CLOSED and b.allow()
+        assert b.would_allow() and b.allow(ME), "the probe"
+        assert not b.allow(ME) and not b.would_allow(), "only one probe at a time"
+        b.record(True, ME)
+    assert b.state is State.CLOSED and b.allow(ME)
     moves = [r.getMessage() for r in caplog.records]
     assert "closed -> open" in moves[0] and "1 consecutive failures" in moves[0]
     assert "open -> half_open" in moves[1]
@@ -80,27 +82,41 @@ def test_half_open_lets_one_probe_through_and_closes_on_its_success(
 
 def test_a_failed_probe_reopens_it_for_a_new_cooldown() -> None:
     b, clock = breaker(failure_threshold=1, cooldown_seconds=5)
-    b.record(success=False)
+    b.record(False, ME)
     clock.now += 5
-    assert b.allow()
-    b.record(success=False)
+    assert b.allow(ME)
+    b.record(False, ME)
     assert b.state is State.OPEN
     clock.now += 4
-    assert not b.allow()
+    assert not b.allow(ME)
     clock.now += 1
-    assert b.allow()
+    assert b.allow(ME)
 
 
 def test_a_released_probe_frees_the_slot_for_the_next_request() -> None:
     b, _ = breaker(failure_threshold=1, cooldown_seconds=0)
-    b.record(success=False)
-    assert b.allow() and not b.allow()
-    b.release()  # the probe was cancelled by its client: no verdict
-    assert b.state is State.HALF_OPEN and b.allow()
+    b.record(False, ME)
+    assert b.allow(ME) and not b.allow(ME)
+    b.release(ME)  # the probe was cancelled by its client: no verdict
+    assert b.state is State.HALF_OPEN and b.allow(ME)
 
 
 def test_disabled_breaker_always_allows() -> None:
     b, _ = breaker(enabled=False, failure_threshold=1)
     for _ in range(10):
-        b.record(success=False)
-    assert b.allow() and b.state is State.CLOSED
+        b.record(False, ME)
+    assert b.allow(ME) and b.state is State.CLOSED
+
+
+def test_only_the_probe_holder_settles_a_half_open_breaker() -> None:
+    b, clock = breaker(failure_threshold=1, cooldown_seconds=5)
+    earlier, probe, forced = object(), object(), object()
+    assert b.allow(earlier)  # admitted while closed
+    b.record(False, ME)
+    clock.now += 5
+    assert b.allow(probe) and not b.allow(ME)
+    b.record(True, earlier)  # a result from before the breaker opened: ignored
+    b.release(forced)  # a request that never held the probe frees nothing
+    assert b.state is State.HALF_OPEN and not b.would_allow()
+    b.record(False, probe)
+    assert b.state is State.OPEN

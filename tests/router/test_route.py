@@ -307,11 +307,35 @@ async def test_cli_route_streams_the_answer_and_the_summary(router: str) -> None
     assert events[-1]["summary"]["tier"] == "large"
 
 
+async def active_requests(describe: Any, until_idle: bool = False) -> int:
+    """The tier's Describe.active_requests; with `until_idle`, polled up to 10 s for 0."""
+    active = -1
+    for _ in range(100 if until_idle else 1):
+        active = (await describe(tier_pb.DescribeRequest(), timeout=10)).active_requests
+        if active == 0:
+            break
+        await asyncio.sleep(0.1)
+    return active
+
+
+@pytest.mark.parametrize(
+    ("validation", "fields", "events"),
+    [
+        # Streamed live: cancelled after the decision and three chunks.
+        ("none", {"prompt": COMPLEX, "force_tier": "small"}, 4),
+        # Validated: cancelled after the decision, while the answer is still held back.
+        ("logprob", {"prompt": SIMPLE}, 1),
+    ],
+)
 async def test_cancelling_a_route_cancels_the_tiers_generation(
     suite: tuple[str, str, str],
+    caplog: pytest.LogCaptureFixture,
+    validation: str,
+    fields: dict[str, str],
+    events: int,
 ) -> None:
     small, large, validator = suite
-    server, address = await started(route_config(small, large, validator, validation="none"))
+    server, address = await started(route_config(small, large, validator, validation=validation))
     try:
         async with (
             grpc.aio.insecure_channel(address) as channel,
@@ -319,30 +343,26 @@ async def test_cancelling_a_route_cancels_the_tiers_generation(
         ):
             describe = tier_grpc.TierServiceStub(tier_channel).Describe
             call = pb_grpc.RouterServiceStub(channel).Route(
-                pb.RouteRequest(
-                    prompt=COMPLEX,
-                    force_tier="small",
-                    sampling=tier_pb.SamplingParams(max_tokens=400),
-                ),
+                pb.RouteRequest(**fields, sampling=tier_pb.SamplingParams(max_tokens=400)),
                 timeout=300,
             )
-            chunks = 0
+            seen = []
             async for event in call:
-                chunks += event.HasField("chunk")
-                if chunks == 3:
+                seen.append(event.WhichOneof("event"))
+                if len(seen) == events:
                     break
-            during = (await describe(tier_pb.DescribeRequest(), timeout=10)).active_requests
+            await asyncio.sleep(0.3)  # the small tier is generating
+            during = await active_requests(describe)
             call.cancel()
-            after = during
-            for _ in range(100):
-                after = (await describe(tier_pb.DescribeRequest(), timeout=10)).active_requests
-                if after == 0:
-                    break
-                await asyncio.sleep(0.1)
+            after = await active_requests(describe, until_idle=True)
+            await asyncio.sleep(0.2)  # let the router finish unwinding
     finally:
         await server.stop(0)
+    assert seen[0] == "decision" and seen[1:] == ["chunk"] * (events - 1)
     assert during >= 1, "the tier should be generating while the Route streams"
     assert after == 0, "the tier still generates for a Route its client cancelled"
+    unexpected = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert not unexpected, unexpected[0].getMessage()
 
 
 def kill_tree(process: ServiceProcess) -> None:
