@@ -323,8 +323,8 @@ async def active_requests(describe: Any, until_idle: bool = False) -> int:
     [
         # Streamed live: cancelled after the decision and three chunks.
         ("none", {"prompt": COMPLEX, "force_tier": "small"}, 4),
-        # Validated: cancelled after the decision, while the answer is still held back.
-        ("logprob", {"prompt": SIMPLE}, 1),
+        # Validated: cancelled after the decision, while the (long) answer is still held back.
+        ("logprob", {"prompt": COMPLEX, "force_tier": "small"}, 1),
     ],
 )
 async def test_cancelling_a_route_cancels_the_tiers_generation(
