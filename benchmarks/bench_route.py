@@ -21,7 +21,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,21 +29,22 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, machine, median_iqr, print_goals, write_result
+from benchmarks.common import (
+    LONG_PROMPTS,
+    ROOT,
+    Run,
+    Sample,
+    interleaved_pairs,
+    machine,
+    paired,
+    print_goals,
+    write_result,
+)
 from tierroute.config import load_config
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
-
-PROMPTS = [
-    "Count from 1 to 1000, separated by commas.",
-    "List the numbers from 500 to 900 in words, one per line.",
-    "Write the multiplication table of 7 up to 7 times 100.",
-    "Count backwards from 2000 to 1, separated by spaces.",
-]
-Sample = dict[str, float]
-Run = Callable[[str, int], Awaitable[Sample]]
 
 
 async def via_route(stub: pb_grpc.RouterServiceStub, prompt: str, max_tokens: int) -> Sample:
@@ -99,18 +99,13 @@ async def via_generate(stub: tier_grpc.TierServiceStub, prompt: str, max_tokens:
     }
 
 
-async def group(run: Run, concurrency: int, first: int, max_tokens: int) -> Sample:
-    """`concurrency` requests at once; their medians and the aggregate tokens/s."""
-    started = time.perf_counter()
-    samples = await asyncio.gather(
-        *(run(PROMPTS[(first + i) % len(PROMPTS)], max_tokens) for i in range(concurrency))
-    )
-    wall = time.perf_counter() - started
+def summarize(samples: list[Sample], wall_s: float) -> Sample:
+    """A group's medians and its aggregate tokens/s."""
     return {
         "ttft_p50_ms": statistics.median(s["ttft_ms"] for s in samples),
         "ttft_beyond_score_p50_ms": statistics.median(s["ttft_beyond_score_ms"] for s in samples),
         "score_p50_ms": statistics.median(s["score_ms"] for s in samples),
-        "tokens_per_s": sum(s["tokens"] for s in samples) / wall,
+        "tokens_per_s": sum(s["tokens"] for s in samples) / wall_s,
     }
 
 
@@ -152,7 +147,6 @@ async def bench(args: argparse.Namespace) -> dict[str, list[Sample]]:
         ["tierroute.router", "--config", str(router_config(args.config, tier.address, workdir))],
         workdir / "router.log",
     )
-    rows: dict[str, list[Sample]] = {}
     try:
         async with (
             grpc.aio.insecure_channel(router.address) as router_channel,
@@ -161,32 +155,20 @@ async def bench(args: argparse.Namespace) -> dict[str, list[Sample]]:
             route_stub = pb_grpc.RouterServiceStub(router_channel)
             tier_stub = tier_grpc.TierServiceStub(tier_channel)
 
-            async def route_run(prompt: str, max_tokens: int) -> Sample:
+            async def route_run(prompt: str, max_tokens: int, n: int) -> Sample:
                 return await via_route(route_stub, prompt, max_tokens)
 
-            async def generate_run(prompt: str, max_tokens: int) -> Sample:
+            async def generate_run(prompt: str, max_tokens: int, n: int) -> Sample:
                 return await via_generate(tier_stub, prompt, max_tokens)
 
             for _ in range(2):  # warm-up: connections, first engine steps
-                await route_run(PROMPTS[0], 8)
-                await generate_run(PROMPTS[0], 8)
-            for c in (1, 8):
-                for p in range(args.pairs):
-                    print(f"concurrency {c}: pair {p + 1}/{args.pairs}", file=sys.stderr)
-                    order: list[tuple[str, Run]] = [
-                        ("route", route_run),
-                        ("generate", generate_run),
-                    ]
-                    if p % 2:  # swap who goes first, so neither always gets the warmer machine
-                        order.reverse()
-                    for name, run in order:
-                        rows.setdefault(f"{name}_c{c}", []).append(
-                            await group(run, c, p * c, args.max_tokens)
-                        )
+                await route_run(LONG_PROMPTS[0], 8, 0)
+                await generate_run(LONG_PROMPTS[0], 8, 0)
+            runs: list[tuple[str, Run]] = [("route", route_run), ("generate", generate_run)]
+            return await interleaved_pairs(runs, args.pairs, args.max_tokens, summarize)
     finally:
         router.stop()
         tier.stop()
-    return rows
 
 
 def main() -> int:
@@ -201,14 +183,18 @@ def main() -> int:
 
     ratios: dict[str, Any] = {}
     for c in (1, 8):
-        pairs = list(zip(rows[f"route_c{c}"], rows[f"generate_c{c}"], strict=True))
-        kept = median_iqr([r["tokens_per_s"] / g["tokens_per_s"] for r, g in pairs])
-        added = median_iqr([r["ttft_beyond_score_p50_ms"] - g["ttft_p50_ms"] for r, g in pairs])
+        r = paired(
+            rows,
+            f"route_c{c}",
+            f"generate_c{c}",
+            "tokens_per_s",
+            "ttft_beyond_score_p50_ms:ttft_p50_ms",
+        )
         ratios[f"c{c}"] = {
-            "tokens_per_s_kept": kept["median"],
-            "tokens_per_s_kept_iqr": kept["iqr"],
-            "ttft_added_beyond_score_ms": added["median"],
-            "ttft_added_beyond_score_ms_iqr": added["iqr"],
+            "tokens_per_s_kept": r["ratio"]["median"],
+            "tokens_per_s_kept_iqr": r["ratio"]["iqr"],
+            "ttft_added_beyond_score_ms": r["diff"]["median"],
+            "ttft_added_beyond_score_ms_iqr": r["diff"]["iqr"],
         }
     goals = {
         f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95

@@ -28,14 +28,16 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import ROOT, machine, median_iqr, print_goals, write_result
-
-PROMPTS = [
-    "Count from 1 to 1000, separated by commas.",
-    "List the numbers from 500 to 900 in words, one per line.",
-    "Write the multiplication table of 7 up to 7 times 100.",
-    "Count backwards from 2000 to 1, separated by spaces.",
-]
+from benchmarks.common import (
+    LONG_PROMPTS,
+    ROOT,
+    Run,
+    interleaved_pairs,
+    machine,
+    paired,
+    print_goals,
+    write_result,
+)
 
 
 def summarize(samples: list[dict[str, float]], wall_s: float) -> dict[str, float]:
@@ -107,18 +109,6 @@ async def direct(engine: Any, prompt: str, max_tokens: int, n: int) -> dict[str,
     }
 
 
-async def group(run: Any, concurrency: int, first: int, max_tokens: int) -> dict[str, float]:
-    """`concurrency` requests at once; their summary."""
-    started = time.perf_counter()
-    samples = await asyncio.gather(
-        *(
-            run(PROMPTS[(first + i) % len(PROMPTS)], max_tokens, first + i)
-            for i in range(concurrency)
-        )
-    )
-    return summarize(list(samples), time.perf_counter() - started)
-
-
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
@@ -140,25 +130,15 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     async def direct_run(prompt: str, max_tokens: int, n: int) -> dict[str, float]:
         return await direct(engine, prompt, max_tokens, n)
 
-    rows: dict[str, list[dict[str, float]]] = {}
     try:
         for _ in range(2):  # warm-up: first requests compile/allocate
-            await grpc_run(PROMPTS[0], 8, 0)
-            await direct_run(PROMPTS[0], 8, 0)
-        for c in (1, 8):
-            for p in range(args.pairs):
-                print(f"concurrency {c}: pair {p + 1}/{args.pairs}", file=sys.stderr)
-                order = [("grpc", grpc_run), ("engine", direct_run)]
-                if p % 2:  # swap who goes first, so neither always gets the warmer machine
-                    order.reverse()
-                for name, run in order:
-                    rows.setdefault(f"{name}_c{c}", []).append(
-                        await group(run, c, p * c, args.max_tokens)
-                    )
+            await grpc_run(LONG_PROMPTS[0], 8, 0)
+            await direct_run(LONG_PROMPTS[0], 8, 0)
+        runs: list[tuple[str, Run]] = [("grpc", grpc_run), ("engine", direct_run)]
+        return await interleaved_pairs(runs, args.pairs, args.max_tokens, summarize)
     finally:
         service.stop()
         engine.shutdown()
-    return rows
 
 
 def main() -> int:
@@ -173,14 +153,12 @@ def main() -> int:
 
     ratios = {}
     for c in (1, 8):
-        pairs = list(zip(rows[f"grpc_c{c}"], rows[f"engine_c{c}"], strict=True))
-        kept = median_iqr([g["tokens_per_s"] / e["tokens_per_s"] for g, e in pairs])
-        added = median_iqr([g["ttft_p50_ms"] - e["ttft_p50_ms"] for g, e in pairs])
+        r = paired(rows, f"grpc_c{c}", f"engine_c{c}", "tokens_per_s", "ttft_p50_ms")
         ratios[f"c{c}"] = {
-            "tokens_per_s_kept": kept["median"],
-            "tokens_per_s_kept_iqr": kept["iqr"],
-            "ttft_added_ms": added["median"],
-            "ttft_added_ms_iqr": added["iqr"],
+            "tokens_per_s_kept": r["ratio"]["median"],
+            "tokens_per_s_kept_iqr": r["ratio"]["iqr"],
+            "ttft_added_ms": r["diff"]["median"],
+            "ttft_added_ms_iqr": r["diff"]["iqr"],
         }
     goals = {
         f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95

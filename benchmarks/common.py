@@ -3,11 +3,14 @@ the goal lines of the printed table."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import platform
 import statistics
+import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -45,3 +48,56 @@ def print_goals(goals: dict[str, bool], out: Path) -> None:
     for goal, met in goals.items():
         print(f"  {'met ' if met else 'MISS'} {goal}")
     print(f"\nwrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
+
+
+# Prompts that keep a small model generating to max_tokens: the streamed rate is measured, not
+# how soon a model decides to stop.
+LONG_PROMPTS = [
+    "Count from 1 to 1000, separated by commas.",
+    "List the numbers from 500 to 900 in words, one per line.",
+    "Write the multiplication table of 7 up to 7 times 100.",
+    "Count backwards from 2000 to 1, separated by spaces.",
+]
+Sample = dict[str, float]
+Run = Callable[[str, int, int], Awaitable[Sample]]  # (prompt, max_tokens, request number)
+
+
+async def interleaved_pairs(
+    runs: list[tuple[str, Run]],
+    pairs: int,
+    max_tokens: int,
+    summarize: Callable[[list[Sample], float], Sample],
+    concurrencies: tuple[int, ...] = (1, 8),
+) -> dict[str, list[Sample]]:
+    """Per concurrency c and pair: a group of c concurrent requests through each run in turn,
+    the order swapped every pair so that neither always gets the warmer machine. Rows are
+    keyed "<run>_c<c>", one summary (of the group's samples and wall time) per pair."""
+    rows: dict[str, list[Sample]] = {}
+    for c in concurrencies:
+        for p in range(pairs):
+            print(f"concurrency {c}: pair {p + 1}/{pairs}", file=sys.stderr)
+            for name, run in runs if p % 2 == 0 else runs[::-1]:
+                first = p * c
+                started = time.perf_counter()
+                samples = await asyncio.gather(
+                    *(
+                        run(LONG_PROMPTS[(first + i) % len(LONG_PROMPTS)], max_tokens, first + i)
+                        for i in range(c)
+                    )
+                )
+                wall = time.perf_counter() - started
+                rows.setdefault(f"{name}_c{c}", []).append(summarize(list(samples), wall))
+    return rows
+
+
+def paired(
+    rows: dict[str, list[Sample]], measured: str, baseline: str, ratio_of: str, diff_of: str
+) -> dict[str, Any]:
+    """Over pairs: measured/baseline of `ratio_of`, and measured minus baseline of `diff_of`
+    (a "measured_key:baseline_key" pair of keys, or one key for both)."""
+    pairs = list(zip(rows[measured], rows[baseline], strict=True))
+    mine, theirs = diff_of.split(":") if ":" in diff_of else (diff_of, diff_of)
+    return {
+        "ratio": median_iqr([m[ratio_of] / b[ratio_of] for m, b in pairs]),
+        "diff": median_iqr([m[mine] - b[theirs] for m, b in pairs]),
+    }
