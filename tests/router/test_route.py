@@ -122,6 +122,15 @@ async def started(data: dict[str, Any]) -> tuple[RouterServer, str]:
     return server, f"127.0.0.1:{port}"
 
 
+async def route_once(data: dict[str, Any], **fields: Any) -> Routed:
+    """One Route through a router of its own, started on `data` and stopped after."""
+    server, address = await started(data)
+    try:
+        return await route(address, **fields)
+    finally:
+        await server.stop(0)
+
+
 @pytest_asyncio.fixture(scope="module")
 async def router(suite: tuple[str, str, str]) -> AsyncIterator[str]:
     server, address = await started(route_config(*suite))
@@ -158,13 +167,9 @@ async def test_low_confidence_escalates_then_streams_the_large_tier(
     suite: tuple[str, str, str],
 ) -> None:
     # Forced: no real answer's geometric-mean token probability reaches 0.999.
-    server, address = await started(
-        route_config(*suite, validation="logprob", min_confidence=0.999)
+    r = await route_once(
+        route_config(*suite, validation="logprob", min_confidence=0.999), prompt=SIMPLE
     )
-    try:
-        r = await route(address, prompt=SIMPLE)
-    finally:
-        await server.stop(0)
     assert r.decision.tier == "small"
     assert len(r.escalations) == 1
     e = r.escalations[0]
@@ -183,23 +188,17 @@ async def test_low_confidence_escalates_then_streams_the_large_tier(
 
 async def test_unparseable_small_answer_escalates(suite: tuple[str, str, str]) -> None:
     # Six tokens cannot hold the JSON envelope: the answer is cut and does not parse.
-    server, address = await started(route_config(*suite, small_max_tokens=6))
-    try:
-        r = await route(address, prompt=SIMPLE)
-    finally:
-        await server.stop(0)
+    r = await route_once(route_config(*suite, small_max_tokens=6), prompt=SIMPLE)
     assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_PARSE_FAILURE]
     assert r.summary is not None and r.summary.tier == "large"
 
 
 async def test_strict_latency_mode_never_escalates(suite: tuple[str, str, str]) -> None:
-    server, address = await started(
-        route_config(*suite, validation="logprob", min_confidence=0.999)
+    r = await route_once(
+        route_config(*suite, validation="logprob", min_confidence=0.999),
+        prompt=SIMPLE,
+        disable_escalation=True,
     )
-    try:
-        r = await route(address, prompt=SIMPLE, disable_escalation=True)
-    finally:
-        await server.stop(0)
     assert not r.escalations
     assert r.summary is not None and r.summary.tier == "small"
     assert [a.tier for a in r.summary.attempts] == ["small"]
@@ -223,11 +222,7 @@ async def test_unreachable_small_tier_fails_over_before_any_token(
     suite: tuple[str, str, str],
 ) -> None:
     _, large, validator = suite
-    server, address = await started(route_config("127.0.0.1:9", large, validator))
-    try:
-        r = await route(address, prompt=SIMPLE)
-    finally:
-        await server.stop(0)
+    r = await route_once(route_config("127.0.0.1:9", large, validator), prompt=SIMPLE)
     assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_TIER_FAILURE]
     assert r.summary is not None and r.summary.tier == "large"
     assert [(a.tier, a.delivered) for a in r.summary.attempts] == [
@@ -238,11 +233,7 @@ async def test_unreachable_small_tier_fails_over_before_any_token(
 
 async def test_unreachable_validator_escalates_by_default(suite: tuple[str, str, str]) -> None:
     small, large, _ = suite
-    server, address = await started(route_config(small, large, "127.0.0.1:9"))
-    try:
-        r = await route(address, prompt=SIMPLE)
-    finally:
-        await server.stop(0)
+    r = await route_once(route_config(small, large, "127.0.0.1:9"), prompt=SIMPLE)
     assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_VALIDATOR_UNAVAILABLE]
     assert r.summary is not None and r.summary.tier == "large"
     assert r.summary.attempts[0].validation == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
@@ -251,13 +242,9 @@ async def test_unreachable_validator_escalates_by_default(suite: tuple[str, str,
 
 async def test_unreachable_validator_can_deliver_unvalidated(suite: tuple[str, str, str]) -> None:
     small, large, _ = suite
-    server, address = await started(
-        route_config(small, large, "127.0.0.1:9", on_validator_unavailable="deliver")
+    r = await route_once(
+        route_config(small, large, "127.0.0.1:9", on_validator_unavailable="deliver"), prompt=SIMPLE
     )
-    try:
-        r = await route(address, prompt=SIMPLE)
-    finally:
-        await server.stop(0)
     assert not r.escalations
     assert r.summary is not None and r.summary.tier == "small" and not r.summary.escalated
     assert r.summary.validation == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
