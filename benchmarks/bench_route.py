@@ -40,7 +40,8 @@ from benchmarks.common import (
     print_goals,
     write_result,
 )
-from tierroute.config import load_config
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.config import load_config
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
@@ -51,7 +52,7 @@ async def via_route(stub: pb_grpc.RouterServiceStub, prompt: str, max_tokens: in
     request = pb.RouteRequest(
         prompt=prompt,
         bypass_cache=True,
-        sampling=tier_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
     )
     started = time.perf_counter()
     first = None
@@ -77,8 +78,8 @@ async def via_route(stub: pb_grpc.RouterServiceStub, prompt: str, max_tokens: in
 
 async def via_generate(stub: tier_grpc.TierServiceStub, prompt: str, max_tokens: int) -> Sample:
     request = tier_pb.GenerateRequest(
-        messages=[tier_pb.ChatMessage(role="user", content=prompt)],
-        sampling=tier_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        messages=[common_pb.ChatMessage(role="user", content=prompt)],
+        sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
     )
     started = time.perf_counter()
     first = None
@@ -138,7 +139,7 @@ def router_config(config: Path, tier_address: str, workdir: Path) -> Path:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, list[Sample]]:
-    from tests.conftest import start_service, start_tier
+    from tests.helpers.services import start_service, start_tier
 
     workdir = Path(tempfile.mkdtemp())
     tier = await asyncio.to_thread(start_tier, workdir / "tier.log")

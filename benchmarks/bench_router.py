@@ -33,8 +33,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, machine, print_goals, write_result
-from tierroute.config import load_config
-from tierroute.router.scoring import build_scorer
+from tierroute.core.config import load_config
+from tierroute.router.scoring.scorers import build_scorer
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -161,7 +161,7 @@ def main() -> int:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-    from tierroute.modelbuild import embedder_source
+    from tierroute.tools.modelbuild import embedder_source
 
     tokenizer = Tokenizer.from_file(str(cfg.router.model / "tokenizer.json"))
     lengths = [len(tokenizer.encode(p).ids) for p in prompts]

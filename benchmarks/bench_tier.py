@@ -53,6 +53,7 @@ def summarize(samples: list[dict[str, float]], wall_s: float) -> dict[str, float
 
 
 async def via_grpc(address: str, prompt: str, max_tokens: int) -> dict[str, float]:
+    from tierroute.common.v1 import common_pb2 as common_pb
     from tierroute.tier.v1 import tier_service_pb2 as pb
     from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
 
@@ -60,8 +61,8 @@ async def via_grpc(address: str, prompt: str, max_tokens: int) -> dict[str, floa
         stub = pb_grpc.TierServiceStub(channel)
         await stub.Describe(pb.DescribeRequest())  # connect outside the timed region
         request = pb.GenerateRequest(
-            messages=[pb.ChatMessage(role="user", content=prompt)],
-            sampling=pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+            messages=[common_pb.ChatMessage(role="user", content=prompt)],
+            sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
         )
         started = time.perf_counter()
         first = None
@@ -112,8 +113,8 @@ async def direct(engine: Any, prompt: str, max_tokens: int, n: int) -> dict[str,
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     from vllm.v1.engine.async_llm import AsyncLLM
 
-    from tests.conftest import start_tier
-    from tierroute.config import load_config
+    from tests.helpers.services import start_tier
+    from tierroute.core.config import load_config
     from tierroute.tier.engine import engine_args_for
 
     cfg = load_config(args.config)

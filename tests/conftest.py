@@ -1,126 +1,26 @@
-"""Shared fixtures: the real models built by `make models`, configs, and free ports."""
+"""Shared fixtures: the real services, started once per session. Helpers live in tests/helpers."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-import yaml
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.otlp import OTLPReceiver
-from tierroute.config import Config, config_from_dict
-
-ROOT = Path(__file__).resolve().parent.parent
-MODELS = Path(os.environ.get("TIERROUTE_MODELS_DIR", ROOT / "models"))
-EMBEDDER_DIR = MODELS / "minilm-l6-v2-int8"
-PROMPTS = yaml.safe_load((ROOT / "tests" / "data" / "prompts.yaml").read_text())
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    if not (EMBEDDER_DIR / "model.onnx").is_file():
-        raise pytest.UsageError(f"{EMBEDDER_DIR} is missing: run `make models` (or `make test`)")
-
-
-def router_config(**router: Any) -> Config:
-    """A two-tier config on the real embedder, listening on a free loopback port."""
-    data: dict[str, Any] = {
-        "router": {"listen": "127.0.0.1:0", "model": str(EMBEDDER_DIR), **router},
-        "tiers": [
-            {"name": "small", "address": "127.0.0.1:1", "model": "small-model"},
-            {"name": "large", "address": "127.0.0.1:2", "model": "large-model"},
-        ],
-    }
-    return config_from_dict(data)
+from tests.helpers.otlp import OTLPReceiver
+from tests.helpers.services import (
+    DEFAULT_CONFIG,
+    PROMPTS,
+    SMOLLM_DIR,
+    ServiceProcess,
+    start_service,
+    start_tier,
+    tracing_env,
+)
 
 
 @pytest.fixture(scope="session")
 def prompts() -> dict[str, list[str]]:
     return PROMPTS
-
-
-# --- the tier service: one real vLLM engine (SmolLM2-135M on CPU) for the whole session ---
-
-SMOLLM_DIR = MODELS / "smollm2-135m-instruct"
-DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
-
-
-@dataclass
-class ServiceProcess:
-    """A service started as its own process, with what its health said while it started."""
-
-    process: subprocess.Popen[str]
-    address: str
-    log: Path
-    health_seen: list[int] = field(default_factory=list)
-
-    def stop(self, timeout: float = 60) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def start_service(
-    args: list[str], log: Path, timeout: float = 240, env: dict[str, str] | None = None
-) -> ServiceProcess:
-    """Start `python -m <args> --port-file ...`, wait until health reports SERVING."""
-    port_file = log.with_suffix(".port")
-    port_file.unlink(missing_ok=True)
-    with log.open("w") as out:  # the child keeps its own copy of the descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", *args, "--port-file", str(port_file)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-        )
-    svc = ServiceProcess(proc, "", log)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(
-                f"{args[0]} exited with {proc.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        if port_file.exists():
-            svc.address = f"127.0.0.1:{port_file.read_text().strip()}"
-            with grpc.insecure_channel(svc.address) as channel:
-                try:
-                    status = (
-                        health_pb2_grpc.HealthStub(channel)
-                        .Check(health_pb2.HealthCheckRequest(), timeout=2)
-                        .status
-                    )
-                except grpc.RpcError:
-                    status = None
-            if status is not None and (not svc.health_seen or svc.health_seen[-1] != status):
-                svc.health_seen.append(int(status))
-            if status == health_pb2.HealthCheckResponse.SERVING:
-                return svc
-        time.sleep(0.2)
-    svc.stop()
-    raise RuntimeError(f"{args[0]} not SERVING after {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def start_tier(
-    log: Path, *extra: str, tier: str = "small", env: dict[str, str] | None = None
-) -> ServiceProcess:
-    """A tier of the embedded default config as its own process, on a free port."""
-    args = ["tierroute.tier", "--config", str(DEFAULT_CONFIG), "--tier", tier]
-    return start_service([*args, "--listen", "127.0.0.1:0", *extra], log, env=env)
 
 
 @pytest.fixture(scope="session")
@@ -154,14 +54,6 @@ def otlp_receiver() -> Iterator[OTLPReceiver]:
     receiver = OTLPReceiver().start()
     yield receiver
     receiver.stop()
-
-
-def tracing_env(receiver: OTLPReceiver) -> dict[str, str]:
-    # Export quickly: the SDK's default batch delay is 5 s.
-    return {
-        "TIERROUTE__MONITORING__OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_BSP_SCHEDULE_DELAY": "100",
-    }
 
 
 @pytest.fixture(scope="session")

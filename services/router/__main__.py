@@ -2,7 +2,7 @@
 
 import sys
 
-from tierroute.router.server import main
+from tierroute.router.service import main
 
 if __name__ == "__main__":
     sys.exit(main())

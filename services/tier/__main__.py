@@ -2,7 +2,7 @@
 
 import sys
 
-from tierroute.tier.server import main
+from tierroute.tier.service import main
 
 if __name__ == "__main__":
     sys.exit(main())

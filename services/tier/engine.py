@@ -15,9 +15,10 @@ from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tierroute.config import TierConfig
-from tierroute.errors import InvalidArgument, Overloaded, ServiceError, Unavailable
-from tierroute.prompts import check_prompt
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.config import TierConfig
+from tierroute.core.errors import InvalidArgument, Overloaded, ServiceError, Unavailable
+from tierroute.core.prompts import check_prompt
 from tierroute.tier.v1 import tier_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -30,10 +31,10 @@ MAX_CHARS_PER_TOKEN = 32
 DEFAULT_TOP_P = 1.0
 
 _FINISH = {
-    "stop": pb.FINISH_REASON_STOP,
-    "length": pb.FINISH_REASON_LENGTH,
-    "abort": pb.FINISH_REASON_ABORT,
-    "repetition": pb.FINISH_REASON_REPETITION,
+    "stop": common_pb.FINISH_REASON_STOP,
+    "length": common_pb.FINISH_REASON_LENGTH,
+    "abort": common_pb.FINISH_REASON_ABORT,
+    "repetition": common_pb.FINISH_REASON_REPETITION,
 }
 
 
@@ -233,7 +234,7 @@ class TierEngine:
 
         first_token_at: float | None = None
         completion_tokens = 0
-        finish_reason = pb.FINISH_REASON_UNSPECIFIED
+        finish_reason = common_pb.FINISH_REASON_UNSPECIFIED
         prompt_tokens = len(prepared.token_ids)
         try:
             async for out in self.llm.generate(
@@ -261,7 +262,7 @@ class TierEngine:
                             "(finish reason 'error'); retry it"
                         )
                     finish_reason = _FINISH.get(
-                        piece.finish_reason or "", pb.FINISH_REASON_UNSPECIFIED
+                        piece.finish_reason or "", common_pb.FINISH_REASON_UNSPECIFIED
                     )
         except VLLMClientError as exc:
             raise InvalidArgument(f"the engine rejected the request: {exc}") from exc
@@ -291,11 +292,11 @@ class TierEngine:
 
 def _logprobs(
     token_ids: list[int], logprobs: list[dict[int, Any]], top: int | None
-) -> list[pb.TokenLogprob]:
+) -> list[common_pb.TokenLogprob]:
     out = []
     for token_id, candidates in zip(token_ids, logprobs, strict=False):
         chosen = candidates.get(token_id)
-        entry = pb.TokenLogprob(
+        entry = common_pb.TokenLogprob(
             token=(chosen.decoded_token or "") if chosen else "",
             token_id=token_id,
             logprob=float(chosen.logprob) if chosen else float("-inf"),
@@ -306,7 +307,8 @@ def _logprobs(
                 key=lambda c: c.rank,
             )
             entry.top.extend(
-                pb.TopLogprob(token=c.decoded_token or "", logprob=float(c.logprob)) for c in ranked
+                common_pb.TopLogprob(token=c.decoded_token or "", logprob=float(c.logprob))
+                for c in ranked
             )
         out.append(entry)
     return out

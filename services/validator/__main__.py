@@ -2,7 +2,7 @@
 
 import sys
 
-from tierroute.validator.server import main
+from tierroute.validator.service import main
 
 if __name__ == "__main__":
     sys.exit(main())

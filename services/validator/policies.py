@@ -9,12 +9,12 @@
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tierroute.errors import InvalidArgument
+from tierroute.core import envelope
+from tierroute.core.errors import InvalidArgument
 from tierroute.validator.v1 import validator_service_pb2 as pb
 
 DEFAULT_MIN_CONFIDENCE = 0.70
@@ -68,45 +68,28 @@ def self_reported(answer: str, policy: pb.ValidationPolicy) -> Judgement:
             pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_EMPTY_ANSWER, "", "the answer is empty"
         )
     try:
-        doc = json.loads(answer)
-    except json.JSONDecodeError as exc:
-        detail = f"the answer is not valid JSON: {exc}"
+        env = envelope.parse(answer)
+    except envelope.NotJSON as exc:
         if fallback:
             return Judgement(
-                pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_PARSE_FAILURE, answer, detail
+                pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_PARSE_FAILURE, answer, str(exc)
             )
         return Judgement(
-            pb.VERDICT_DELIVER, 0.0, pb.VALIDATION_REASON_PARSE_FAILURE, answer, detail
+            pb.VERDICT_DELIVER, 0.0, pb.VALIDATION_REASON_PARSE_FAILURE, answer, str(exc)
         )
-    problem = _shape_problem(doc)
-    if problem:
+    except envelope.WrongShape as exc:
         return Judgement(
-            pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_SCHEMA_VIOLATION, answer, problem
+            pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_SCHEMA_VIOLATION, answer, str(exc)
         )
-    content, confidence = doc["response_content"], float(doc["confidence_score"])
-    if not content.strip():
+    if not env.content.strip():
         return Judgement(
             pb.VERDICT_ESCALATE,
-            confidence,
+            env.confidence,
             pb.VALIDATION_REASON_EMPTY_ANSWER,
             "",
-            "response_content is empty",
+            f"{envelope.CONTENT_KEY} is empty",
         )
-    return _by_confidence(confidence, threshold, content)
-
-
-def _shape_problem(doc: object) -> str:
-    if not isinstance(doc, dict):
-        return f"the answer is JSON but a {type(doc).__name__}, not an object"
-    content = doc.get("response_content")
-    score = doc.get("confidence_score")
-    if not isinstance(content, str):
-        return "response_content is missing or not a string"
-    if isinstance(score, bool) or not isinstance(score, int | float):
-        return "confidence_score is missing or not a number"
-    if not 0.0 <= float(score) <= 1.0:
-        return f"confidence_score is {score}, outside [0, 1]"
-    return ""
+    return _by_confidence(env.confidence, threshold, env.content)
 
 
 def logprob_confidence(

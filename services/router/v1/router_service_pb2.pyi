@@ -1,4 +1,4 @@
-from tierroute.tier.v1 import tier_service_pb2 as _tier_service_pb2
+from tierroute.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -67,9 +67,9 @@ class ScoreRequest(_message.Message):
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
-    messages: _containers.RepeatedCompositeFieldContainer[_tier_service_pb2.ChatMessage]
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     bypass_cache: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_tier_service_pb2.ChatMessage, _Mapping]]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
     __slots__ = ("complexity_score", "tier", "confidence", "category", "reason_codes", "router_latency_ms", "cache_hit", "embedder_version", "scorer_version", "tier_max_score")
@@ -112,12 +112,12 @@ class RouteRequest(_message.Message):
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
-    messages: _containers.RepeatedCompositeFieldContainer[_tier_service_pb2.ChatMessage]
-    sampling: _tier_service_pb2.SamplingParams
+    messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
+    sampling: _common_pb2.SamplingParams
     disable_escalation: bool
     force_tier: str
     bypass_cache: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_tier_service_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_tier_service_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("text", "tier")
@@ -138,14 +138,6 @@ class Escalation(_message.Message):
     reason: EscalationReason
     confidence: float
     def __init__(self, from_tier: _Optional[str] = ..., to_tier: _Optional[str] = ..., reason: _Optional[_Union[EscalationReason, str]] = ..., confidence: _Optional[float] = ...) -> None: ...
-
-class Usage(_message.Message):
-    __slots__ = ("prompt_tokens", "completion_tokens")
-    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
-    prompt_tokens: int
-    completion_tokens: int
-    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ...) -> None: ...
 
 class StageLatencies(_message.Message):
     __slots__ = ("score_ms", "generate_ms", "validate_ms", "escalation_ms", "total_ms", "time_to_first_token_ms")
@@ -174,14 +166,14 @@ class TierAttempt(_message.Message):
     ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     tier: str
-    usage: Usage
+    usage: _common_pb2.Usage
     cost_usd: float
-    finish_reason: _tier_service_pb2.FinishReason
+    finish_reason: _common_pb2.FinishReason
     latency_ms: float
     delivered: bool
     escalation_reason: EscalationReason
     validation: ValidationStatus
-    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ...) -> None: ...
+    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ...) -> None: ...
 
 class RouteSummary(_message.Message):
     __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence", "attempts", "validation")
@@ -198,14 +190,14 @@ class RouteSummary(_message.Message):
     tier: str
     escalated: bool
     escalation_reason: EscalationReason
-    usage: Usage
+    usage: _common_pb2.Usage
     cost_usd: float
     latencies: StageLatencies
-    finish_reason: _tier_service_pb2.FinishReason
+    finish_reason: _common_pb2.FinishReason
     confidence: float
     attempts: _containers.RepeatedCompositeFieldContainer[TierAttempt]
     validation: ValidationStatus
-    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_tier_service_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[TierAttempt, _Mapping]]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ...) -> None: ...
+    def __init__(self, tier: _Optional[str] = ..., escalated: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., latencies: _Optional[_Union[StageLatencies, _Mapping]] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., confidence: _Optional[float] = ..., attempts: _Optional[_Iterable[_Union[TierAttempt, _Mapping]]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ...) -> None: ...
 
 class RouteResponse(_message.Message):
     __slots__ = ("decision", "chunk", "escalation", "summary")

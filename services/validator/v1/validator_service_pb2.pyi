@@ -1,4 +1,4 @@
-from tierroute.tier.v1 import tier_service_pb2 as _tier_service_pb2
+from tierroute.common.v1 import common_pb2 as _common_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
@@ -74,9 +74,9 @@ class ValidateRequest(_message.Message):
     request_id: str
     prompt: str
     answer: str
-    logprobs: _containers.RepeatedCompositeFieldContainer[_tier_service_pb2.TokenLogprob]
+    logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
     policy: ValidationPolicy
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[_tier_service_pb2.TokenLogprob, _Mapping]]] = ..., policy: _Optional[_Union[ValidationPolicy, _Mapping]] = ...) -> None: ...
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., policy: _Optional[_Union[ValidationPolicy, _Mapping]] = ...) -> None: ...
 
 class ValidateResponse(_message.Message):
     __slots__ = ("verdict", "confidence", "reason", "content", "detail")

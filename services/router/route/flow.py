@@ -1,0 +1,527 @@
+"""The Route flow, transport-neutral: a route request in, events out (Decided, then Token and
+Escalated events, then Finished); failures raise the project's errors
+(tierroute.core.errors). The gRPC servicer and any other front adapt it; none of them holds
+routing, escalation or failover.
+
+A tier whose answers are validated (its `validation` is not "none", and a larger tier can take
+over) is asked for the answer envelope (self_reported) or for token log-probabilities
+(logprob). Its answer is held back until the validator has judged it, then delivered, or
+replaced by an Escalated event and the next tier's answer. Other tiers stream live. Both run on
+one skeleton (`_attempt`). A tier that fails before any token reached the client is skipped (an
+escalation with reason TIER_FAILURE); after tokens were sent the request ends with UNAVAILABLE
+(or DEADLINE_EXCEEDED), saying how much was delivered, with a partial RouteSummary in the
+error's trailing metadata `tierroute-partial-summary-bin`.
+
+Failover lives in one place: the request walks the selection's ranking (`_admit`), at the
+start and after every failed or rejected attempt, passing over tiers whose breaker is open or
+whose channel is down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncGenerator, AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+from opentelemetry import trace
+
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core import envelope
+from tierroute.core.config import Config, TierConfig
+from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+from tierroute.core.prompts import check_prompt, routing_text
+from tierroute.router.route.budgets import Deadline
+from tierroute.router.route.judge import ESCALATION_FOR, Judge
+from tierroute.router.scoring.decider import Decider
+from tierroute.router.tiers.pool import TierPool
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.runtime import telemetry
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.validator.v1 import validator_service_pb2 as val_pb
+
+logger = logging.getLogger(__name__)
+
+PARTIAL_SUMMARY_KEY = "tierroute-partial-summary-bin"
+GENERATE_METHOD = tier_pb.DESCRIPTOR.services_by_name["TierService"].full_name + "/Generate"
+# Failures that count against a tier's breaker; INVALID_ARGUMENT and CANCELLED are not its fault.
+_TIER_FAULTS = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+}
+
+
+# --- events ---
+
+
+@dataclass(frozen=True)
+class Decided:
+    decision: pb.RoutingDecision
+
+
+@dataclass(frozen=True)
+class Token:
+    text: str
+    tier: str
+
+
+@dataclass(frozen=True)
+class Escalated:
+    escalation: pb.Escalation
+
+
+@dataclass(frozen=True)
+class Finished:
+    summary: pb.RouteSummary
+
+
+RouteEvent = Decided | Token | Escalated | Finished
+
+
+class TierFailed(Exception):
+    """A tier call failed; `sent_chars` is how much of its answer had reached the client."""
+
+    def __init__(self, tier: str, error: grpc.aio.AioRpcError, budget: bool):
+        super().__init__(f"tier {tier!r} failed: {error.code().name}: {error.details()}")
+        self.error = error
+        self.sent_chars = 0
+        # DEADLINE_EXCEEDED from our own per-tier budget (the tier's fault), not the client's.
+        self.tier_fault = error.code() in _TIER_FAULTS and (
+            error.code() != grpc.StatusCode.DEADLINE_EXCEEDED or budget
+        )
+
+
+@dataclass
+class Outcome:
+    """What the client will be told in the summary."""
+
+    started: float
+    score_ms: float = 0.0
+    attempts: list[pb.TierAttempt] = field(default_factory=list)
+    validate_ms: float = 0.0
+    first_tier_ms: float = 0.0
+    escalation_ms: float = 0.0
+    first_chunk_at: float | None = None
+    confidence: float = 0.0
+    escalation_reason: pb.EscalationReason = pb.ESCALATION_REASON_UNSPECIFIED
+
+    def summary(self) -> pb.RouteSummary:
+        """The summary; before anything was delivered (a partial one), it names no tier."""
+        delivered = next((a for a in reversed(self.attempts) if a.delivered), pb.TierAttempt())
+        now = time.perf_counter()
+        return pb.RouteSummary(
+            tier=delivered.tier,
+            escalated=self.escalation_reason != pb.ESCALATION_REASON_UNSPECIFIED,
+            escalation_reason=self.escalation_reason,
+            usage=common_pb.Usage(
+                prompt_tokens=sum(a.usage.prompt_tokens for a in self.attempts),
+                completion_tokens=sum(a.usage.completion_tokens for a in self.attempts),
+            ),
+            cost_usd=sum(a.cost_usd for a in self.attempts),
+            latencies=pb.StageLatencies(
+                score_ms=self.score_ms,
+                generate_ms=self.first_tier_ms,
+                validate_ms=self.validate_ms,
+                escalation_ms=self.escalation_ms,
+                total_ms=(now - self.started) * 1000.0,
+                time_to_first_token_ms=((self.first_chunk_at or now) - self.started) * 1000.0,
+            ),
+            finish_reason=delivered.finish_reason,
+            confidence=self.confidence,
+            attempts=self.attempts,
+            validation=delivered.validation,
+        )
+
+    def partial(self) -> tuple[tuple[str, bytes], ...]:
+        """The summary so far, as trailing metadata for an error that ends the request."""
+        return ((PARTIAL_SUMMARY_KEY, self.summary().SerializeToString()),)
+
+
+class RouteFlow:
+    def __init__(self, cfg: Config, decider: Decider, pool: TierPool, judge: Judge) -> None:
+        self.cfg = cfg
+        self.decider = decider
+        self.pool = pool
+        self.judge = judge
+        self._tiers = [t.name for t in cfg.tiers]
+
+    async def route(
+        self, request: pb.RouteRequest, deadline: Deadline
+    ) -> AsyncGenerator[RouteEvent, None]:
+        """Decide, then answer: one Decided, Token and Escalated events, one Finished."""
+        started = time.perf_counter()
+        check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        holder = object()  # this request, for the circuit breakers
+        span = trace.get_current_span()
+        if request.force_tier:
+            if request.force_tier not in self._tiers:
+                raise InvalidArgument(
+                    f"force_tier {request.force_tier!r} is not a tier "
+                    f"(tiers: {', '.join(self._tiers)})"
+                )
+            decision = pb.RoutingDecision(
+                tier=request.force_tier,
+                confidence=1.0,
+                reason_codes=[pb.REASON_CODE_FORCED_TIER],
+                router_latency_ms=(time.perf_counter() - started) * 1000.0,
+            )
+            tier = request.force_tier
+        else:
+            with telemetry.tracer(__name__).start_as_current_span("score") as score_span:
+                decision, ranking = await self.decider.decide(
+                    routing_text(request.prompt, request.messages), request.bypass_cache
+                )
+                score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
+            tier = self._admit(ranking, holder, decision)
+        span.set_attributes(
+            {
+                "tierroute.decision.tier": decision.tier,
+                "tierroute.decision.score": decision.complexity_score,
+                "tierroute.decision.reason_codes": [
+                    pb.ReasonCode.Name(r) for r in decision.reason_codes
+                ],
+            }
+        )
+        outcome = Outcome(started, score_ms=(time.perf_counter() - started) * 1000.0)
+        try:
+            yield Decided(decision)
+            async for event in self._answer(tier, request, deadline, outcome, holder):
+                yield event
+        finally:
+            # Whatever ended the request, a half-open probe it still holds is freed (a no-op
+            # once the attempt has been recorded).
+            self.pool.release(tier, holder)
+
+    def _admit(self, ranking: list[str], holder: object, decision: pb.RoutingDecision) -> str:
+        """The first tier of the ranking that can take the request; the decision's reason
+        codes say why any was passed over. UNAVAILABLE if none can."""
+        tier, skipped = self.pool.first_available(ranking, holder)
+        for _, reason in skipped:
+            if reason not in decision.reason_codes:
+                decision.reason_codes.append(reason)
+        if tier is None:
+            raise Unavailable(
+                "no tier can take the request: "
+                + ", ".join(f"{n} ({pb.ReasonCode.Name(r)})" for n, r in skipped)
+                + "; retry after the breakers' cooldown "
+                + f"({self.cfg.circuit_breaker.cooldown_seconds:g} s)"
+            )
+        if skipped:
+            logger.warning("passed over %s: %s serves", ", ".join(n for n, _ in skipped), tier)
+        decision.tier = tier
+        return tier
+
+    def _larger(self, tier: str) -> list[str]:
+        return self._tiers[self._tiers.index(tier) + 1 :]
+
+    async def _answer(
+        self,
+        tier_name: str,
+        request: pb.RouteRequest,
+        deadline: Deadline,
+        outcome: Outcome,
+        holder: object,
+    ) -> AsyncIterator[RouteEvent]:
+        escalations_left = 0 if request.disable_escalation else self.cfg.escalation.max_retries
+        first = True
+        while True:
+            tier = self.cfg.tier(tier_name)
+            following = None
+            if escalations_left > 0:
+                following, _ = self.pool.first_available(self._larger(tier_name), None)
+            tier_started = time.perf_counter()
+            hold = tier.validation != "none" and following is not None
+            try:
+                async for event in self._attempt(tier, request, deadline, outcome, first, hold):
+                    yield event
+            except TierFailed as failure:
+                if failure.tier_fault:
+                    self.pool.record(tier_name, False, holder)
+                else:
+                    self.pool.release(tier_name, holder)
+                outcome.attempts.append(
+                    pb.TierAttempt(
+                        tier=tier_name,
+                        escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE,
+                        latency_ms=(time.perf_counter() - tier_started) * 1000.0,
+                    )
+                )
+                if failure.sent_chars or following is None:
+                    raise _error_for(failure, outcome) from failure
+                logger.warning("%s; failing over", failure)
+                outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
+            except BaseException:
+                self.pool.release(tier_name, holder)  # the client left: no verdict on the tier
+                raise
+            else:
+                self.pool.record(tier_name, True, holder)
+            finally:
+                elapsed = (time.perf_counter() - tier_started) * 1000.0
+                if first:
+                    outcome.first_tier_ms = elapsed
+                else:
+                    outcome.escalation_ms += elapsed
+            if outcome.attempts[-1].delivered:
+                yield Finished(outcome.summary())
+                return
+            # Not delivered: only possible where a following tier existed.
+            escalations_left -= 1
+            first = False
+            previous = tier_name
+            nxt, _ = self.pool.first_available(self._larger(previous), holder)
+            if nxt is None:
+                raise Unavailable(
+                    f"tier {previous!r} could not answer "
+                    f"({pb.EscalationReason.Name(outcome.escalation_reason)}) and no larger tier "
+                    "can take the request now (circuit open or unreachable)",
+                    outcome.partial(),
+                )
+            tier_name = nxt
+            try:
+                yield Escalated(self._escalation(previous, tier_name, outcome))
+            except BaseException:  # the client left: free a half-open probe slot
+                self.pool.release(tier_name, holder)
+                raise
+
+    def _escalation(self, from_tier: str, to_tier: str, outcome: Outcome) -> pb.Escalation:
+        reason = pb.EscalationReason.Name(outcome.escalation_reason)
+        logger.info("escalating %s -> %s: %s", from_tier, to_tier, reason)
+        trace.get_current_span().add_event(
+            "escalation",
+            {
+                "tierroute.from_tier": from_tier,
+                "tierroute.to_tier": to_tier,
+                "tierroute.escalation_reason": reason,
+                "tierroute.confidence": outcome.confidence,
+            },
+        )
+        return pb.Escalation(
+            from_tier=from_tier,
+            to_tier=to_tier,
+            reason=outcome.escalation_reason,
+            confidence=outcome.confidence,
+        )
+
+    def _generate_request(
+        self, tier: TierConfig, request: pb.RouteRequest, validation: str
+    ) -> tier_pb.GenerateRequest:
+        messages = list(request.messages) or [
+            common_pb.ChatMessage(role="user", content=request.prompt)
+        ]
+        structured = validation == "self_reported"
+        if structured:
+            messages = [
+                common_pb.ChatMessage(role="system", content=envelope.INSTRUCTION),
+                *messages,
+            ]
+        # The tier's configured defaults for what the client left unset (the tier service
+        # applies the same ones when it reads the same config; here they also hold when not).
+        sampling = common_pb.SamplingParams()
+        sampling.CopyFrom(request.sampling)
+        if not sampling.max_tokens:
+            sampling.max_tokens = tier.max_tokens
+        if not sampling.HasField("temperature"):
+            sampling.temperature = tier.temperature
+        return tier_pb.GenerateRequest(
+            request_id=request.request_id,
+            messages=messages,
+            sampling=sampling,
+            json_schema=envelope.SCHEMA if structured else "",
+            logprobs=validation == "logprob",
+        )
+
+    async def _call(
+        self,
+        tier: TierConfig,
+        generate: tier_pb.GenerateRequest,
+        deadline: Deadline,
+        first: bool,
+    ) -> AsyncGenerator[tier_pb.GenerateResponse, None]:
+        """One Generate call in a CLIENT span; gRPC errors become TierFailed."""
+        escalation = self.cfg.escalation
+        timeout, budget = deadline.budget(
+            escalation.first_tier_timeout_ms if first else escalation.escalation_timeout_ms,
+            f"tier {tier.name!r} was called",
+        )
+        attributes: dict[str, str | int | float | bool] = {
+            "tierroute.tier": tier.name,
+            "tierroute.escalation": not first,
+        }
+        with telemetry.client_span(GENERATE_METHOD, __name__, attributes) as (span, metadata):
+            call = self.pool.stub(tier.name).Generate(generate, timeout=timeout, metadata=metadata)
+            try:
+                async for response in call:
+                    if response.HasField("complete"):
+                        c = response.complete
+                        span.set_attribute("tierroute.completion_tokens", c.completion_tokens)
+                        span.set_attribute("tierroute.prompt_tokens", c.prompt_tokens)
+                        span.set_attribute("tierroute.cost_usd", c.cost_usd)
+                    yield response
+            except grpc.aio.AioRpcError as error:
+                raise TierFailed(tier.name, error, budget) from error
+            finally:
+                call.cancel()  # a client that went away, or an escalation: stop the tier's work
+
+    async def _attempt(
+        self,
+        tier: TierConfig,
+        request: pb.RouteRequest,
+        deadline: Deadline,
+        outcome: Outcome,
+        first: bool,
+        hold: bool,
+    ) -> AsyncIterator[RouteEvent]:
+        """One tier's answer: streamed live, or (`hold`) held back until the validator has
+        judged it. Appends the attempt to `outcome`."""
+        validation = tier.validation if hold else "none"
+        parts: list[str] = []
+        logprobs: list[common_pb.TokenLogprob] = []
+        complete = None
+        sent_chars = 0
+        try:
+            generate = self._generate_request(tier, request, validation)
+            async for response in self._call(tier, generate, deadline, first):
+                if response.HasField("complete"):
+                    complete = response.complete
+                elif hold:
+                    parts.append(response.chunk.text)
+                    logprobs.extend(response.chunk.logprobs)
+                elif response.chunk.text:
+                    outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
+                    sent_chars += len(response.chunk.text)
+                    yield Token(response.chunk.text, tier.name)
+        except TierFailed as failure:
+            failure.sent_chars = sent_chars
+            raise
+        if not hold:
+            outcome.attempts.append(
+                _attempt(tier, complete, True, pb.VALIDATION_STATUS_NOT_VALIDATED)
+            )
+            return
+        answer = "".join(parts)
+        verdict, status, reason = await self._judge(
+            tier, request, deadline, outcome, answer, logprobs
+        )
+        outcome.confidence = verdict.confidence
+        if verdict.verdict == val_pb.VERDICT_DELIVER:
+            outcome.attempts.append(_attempt(tier, complete, True, status))
+            outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
+            yield Token(verdict.content, tier.name)
+            return
+        outcome.escalation_reason = reason
+        outcome.attempts.append(_attempt(tier, complete, False, status, reason))
+
+    async def _judge(
+        self,
+        tier: TierConfig,
+        request: pb.RouteRequest,
+        deadline: Deadline,
+        outcome: Outcome,
+        answer: str,
+        logprobs: list[common_pb.TokenLogprob],
+    ) -> tuple[val_pb.ValidateResponse, pb.ValidationStatus, pb.EscalationReason]:
+        """The validator's verdict on a held-back answer, the validation status to record, and
+        the escalation reason if it is not delivered."""
+        judged_at = time.perf_counter()
+        try:
+            timeout, _ = deadline.budget(
+                self.cfg.escalation.validate_timeout_ms, "the validator was called"
+            )
+            verdict = await self.judge.validate(
+                tier,
+                request.request_id,
+                routing_text(request.prompt, request.messages),
+                answer,
+                logprobs,
+                timeout,
+            )
+        except grpc.aio.AioRpcError as error:
+            reason = pb.ESCALATION_REASON_VALIDATOR_UNAVAILABLE
+            status = pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+            if self.cfg.escalation.on_validator_unavailable == "deliver":
+                logger.warning(
+                    "validator unavailable (%s): delivering %s's answer unvalidated",
+                    error.code().name,
+                    tier.name,
+                )
+                content = envelope.unwrap(answer) if tier.validation == "self_reported" else answer
+                return (
+                    val_pb.ValidateResponse(verdict=val_pb.VERDICT_DELIVER, content=content),
+                    status,
+                    reason,
+                )
+            logger.warning("validator unavailable (%s): escalating", error.code().name)
+            return val_pb.ValidateResponse(verdict=val_pb.VERDICT_ESCALATE), status, reason
+        finally:
+            outcome.validate_ms += (time.perf_counter() - judged_at) * 1000.0
+        if verdict.verdict == val_pb.VERDICT_DELIVER:
+            return verdict, pb.VALIDATION_STATUS_PASSED, pb.ESCALATION_REASON_UNSPECIFIED
+        reason = ESCALATION_FOR.get(verdict.reason, pb.ESCALATION_REASON_UNSPECIFIED)
+        return verdict, pb.VALIDATION_STATUS_FAILED, reason
+
+
+def _attempt(
+    tier: TierConfig,
+    complete: tier_pb.GenerateComplete | None,
+    delivered: bool,
+    validation: pb.ValidationStatus,
+    reason: pb.EscalationReason = pb.ESCALATION_REASON_UNSPECIFIED,
+) -> pb.TierAttempt:
+    c = complete or tier_pb.GenerateComplete()
+    return pb.TierAttempt(
+        tier=tier.name,
+        usage=common_pb.Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens),
+        cost_usd=c.cost_usd,
+        finish_reason=c.finish_reason,
+        latency_ms=c.total_time_ms,
+        delivered=delivered,
+        escalation_reason=reason,
+        validation=validation,
+    )
+
+
+def _error_for(failure: TierFailed, outcome: Outcome) -> ServiceError:
+    code = failure.error.code()
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidArgument(failure.error.details() or str(failure))
+    error = DeadlineExceeded if code == grpc.StatusCode.DEADLINE_EXCEEDED else Unavailable
+    if failure.sent_chars:
+        return error(
+            f"{failure} after {failure.sent_chars} characters of its answer were sent: "
+            "what was delivered is incomplete (partial summary in the trailing metadata "
+            f"{PARTIAL_SUMMARY_KEY!r})",
+            outcome.partial(),
+        )
+    if error is DeadlineExceeded:
+        return error(f"{failure}; the deadline passed")
+    return error(f"{failure}; no other tier could serve the request")
+
+
+async def read_ahead(events: AsyncGenerator[RouteEvent, None]) -> AsyncIterator[RouteEvent]:
+    """The same events, with the next one already being worked on while the caller writes the
+    current one (the tier call starts while the decision is on the wire). If the caller stops
+    early, the pending step is cancelled and left to unwind before the flow is closed."""
+    try:
+        event = await anext(events)
+    except StopAsyncIteration:
+        return
+    while True:
+        pending = asyncio.ensure_future(anext(events))
+        try:
+            yield event
+            event = await pending
+        except StopAsyncIteration:
+            return
+        except BaseException:  # the client left, or the flow failed
+            pending.cancel()
+            # aclose() on a running generator raises: let the step unwind first.
+            with contextlib.suppress(BaseException):
+                await pending
+            await events.aclose()
+            raise

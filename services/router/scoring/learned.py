@@ -1,0 +1,47 @@
+"""The calibrated scorer: serves a router artifact (tierroute.quality.artifact) with numpy only.
+
+The artifact's raw score maps piecewise-linearly onto 0-10 so that its threshold lands on the
+first tier's bound: the router's tier choice is then exactly the artifact's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tierroute.quality.artifact import ArtifactError, load_artifact, raw_scores
+from tierroute.router.scoring.scorers import Score
+
+
+class LearnedScorer:
+    kind = "learned"
+
+    def __init__(self, folder: Path, complexity_threshold: float, embedder_version: str) -> None:
+        meta, arrays = load_artifact(folder)
+        if meta["embedder_version"] != embedder_version:
+            raise ArtifactError(
+                f"{folder} was calibrated on embedder {meta['embedder_version']}, the router runs "
+                f"{embedder_version}: recalibrate (`tierroute calibrate`) with this embedder"
+            )
+        self._model = meta["model"]
+        self._params = meta.get("params", {})
+        self._arrays = arrays
+        low, threshold, high = meta["raw_low"], meta["threshold"], meta["raw_high"]
+        if not low < threshold < high:
+            raise ArtifactError(f"{folder}: needs raw_low < threshold < raw_high")
+        self._knots = ([low, threshold, high], [0.0, complexity_threshold, 10.0])
+        self._categories: list[str] = meta.get("categories", [])
+        self.version = f"learned:{self._model}@{meta['version']}"
+        self.meta = meta
+
+    def score(self, embeddings: np.ndarray, texts: Sequence[str]) -> list[Score]:
+        raw = raw_scores(self._model, self._arrays, self._params, embeddings, texts)
+        values = np.interp(raw, *self._knots)
+        if self._categories:
+            nearest = (embeddings @ self._arrays["category_centroids"].T).argmax(axis=1)
+            names = [self._categories[int(n)] for n in nearest]
+        else:
+            names = [""] * len(values)
+        return [Score(float(v), c) for v, c in zip(values, names, strict=True)]

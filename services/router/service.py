@@ -1,0 +1,135 @@
+"""The router's gRPC adapter: Score and Route requests in, the route flow's events out as
+RouteResponse messages. Errors, spans, admission and deadlines are the interceptor chain's
+(tierroute.runtime); routing is the flow's (route/flow.py)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+
+import grpc
+from opentelemetry import trace
+
+from tierroute.core.config import Config, ConfigError
+from tierroute.core.prompts import check_prompt, routing_text
+from tierroute.router.route.budgets import Deadline
+from tierroute.router.route.flow import (
+    Decided,
+    Escalated,
+    Finished,
+    RouteEvent,
+    RouteFlow,
+    Token,
+    read_ahead,
+)
+from tierroute.router.route.judge import Judge
+from tierroute.router.scoring.decider import Decider
+from tierroute.router.tiers.pool import TierPool
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.runtime.host import Host, Serving, Spec, run_service
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+
+
+class RouterServicer(pb_grpc.RouterServiceServicer):
+    def __init__(self, cfg: Config, decider: Decider, flow: RouteFlow) -> None:
+        self.cfg = cfg
+        self.decider = decider
+        self.flow = flow
+
+    async def Score(
+        self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ScoreResponse:
+        check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        decision, _ = await self.decider.decide(
+            routing_text(request.prompt, request.messages), request.bypass_cache
+        )
+        return pb.ScoreResponse(decision=decision)
+
+    async def Route(
+        self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.RouteResponse]:
+        deadline = Deadline.after(context.time_remaining())
+        async for event in read_ahead(self.flow.route(request, deadline)):
+            if isinstance(event, Finished):
+                _annotate(trace.get_current_span(), event.summary)
+            yield to_response(event)
+
+
+def to_response(event: RouteEvent) -> pb.RouteResponse:
+    if isinstance(event, Token):
+        return pb.RouteResponse(chunk=pb.TokenChunk(text=event.text, tier=event.tier))
+    if isinstance(event, Decided):
+        return pb.RouteResponse(decision=event.decision)
+    if isinstance(event, Escalated):
+        return pb.RouteResponse(escalation=event.escalation)
+    return pb.RouteResponse(summary=event.summary)
+
+
+def _annotate(span: trace.Span, summary: pb.RouteSummary) -> None:
+    span.set_attributes(
+        {
+            "tierroute.tier": summary.tier,
+            "tierroute.escalated": summary.escalated,
+            "tierroute.escalation_reason": pb.EscalationReason.Name(summary.escalation_reason),
+            "gen_ai.usage.input_tokens": summary.usage.prompt_tokens,
+            "gen_ai.usage.output_tokens": summary.usage.completion_tokens,
+            "tierroute.cost_usd": summary.cost_usd,
+            "tierroute.validation": pb.ValidationStatus.Name(summary.validation),
+        }
+    )
+
+
+class RouterService:
+    """The router's parts, as the host serves them."""
+
+    service_names: Sequence[str] = (SERVICE_NAME,)
+
+    def __init__(self, cfg: Config) -> None:
+        if not cfg.tiers:
+            raise ConfigError("invalid configuration: tiers: the router needs at least one tier")
+        self.cfg = cfg
+        self.decider = Decider(cfg)
+        self.pool = TierPool(cfg)
+        self.judge = Judge(cfg)
+        self.flow = RouteFlow(cfg, self.decider, self.pool, self.judge)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_RouterServiceServicer_to_server(
+            RouterServicer(self.cfg, self.decider, self.flow), server
+        )
+
+    async def load(self, host: Host) -> None:
+        await self.decider.load()
+
+    async def close(self) -> None:
+        await asyncio.gather(self.decider.close(), self.pool.close(), self.judge.close())
+
+
+def serving(cfg: Config) -> Serving:
+    r = cfg.router
+    return Serving(
+        listen=r.listen,
+        shutdown_grace_seconds=r.shutdown_grace_seconds,
+        max_concurrent_requests=r.max_concurrent_requests,
+        limit_setting="router.max_concurrent_requests",
+        telemetry_name="tierroute-router",
+    )
+
+
+def host(cfg: Config) -> Host:
+    """A router on its own gRPC server (not started): tests drive start/load/stop."""
+    return Host(RouterService(cfg), serving(cfg))
+
+
+def build(cfg: Config, args: argparse.Namespace, extra: list[str]) -> tuple[RouterService, Serving]:
+    return RouterService(cfg), serving(cfg)
+
+
+SPEC = Spec("router", build)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_service(SPEC, argv)

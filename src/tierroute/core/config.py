@@ -1,0 +1,446 @@
+"""The suite's configuration: one YAML file, typed and validated, with environment overrides.
+
+Environment variables override single keys: `TIERROUTE__ROUTER__CACHE_TTL_SECONDS=60` sets
+`router.cache_ttl_seconds`, `TIERROUTE__TIERS__0__ADDRESS=10.0.0.5:50061` sets the first tier's
+address. Keys are case-insensitive except below `env` and `engine_args`, whose keys are kept as
+written. Values are parsed as YAML scalars (`true`, `4.5`, `null`), or kept as text where that
+fails, and always kept as text below `env`. Relative paths in the file are resolved against the
+file's folder.
+
+Renamed keys are still read under their old names, with a warning that names the new one.
+Which process reads what: the router reads `router`, `tiers` (all of a tier's keys but
+`listen`, `engine_args`, `env`), `escalation`, `circuit_breaker` and `validator.address`; a tier
+process reads its own entry of `tiers`; the validator reads `validator`; all read `monitoring`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+
+logger = logging.getLogger(__name__)
+
+ENV_PREFIX = "TIERROUTE__"
+_VERBATIM = {"env", "engine_args"}
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the bad key and what to fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Old key -> new key: still read, with a warning.
+    renamed: ClassVar[dict[str, str]] = {}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _rename(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not cls.renamed:
+            return data
+        data = dict(data)
+        for old, new in cls.renamed.items():
+            if old in data:
+                if new in data:
+                    raise ValueError(f"{old} is the old name of {new}: set only {new}")
+                logger.warning("config key %s is now called %s: please rename it", old, new)
+                data[new] = data.pop(old)
+        return data
+
+
+class RouterConfig(_Strict):
+    # Where the router listens. Port 0 picks a free port.
+    listen: str = "127.0.0.1:50051"
+    # Folder with the embedder: model.onnx (int8) and tokenizer.json (from `make models`).
+    model: Path = Path("models/minilm-l6-v2-int8")
+    # onnxruntime execution device. Only "cpu" is built and tested.
+    device: Literal["cpu"] = "cpu"
+    # Threads onnxruntime may use for one embedding run. 0: one per core.
+    intra_op_threads: int = Field(default=0, ge=0)
+    # Let onnxruntime's threads spin-wait after a run for the next one: slightly faster bursts,
+    # but they take CPU from anything sharing the machine (an engine on the same box).
+    onnx_spinning: bool = False
+    # How prompts are scored: "learned" (a calibrated artifact, see `artifact`), "anchors"
+    # (nearest hand-written reference prompts) or "centroid".
+    scorer: Literal["learned", "anchors", "centroid"] = "anchors"
+    # Folder of the calibrated router artifact (`tierroute calibrate`, or `make models`) for
+    # scorer "learned". Its threshold lands on `complexity_threshold`.
+    artifact: Path | None = None
+    # YAML file of reference prompts (simple/complex, with categories). Empty: the shipped set.
+    anchors_file: Path | None = None
+    # Steepness of the centroid scorer's sigmoid.
+    centroid_sharpness: float = Field(default=12.0, gt=0)
+    # Score at or below which the smallest tier serves. Tiers may set their own `max_score`.
+    complexity_threshold: float = Field(default=4.0, ge=0, le=10)
+    # How long a cached routing decision stays valid, in seconds. 0 turns the cache off.
+    cache_ttl_seconds: float = Field(default=300.0, ge=0)
+    # Most decisions the routing cache holds (least recently used are evicted).
+    cache_max_entries: int = Field(default=100_000, ge=1)
+    # Most Score/Route requests in progress at once; more get RESOURCE_EXHAUSTED.
+    max_concurrent_requests: int = Field(default=512, ge=1)
+    # Longest prompt accepted, in characters; longer ones get INVALID_ARGUMENT.
+    max_prompt_chars: int = Field(default=32_000, ge=1)
+    # Tokens of the prompt the embedder reads; the rest is ignored for scoring.
+    embed_max_tokens: int = Field(default=256, ge=8, le=512)
+    # Most prompts embedded in one ONNX run.
+    batch_max_size: int = Field(default=32, ge=1)
+    # How long the first prompt of a batch may wait for others, in ms. 0: no waiting; prompts
+    # that arrive while a batch runs form the next batch.
+    batch_max_wait_ms: float = Field(default=0.0, ge=0, le=1000)
+    # The tier used when scoring fails or runs over `score_budget_ms` (reason ROUTER_FALLBACK).
+    # Empty: the largest (last) tier.
+    default_tier: str = ""
+    # Budget for one decision (embedding and scoring), in ms. Over it, the request goes to
+    # `default_tier`; the late decision still fills the routing cache.
+    score_budget_ms: float = Field(default=50.0, gt=0)
+    # Seconds in-flight requests get to finish on SIGTERM.
+    shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+
+
+class TierConfig(_Strict):
+    # Unique name, used in decisions and metrics (for example "small").
+    name: str = Field(min_length=1)
+    # host:port where the router reaches the tier service.
+    address: str = Field(min_length=1)
+    # host:port the tier service binds (read by the tier process). Empty: `address`. Differs
+    # from `address` behind a proxy or in a container (bind 0.0.0.0:50061, dial tier-small:50061).
+    listen: str = ""
+    # The model the tier serves: a local folder or a model name vLLM can load.
+    model: str = Field(min_length=1)
+    # Default max_tokens for requests that leave it 0.
+    max_tokens: int = Field(default=256, ge=1)
+    # Default sampling temperature.
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    # How this tier's answers are checked before delivery, when a larger tier can take over:
+    # "none" (streamed live), "self_reported" (the answer envelope: JSON with the model's own
+    # confidence, tierroute.core.envelope), or "logprob" (confidence from token
+    # log-probabilities). The old `structured_output: true` means self_reported.
+    validation: Literal["none", "self_reported", "logprob"] = "none"
+    # For validation "logprob": "mean" (geometric mean token probability) or "min_window"
+    # (its lowest value over `logprob_window` consecutive tokens).
+    logprob_aggregation: Literal["mean", "min_window"] = "mean"
+    logprob_window: int = Field(default=8, ge=1)
+    # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
+    # first tier, 10 for the last; tiers in between must set it.
+    max_score: float | None = Field(default=None, ge=0, le=10)
+    # Prices in USD per 1,000 tokens, for cost reporting and cost-aware routing.
+    price_per_1k_input_usd: float = Field(default=0.0, ge=0)
+    price_per_1k_output_usd: float = Field(default=0.0, ge=0)
+    # vLLM engine arguments, passed to AsyncEngineArgs unchanged (the tier service reads them).
+    engine_args: dict[str, Any] = Field(default_factory=dict)
+    # Environment variables set in the tier process before the engine starts (for example
+    # VLLM_CPU_KVCACHE_SPACE, the CPU backend's KV-cache size in GiB).
+    env: dict[str, str] = Field(default_factory=dict)
+    # Seconds in-flight streams get to finish on SIGTERM before the engine shuts down.
+    shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # Most Generate/Describe calls in flight at the tier; more get RESOURCE_EXHAUSTED.
+    max_concurrent_requests: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _structured_output(cls, data: Any) -> Any:
+        """`structured_output` was merged into `validation`."""
+        if isinstance(data, dict) and "structured_output" in data:
+            data = dict(data)
+            structured = data.pop("structured_output")
+            logger.warning("config key structured_output is replaced by validation: self_reported")
+            if structured and data.get("validation", "self_reported") != "self_reported":
+                raise ValueError(
+                    "structured_output: true contradicts validation "
+                    f"{data['validation']!r}; remove structured_output"
+                )
+            if structured:
+                data["validation"] = "self_reported"
+        return data
+
+    def bind(self) -> str:
+        """Where the tier process binds."""
+        return self.listen or self.address
+
+
+class EscalationConfig(_Strict):
+    """When and how far Route escalates answers."""
+
+    # Escalate answers whose validated confidence is below this.
+    min_confidence: float = Field(default=0.70, gt=0, le=1)
+    # Escalate when the small tier's JSON answer does not parse.
+    fallback_on_parse_error: bool = True
+    # Most escalations for one request (0: never escalate, as `disable_escalation` per request).
+    max_retries: int = Field(default=1, ge=0)
+    renamed: ClassVar[dict[str, str]] = {"timeout_ms": "first_tier_timeout_ms"}
+
+    # Budget for the first tier's answer, in ms; the client's own deadline caps it.
+    first_tier_timeout_ms: int = Field(default=30_000, ge=1)
+    # Budget for each tier's answer after an escalation or a failover, in ms.
+    escalation_timeout_ms: int = Field(default=60_000, ge=1)
+    # Budget for one call to the validator, in ms.
+    validate_timeout_ms: int = Field(default=5_000, ge=1)
+    # When the validator cannot be reached: "escalate" to the next tier, or "deliver" the
+    # answer unvalidated. Either way the summary records it.
+    on_validator_unavailable: Literal["escalate", "deliver"] = "escalate"
+
+
+class BreakerConfig(_Strict):
+    """Per-tier circuit breakers in the router."""
+
+    # Off: every request is sent to its tier whatever its recent failures.
+    enabled: bool = True
+    # Consecutive failed calls that open a tier's breaker.
+    failure_threshold: int = Field(default=5, ge=1)
+    # Share of failed calls within `window_seconds` that opens it...
+    error_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    # ...once at least this many calls were made in the window.
+    min_requests: int = Field(default=10, ge=1)
+    window_seconds: float = Field(default=30.0, gt=0)
+    # Seconds an open breaker waits before letting one probe request through (half-open).
+    cooldown_seconds: float = Field(default=10.0, ge=0)
+
+
+class ValidatorConfig(_Strict):
+    # Where the validator listens. Port 0 picks a free port.
+    listen: str = "127.0.0.1:50071"
+    # Where the router reaches the validator. Empty: the `listen` address.
+    address: str = ""
+    # Seconds in-flight requests get to finish on SIGTERM.
+    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
+    # Most Validate calls in flight at once; more get RESOURCE_EXHAUSTED.
+    max_concurrent_requests: int = Field(default=1024, ge=1)
+
+    def dial(self) -> str:
+        """Where the router reaches the validator."""
+        return self.address or self.listen
+
+
+class MonitoringConfig(_Strict):
+    # Python log level of every service.
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    # OTLP/gRPC endpoint for traces, for example "127.0.0.1:4317". Empty: tracing off.
+    otlp_endpoint: str = ""
+
+
+class Config(_Strict):
+    router: RouterConfig = RouterConfig()
+    tiers: list[TierConfig] = Field(default_factory=list)
+    escalation: EscalationConfig = EscalationConfig()
+    circuit_breaker: BreakerConfig = BreakerConfig()
+    validator: ValidatorConfig = ValidatorConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
+
+    @model_validator(mode="after")
+    def _check_tiers(self, info: ValidationInfo) -> Config:
+        names = [t.name for t in self.tiers]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"tier names must be unique; repeated: {', '.join(duplicates)}")
+        if info.context and info.context.get("part") in ("tier", "validator"):
+            return self  # the rest is the router's business
+        if self.router.scorer == "learned" and self.router.artifact is None:
+            raise ValueError("router.scorer learned needs router.artifact (a calibrated folder)")
+        if self.router.batch_max_wait_ms >= self.router.score_budget_ms:
+            raise ValueError(
+                f"router.batch_max_wait_ms ({self.router.batch_max_wait_ms:g}) must be below "
+                f"router.score_budget_ms ({self.router.score_budget_ms:g}), or every decision "
+                "that is not cached would fall back to the default tier"
+            )
+        if self.router.default_tier and self.router.default_tier not in names:
+            raise ValueError(
+                f"router.default_tier {self.router.default_tier!r} is not a tier "
+                f"(tiers: {', '.join(names) or 'none'})"
+            )
+        if self.tiers and self.tiers[-1].max_score not in (None, 10.0):
+            raise ValueError(
+                f"tiers[{len(self.tiers) - 1}] ({self.tiers[-1].name}): the last tier serves "
+                "every score up to 10; remove its max_score"
+            )
+        bounds = self.tier_bounds()
+        if any(b2 <= b1 for b1, b2 in itertools.pairwise(bounds)):
+            raise ValueError(
+                "tiers must be listed smallest first with strictly increasing max_score; got "
+                + ", ".join(f"{t.name}<={b:g}" for t, b in zip(self.tiers, bounds, strict=True))
+            )
+        return self
+
+    def tier_bounds(self) -> list[float]:
+        """The highest score each tier serves, in tier order; the last tier always serves 10."""
+        bounds: list[float] = []
+        for i, tier in enumerate(self.tiers):
+            if i == len(self.tiers) - 1:
+                bounds.append(10.0)
+            elif tier.max_score is not None:
+                bounds.append(tier.max_score)
+            elif i == 0:
+                bounds.append(self.router.complexity_threshold)
+            else:
+                raise ValueError(f"tiers[{i}] ({tier.name}): a middle tier must set max_score")
+        return bounds
+
+    def fallback_tier(self) -> str:
+        """The tier a request goes to when scoring fails: `router.default_tier`, or the last."""
+        return self.router.default_tier or self.tiers[-1].name
+
+    def tier(self, name: str) -> TierConfig:
+        for tier in self.tiers:
+            if tier.name == name:
+                return tier
+        raise KeyError(name)
+
+    def routing_version(self) -> str:
+        """A hash of every setting that maps a score to a tier (part of the cache key)."""
+        doc = {"bounds": self.tier_bounds(), "tiers": [t.name for t in self.tiers]}
+        return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _env_overrides(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    for key in sorted(environ):
+        if not key.startswith(ENV_PREFIX):
+            continue
+        raw = key[len(ENV_PREFIX) :].split("__")
+        if not all(raw):
+            raise ConfigError(f"environment variable {key}: empty key segment")
+        # Keys below env/engine_args are the user's own (environment variable names, vLLM
+        # argument names): keep them as written.
+        path = [
+            part if i > 0 and raw[i - 1].lower() in _VERBATIM else part.lower()
+            for i, part in enumerate(raw)
+        ]
+        value: Any = environ[key]
+        if len(path) < 2 or path[-2] != "env":
+            try:
+                value = yaml.safe_load(value) if value else ""
+            except yaml.YAMLError:
+                pass  # not a YAML scalar (an IPv6 address, say): keep the text
+        node: Any = data
+        for depth, part in enumerate(path[:-1]):
+            where = ".".join(path[: depth + 1])
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"environment variable {key}: no list item {where}")
+                node = node[int(part)]
+            else:
+                node = node.setdefault(part, {})
+            if not isinstance(node, dict | list):
+                raise ConfigError(f"environment variable {key}: {where} is not a section")
+        last = path[-1]
+        if isinstance(node, list):
+            if not last.isdigit() or int(last) >= len(node):
+                raise ConfigError(f"environment variable {key}: no list item {'.'.join(path)}")
+            node[int(last)] = value
+        else:
+            node[last] = value
+    return data
+
+
+def _describe(err: ValidationError, data: Mapping[str, Any]) -> str:
+    lines = []
+    for e in err.errors():
+        where = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            known = _known_keys(e["loc"][:-1])
+            hint = difflib.get_close_matches(str(e["loc"][-1]), known, n=1)
+            suffix = (
+                f" (did you mean {hint[0]!r}?)" if hint else f" (known keys: {', '.join(known)})"
+            )
+            lines.append(f"{where}: unknown key{suffix}")
+        else:
+            lines.append(f"{where}: {e['msg']}")
+    return "invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return []
+        annotation = field.annotation
+        inner = getattr(annotation, "__args__", None)
+        candidate = inner[0] if inner else annotation
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            model = candidate
+        else:
+            return []
+    return sorted(model.model_fields)
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def resolve(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else (base / p).resolve()
+
+    router = cfg.router.model_copy(
+        update={
+            "model": resolve(cfg.router.model),
+            "anchors_file": resolve(cfg.router.anchors_file),
+            "artifact": resolve(cfg.router.artifact),
+        }
+    )
+    tiers = []
+    for t in cfg.tiers:
+        local = base / t.model
+        tiers.append(t.model_copy(update={"model": str(local.resolve())}) if local.exists() else t)
+    return cfg.model_copy(update={"router": router, "tiers": tiers})
+
+
+# The sections each process reads; the others are left out before validation, so a mistake in
+# the router's section does not stop a tier from starting. The router reads everything.
+PARTS: dict[str, tuple[str, ...] | None] = {
+    "all": None,
+    "router": None,
+    "tier": ("tiers", "monitoring"),
+    "validator": ("validator", "monitoring"),
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    part: str = "all",
+) -> Config:
+    """Load the YAML file (if any), apply environment overrides and validate `part`: what one
+    process reads (PARTS), or everything."""
+    environ = os.environ if environ is None else environ
+    data: dict[str, Any] = {}
+    base = Path.cwd()
+    if path is not None:
+        path = Path(path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {path} must be a mapping of sections")
+        data = loaded
+        base = path.resolve().parent
+    data = _env_overrides(data, environ)
+    sections = PARTS[part]
+    if sections is not None:
+        data = {k: v for k, v in data.items() if k in sections}
+    try:
+        cfg = Config.model_validate(data, context={"part": part})
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from None
+    return _resolve_paths(cfg, base)
+
+
+def config_from_dict(data: dict[str, Any], base: Path | None = None) -> Config:
+    """Validate a configuration given as a dict (tests, embedding), paths relative to `base`."""
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_describe(exc, data)) from None
+    return _resolve_paths(cfg, base or Path.cwd())

@@ -1,0 +1,33 @@
+"""The project's errors, each with its gRPC status; the message tells the caller what to fix.
+(They are turned into statuses in one place: tierroute.runtime.interceptors.ErrorMapping.)"""
+
+from __future__ import annotations
+
+import grpc
+
+
+class ServiceError(Exception):
+    """An error with a gRPC status; the message tells the caller what to fix."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str, trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()):
+        super().__init__(message)
+        # Sent with the status: machine-readable detail (for example what was delivered).
+        self.trailing_metadata = trailing_metadata
+
+
+class InvalidArgument(ServiceError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Overloaded(ServiceError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class Unavailable(ServiceError):
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class DeadlineExceeded(ServiceError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED

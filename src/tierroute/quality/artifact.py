@@ -1,0 +1,181 @@
+"""The router artifact: its format and its arithmetic, shared by the router (which serves it
+with numpy only) and the quality tooling (`tierroute calibrate` writes it, `tierroute eval`
+runs it).
+
+An artifact is a folder: `router.json` (what model, which threshold, the embedder it was fitted
+on, the data hash, the metrics) and one `.npy` file per array. Every model kind computes a raw
+score from the unit-length embeddings, where higher means "the large tier is needed":
+
+- `logistic`: the expected gain P(large better) - P(large worse) from a regularised
+  multinomial logistic regression over the embedding and a few standardised features of the
+  text that a mean-pooled embedding does not keep (its length, its numbers, negations like
+  NOT/EXCEPT, math symbols): see `prompt_features`;
+- `knn`: the mean gain (large minus small quality) of the k most similar labelled prompts;
+- `ensemble`: a weighted mean of the logistic and the knn score, each first turned into its
+  rank among the calibration prompts' scores (a stored quantile table);
+- `centroid`: cos(e, large-needed centroid) - cos(e, small-is-enough centroid);
+- `anchors`: like the seed scorer, over anchor prompts chosen from the data.
+
+The raw score maps piecewise-linearly onto 0-10 so that the artifact's threshold lands on
+`router.complexity_threshold`: the router's tier choice is then exactly the artifact's.
+`raw_scores` is also what `tierroute eval` runs, so what is evaluated is what is served.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ARTIFACT_FORMAT = 1
+MODEL_KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors")
+FEATURES = (
+    "log_chars",
+    "log_words",
+    "log_numbers",
+    "log_largest_number",
+    "mean_word_length",
+    "negation",
+    "statement_pair",
+    "log_math_symbols",
+    "log_capitals",
+)
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+_NEGATION = re.compile(r"\b(?:NOT|EXCEPT|LEAST)\b")
+_MATH = re.compile(r"[=+*/^<>]")
+QUANTILES = np.linspace(0.0, 1.0, 101)
+
+
+class ArtifactError(ValueError):
+    """An artifact that cannot be served; the message says what to do."""
+
+
+def prompt_features(texts: Sequence[str]) -> np.ndarray:
+    """Features of the (whitespace-folded) prompt text that a mean-pooled embedding loses."""
+    rows = []
+    for text in texts:
+        numbers = _NUMBER.findall(text)
+        words = text.split()
+        largest = max((float(n) for n in numbers), default=0.0)
+        rows.append(
+            [
+                np.log1p(len(text)),
+                np.log1p(len(words)),
+                np.log1p(len(numbers)),
+                np.log1p(min(largest, 1e12)),
+                sum(map(len, words)) / len(words) if words else 0.0,
+                float(bool(_NEGATION.search(text))),
+                float("Statement 1" in text),
+                np.log1p(len(_MATH.findall(text))),
+                np.log1p(sum(c.isupper() for c in text)),
+            ]
+        )
+    return np.array(rows, dtype=np.float32).reshape(len(texts), len(FEATURES))
+
+
+def logistic_inputs(
+    arrays: dict[str, np.ndarray], e: np.ndarray, texts: Sequence[str]
+) -> np.ndarray:
+    f = (prompt_features(texts) - arrays["feature_mean"]) / arrays["feature_std"]
+    return np.hstack([e, f.astype(np.float32)])
+
+
+def _knn(arrays: dict[str, np.ndarray], k: int, e: np.ndarray) -> np.ndarray:
+    sims = e @ arrays["neighbours"].T
+    k = min(k, sims.shape[1])
+    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+    return np.asarray(arrays["labels"][top].mean(axis=1))
+
+
+def expected_gain(
+    arrays: dict[str, np.ndarray], params: dict[str, Any], x: np.ndarray
+) -> np.ndarray:
+    """P(the large model does better) - P(it does worse), from a multinomial logistic model
+    over the sign of the gain."""
+    logits = x @ arrays["weights"].T + arrays["bias"]
+    logits -= logits.max(axis=1, keepdims=True)
+    p = np.exp(logits)
+    p /= p.sum(axis=1, keepdims=True)
+    classes = list(params["classes"])
+    score = p[:, classes.index(1)] if 1 in classes else np.zeros(len(x))
+    if -1 in classes:
+        score = score - p[:, classes.index(-1)]
+    return np.asarray(score)
+
+
+def raw_scores(
+    model: str,
+    arrays: dict[str, np.ndarray],
+    params: dict[str, Any],
+    e: np.ndarray,
+    texts: Sequence[str],
+) -> np.ndarray:
+    """Raw scores (higher: the large tier is needed) for unit-length embeddings `e` of the
+    whitespace-folded `texts`."""
+    e = np.asarray(e, dtype=np.float32)
+    if model in ("logistic", "ensemble"):
+        logit = expected_gain(arrays, params, logistic_inputs(arrays, e, texts))
+        if model == "logistic":
+            return logit
+        knn = _knn(arrays, int(params["k"]), e)
+        weight = float(params["knn_weight"])
+        return np.asarray(
+            (1.0 - weight) * np.interp(logit, arrays["logistic_quantiles"], QUANTILES)
+            + weight * np.interp(knn, arrays["knn_quantiles"], QUANTILES)
+        )
+    if model == "knn":
+        return _knn(arrays, int(params["k"]), e)
+    if model == "centroid":
+        return np.asarray(e @ arrays["large_centroid"] - e @ arrays["small_centroid"])
+    if model == "anchors":
+        high = np.clip((e @ arrays["large_anchors"].T).max(axis=1), 0.0, None)
+        low = np.clip((e @ arrays["small_anchors"].T).max(axis=1), 0.0, None)
+        return np.asarray(high / (low + high + 0.01))
+    raise ArtifactError(f"unknown model kind {model!r} (known: {', '.join(MODEL_KINDS)})")
+
+
+def artifact_version(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """A content hash of the artifact: metadata (less its own version) and every array."""
+    h = hashlib.sha256()
+    h.update(json.dumps({k: v for k, v in meta.items() if k != "version"}, sort_keys=True).encode())
+    for name in sorted(arrays):
+        h.update(name.encode())
+        h.update(np.ascontiguousarray(arrays[name]).tobytes())
+    return h.hexdigest()[:12]
+
+
+def save_artifact(folder: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
+    """Write the artifact; the same inputs give the same bytes. Returns its version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for stale in folder.glob("*.npy"):
+        stale.unlink()
+    meta = {**meta, "format": ARTIFACT_FORMAT, "arrays": sorted(arrays)}
+    version = artifact_version(meta, arrays)
+    meta["version"] = version
+    for name, array in arrays.items():
+        np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+    (folder / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    return version
+
+
+def load_artifact(folder: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    meta_path = folder / "router.json"
+    if not meta_path.is_file():
+        raise ArtifactError(
+            f"{meta_path} is missing: run `make models` (or `tierroute calibrate`) to build it"
+        )
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format") != ARTIFACT_FORMAT:
+        raise ArtifactError(
+            f"{meta_path}: format {meta.get('format')!r}, this router reads {ARTIFACT_FORMAT}; "
+            "recalibrate with this version"
+        )
+    arrays = {n: np.load(folder / f"{n}.npy", allow_pickle=False) for n in meta["arrays"]}
+    if artifact_version(meta, arrays) != meta.get("version"):
+        raise ArtifactError(f"{folder}: contents do not match version {meta.get('version')!r}")
+    return meta, arrays

@@ -1,0 +1,318 @@
+"""Fit router scorers on labelled data and evaluate them the way RouteLLM does.
+
+Training may use scikit-learn; the artifact it writes holds numpy arrays only, which the router
+serves through `tierroute.router.learned` (the same raw-score code `evaluate` runs).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tierroute.core.prompts import normalize
+from tierroute.quality import apgr
+from tierroute.quality.artifact import (
+    MODEL_KINDS,
+    QUANTILES,
+    logistic_inputs,
+    prompt_features,
+    raw_scores,
+    save_artifact,
+)
+from tierroute.quality.labelled import Row, data_hash
+
+logger = logging.getLogger(__name__)
+
+# Hyper-parameters, chosen by 2-fold cross-validation on the calibration half only (never on
+# the evaluation half); see `select`.
+LOGISTIC_C = (0.1, 0.3, 1.0)
+KNN_K = (50, 100, 300)
+DEFAULT_C = 0.3
+DEFAULT_K = 100
+# The ensemble's share of the knn score (the rest: the logistic model's).
+KNN_WEIGHT = 0.3
+ANCHORS_PER_CLASS = 32
+
+
+@dataclass(frozen=True)
+class Labelled:
+    """Rows with the router's view of each prompt and each model's quality."""
+
+    rows: list[Row]
+    texts: list[str]  # the prompts as the router sees them (whitespace-folded)
+    embeddings: np.ndarray  # (n, d) float32, unit length
+    large: np.ndarray  # quality of the large (strong) model per row
+    small: np.ndarray
+
+    @property
+    def gain(self) -> np.ndarray:
+        return self.large - self.small
+
+    def subset(self, mask: np.ndarray) -> Labelled:
+        keep = np.flatnonzero(mask)
+        return Labelled(
+            [self.rows[i] for i in keep],
+            [self.texts[i] for i in keep],
+            self.embeddings[keep],
+            self.large[keep],
+            self.small[keep],
+        )
+
+
+def labelled(
+    rows: list[Row], small: str, large: str, embedder: Any, cache_dir: Path | None = None
+) -> Labelled:
+    missing = [i for i, r in enumerate(rows) if small not in r.scores or large not in r.scores]
+    if missing:
+        names = sorted({k for r in rows for k in r.scores})
+        raise ValueError(
+            f"{len(missing)} rows lack a score for {small!r} or {large!r} (first: row "
+            f"{missing[0] + 1}); models in the data: {', '.join(names)}"
+        )
+    texts = [normalize(r.prompt) for r in rows]
+    return Labelled(
+        rows,
+        texts,
+        embed_texts(texts, embedder, cache_dir),
+        np.array([r.scores[large] for r in rows], dtype=np.float64),
+        np.array([r.scores[small] for r in rows], dtype=np.float64),
+    )
+
+
+def embed_texts(texts: list[str], embedder: Any, cache_dir: Path | None = None) -> np.ndarray:
+    """The router's own embeddings of the prompts; with `cache_dir`, each distinct prompt is
+    embedded once per embedder version, whatever subsets later runs ask for."""
+    keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
+    folder = None
+    index: dict[str, int] = {}
+    vectors = np.zeros((0, 0), dtype=np.float32)
+    if cache_dir is not None:
+        folder = cache_dir / hashlib.sha256(embedder.version.encode()).hexdigest()[:16]
+        if (folder / "keys.json").is_file():
+            index = {k: i for i, k in enumerate(json.loads((folder / "keys.json").read_text()))}
+            vectors = np.load(folder / "vectors.npy")
+    missing: dict[str, str] = {}
+    for key, text in zip(keys, texts, strict=True):
+        if key not in index:
+            missing.setdefault(key, text)
+    if missing:
+        todo = list(missing.values())
+        logger.info("embedding %d prompts", len(todo))
+        # One prompt per run, as the router embeds a lone request: dynamic int8 quantization
+        # picks its scales per run, so batch-mates would move a score slightly.
+        fresh = np.concatenate([embedder.embed([text]) for text in todo]).astype(np.float32)
+        vectors = fresh if not index else np.concatenate([vectors, fresh])
+        for key in missing:
+            index[key] = len(index)
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+            np.save(folder / "vectors.npy", vectors)
+            (folder / "keys.json").write_text(json.dumps(sorted(index, key=index.__getitem__)))
+    return vectors[[index[k] for k in keys]]
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
+
+
+def _logistic(data: Labelled, c: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A multinomial logistic model of the gain's sign (large better / same / worse)."""
+    from sklearn.linear_model import LogisticRegression
+
+    features = prompt_features(data.texts)
+    arrays = {
+        "feature_mean": features.mean(axis=0).astype(np.float32),
+        "feature_std": (features.std(axis=0) + 1e-6).astype(np.float32),
+    }
+    x = logistic_inputs(arrays, data.embeddings, data.texts)
+    lr = LogisticRegression(C=c, max_iter=5000, tol=1e-6).fit(x, np.sign(data.gain).astype(int))
+    weights, bias = lr.coef_, lr.intercept_
+    if len(lr.classes_) == 2:  # sklearn keeps one row for two classes: make it a softmax pair
+        weights = np.vstack([np.zeros_like(weights[0]), weights[0]])
+        bias = np.array([0.0, bias[0]])
+    arrays["weights"] = weights.astype(np.float32)
+    arrays["bias"] = bias.astype(np.float32)
+    return arrays, {"C": c, "classes": [int(v) for v in lr.classes_]}
+
+
+def _knn(data: Labelled) -> dict[str, np.ndarray]:
+    # Gains scaled into -1..1 whatever the quality scale (correctness, or 1-10 ratings).
+    span = max(float(np.abs(data.gain).max()), 1e-9)
+    return {
+        "neighbours": data.embeddings.astype(np.float32),
+        "labels": (data.gain / span).astype(np.float32),
+    }
+
+
+def fit(
+    model: str, data: Labelled, param: float | None = None
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Arrays and parameters of one scorer kind fitted on `data`."""
+    e, needed = data.embeddings, data.gain > 0
+    if model == "logistic":
+        return _logistic(data, DEFAULT_C if param is None else param)
+    if model == "knn":
+        k = int(DEFAULT_K if param is None else param)
+        return _knn(data), {"k": k}
+    if model == "ensemble":
+        logistic, params = _logistic(data, DEFAULT_C)
+        arrays = {**logistic, **_knn(data)}
+        params |= {"k": DEFAULT_K, "knn_weight": KNN_WEIGHT}
+        # Rank tables from scores the calibration prompts get without seeing themselves.
+        folds = _folds(data, b"rank:")
+        logit = np.zeros(len(data.rows))
+        knn = np.zeros(len(data.rows))
+        for f in (0, 1):
+            train, test = data.subset(folds != f), data.subset(folds == f)
+            logistic, part_params = _logistic(train, DEFAULT_C)
+            part = {**logistic, **_knn(train)}
+            part_params |= {"k": DEFAULT_K}
+            logit[folds == f] = raw_scores(
+                "logistic", part, part_params, test.embeddings, test.texts
+            )
+            knn[folds == f] = raw_scores("knn", part, part_params, test.embeddings, test.texts)
+        arrays["logistic_quantiles"] = np.quantile(logit, QUANTILES).astype(np.float32)
+        arrays["knn_quantiles"] = np.quantile(knn, QUANTILES).astype(np.float32)
+        return arrays, params
+    if model == "centroid":
+        return (
+            {
+                "large_centroid": _unit(e[needed].mean(0)),
+                "small_centroid": _unit(e[~needed].mean(0)),
+            },
+            {},
+        )
+    if model == "anchors":
+        arrays = {}
+        for name, mask in (("large_anchors", needed), ("small_anchors", ~needed)):
+            members = e[mask]
+            centre = _unit(members.mean(0))
+            nearest = np.argsort(-(members @ centre), kind="stable")[:ANCHORS_PER_CLASS]
+            arrays[name] = members[np.sort(nearest)].astype(np.float32)
+        return arrays, {"per_class": ANCHORS_PER_CLASS}
+    raise ValueError(f"unknown model {model!r} (known: {', '.join(MODEL_KINDS)})")
+
+
+def _folds(data: Labelled, salt: bytes = b"fold:") -> np.ndarray:
+    """A deterministic 2-fold split of the calibration half, by another hash of the prompt
+    (a different salt for a split nested inside another)."""
+    return np.array([hashlib.sha256(salt + r.prompt.encode()).digest()[0] % 2 for r in data.rows])
+
+
+def select(model: str, data: Labelled) -> float | None:
+    """The hyper-parameter with the best mean APGR over two folds of `data`."""
+    grid: tuple[float, ...] = {"logistic": LOGISTIC_C, "knn": KNN_K}.get(model, ())
+    if not grid:
+        return None
+    folds = _folds(data)
+    best, best_apgr = grid[0], -np.inf
+    for value in grid:
+        apgrs = []
+        for f in (0, 1):
+            train, test = data.subset(folds != f), data.subset(folds == f)
+            arrays, params = fit(model, train, value)
+            raw = raw_scores(model, arrays, params, test.embeddings, test.texts)
+            apgrs.append(apgr.curve(raw, test.large, test.small).apgr)
+        if np.mean(apgrs) > best_apgr:
+            best, best_apgr = value, float(np.mean(apgrs))
+    logger.info("%s: chose %s (cross-validated APGR %.3f)", model, best, best_apgr)
+    return best
+
+
+def threshold_for(raw: np.ndarray, data: Labelled, target: dict[str, float]) -> float:
+    """The raw-score threshold meeting the target on `data` (prompts scoring above it go to
+    the large tier): `large_share` (the share of prompts sent to the large tier) or `pgr`
+    (the least large share that recovers that fraction of the quality gap)."""
+    if "large_share" in target:
+        share = target["large_share"]
+        return float(np.quantile(raw, 1.0 - share))
+    want = target["pgr"]
+    for candidate in np.unique(raw)[::-1]:  # from the fewest large calls up
+        if apgr.at_threshold(raw, candidate, data.large, data.small)["pgr"] >= want:
+            return float(candidate)
+    return float(raw.min())
+
+
+def out_of_fold(model: str, data: Labelled, param: float | None = None) -> np.ndarray:
+    """Each calibration prompt's raw score from a scorer fitted on the other fold: what a
+    prompt the scorer has not seen gets (a knn scorer would find a prompt itself)."""
+    folds = _folds(data)
+    raw = np.zeros(len(data.rows))
+    for f in (0, 1):
+        train, test = data.subset(folds != f), data.subset(folds == f)
+        arrays, params = fit(model, train, param)
+        raw[folds == f] = raw_scores(model, arrays, params, test.embeddings, test.texts)
+    return raw
+
+
+def calibrate(
+    data: Labelled,
+    model: str,
+    target: dict[str, float],
+    *,
+    small: str,
+    large: str,
+    embedder_version: str,
+    out: Path,
+    source: str = "",
+) -> dict[str, Any]:
+    """Fit `model` ("auto": the kind with the best cross-validated APGR) on `data`, choose
+    its threshold on out-of-fold scores, write the artifact; returns its metadata."""
+    cross_validated = {}
+    if model == "auto":
+        for kind in ("logistic", "knn", "ensemble"):
+            raw = out_of_fold(kind, data)
+            cross_validated[kind] = apgr.curve(raw, data.large, data.small).apgr
+        model = max(cross_validated, key=lambda k: cross_validated[k])
+        logger.info("auto: chose %s (cross-validated APGR %s)", model, cross_validated)
+    param = select(model, data)
+    arrays, params = fit(model, data, param)
+    raw = out_of_fold(model, data, param)
+    # The target is met on out-of-fold scores (what unseen prompts get); the served model,
+    # fitted on all of the data, spreads its scores differently: its threshold is the one that
+    # sends the same share of these prompts to the large tier.
+    share = float(np.mean(raw > threshold_for(raw, data, target)))
+    served = raw_scores(model, arrays, params, data.embeddings, data.texts)
+    threshold = float(np.quantile(served, 1.0 - share))
+    low, high = (float(v) for v in np.quantile(served, [0.005, 0.995]))
+    spread = max(high - low, 1e-6)
+    low, high = min(low, threshold - 1e-3 * spread), max(high, threshold + 1e-3 * spread)
+    categories = sorted({r.category for r in data.rows if r.category})
+    if categories:
+        index = {c: i for i, c in enumerate(categories)}
+        which = np.array([index.get(r.category, -1) for r in data.rows])
+        arrays["category_centroids"] = np.stack(
+            [_unit(data.embeddings[which == i].mean(0)) for i in range(len(categories))]
+        )
+    meta = {
+        "model": model,
+        "params": params,
+        "threshold": threshold,
+        "raw_low": low,
+        "raw_high": high,
+        "target": target,
+        "small": small,
+        "large": large,
+        "embedder_version": embedder_version,
+        "data_hash": data_hash(data.rows),
+        "source": source,
+        "rows": len(data.rows),
+        "categories": categories,
+        "cross_validated_apgr": cross_validated,
+        "calibration_out_of_fold": {
+            **apgr.curve(raw, data.large, data.small).summary(),
+            **apgr.at_threshold(raw, float(np.quantile(raw, 1.0 - share)), data.large, data.small),
+        },
+    }
+    meta["version"] = save_artifact(out, meta, arrays)
+    return meta
+
+
+def to_json(doc: Any) -> str:
+    return json.dumps(doc, indent=2, sort_keys=True)

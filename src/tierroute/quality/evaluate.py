@@ -1,0 +1,420 @@
+"""Routing quality: `tierroute eval`, the report behind `make eval`, and the default artifact.
+
+`evaluate` scores the evaluation rows with the artifact exactly as the router serves it, and in
+the same run: every scorer kind fitted on the calibration rows, the seed's hand-written anchor
+scorer, a random router (mean of 10 seeds) and the optimal oracle.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tierroute.core.config import RouterConfig, load_config
+from tierroute.quality import apgr
+from tierroute.quality.artifact import load_artifact, raw_scores
+from tierroute.quality.calibrate import Labelled, calibrate, fit, labelled, to_json
+from tierroute.quality.labelled import CONVERTERS, STRONG, WEAK, Row, read_rows, split, write_rows
+
+logger = logging.getLogger(__name__)
+
+# Paths below are relative to where the command runs (`make eval` runs in the checkout).
+ROUTELLM = Path(os.environ.get("TIERROUTE_ROUTELLM_DATA", "../shared/data/routellm"))
+DEFAULT_ARTIFACT = Path("artifacts/router-default")
+KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors")
+# The default artifact's threshold: the fewest large-tier calls that keep 80% of the quality
+# the large tier adds over the small one.
+DEFAULT_TARGET = {"pgr": 0.8}
+
+
+@dataclass
+class Context:
+    """The embedder the router runs, where embeddings are cached, and the tiers' prices."""
+
+    router: RouterConfig
+    cache_dir: Path | None
+    # Cost of a small-tier call relative to a large-tier one, when the data has no costs.
+    cost_ratio: float = 0.0
+    _embedder: Any = None
+
+    def embedder(self) -> Any:
+        from tierroute.router.scoring.embedder import Embedder
+
+        if self._embedder is None:
+            self._embedder = Embedder(self.router.model, max_tokens=self.router.embed_max_tokens)
+        return self._embedder
+
+
+def seed_anchor_scores(ctx: Context, data: Labelled) -> np.ndarray:
+    """The seed design's hand-written anchor scorer (0-10), as the router runs it."""
+    from tierroute.router.scoring.scorers import build_scorer
+
+    embedder = ctx.embedder()
+    cfg = ctx.router.model_copy(update={"scorer": "anchors", "anchors_file": None})
+    scorer = build_scorer(cfg, embedder.embed, embedder.version)
+    return np.array([s.value for s in scorer.score(data.embeddings, data.texts)])
+
+
+def evaluate(
+    ctx: Context, artifact: Path, data: Labelled, calibration: Labelled | None
+) -> dict[str, Any]:
+    """Every router's curve and RouteLLM metrics on `data`, plus the artifact at its threshold."""
+    meta, arrays = load_artifact(artifact)
+    if meta["embedder_version"] != ctx.embedder().version:
+        raise ValueError(
+            f"{artifact} was calibrated on embedder {meta['embedder_version']}, this run uses "
+            f"{ctx.embedder().version}"
+        )
+    scores: dict[str, np.ndarray] = {
+        f"artifact ({meta['model']})": raw_scores(
+            meta["model"], arrays, meta.get("params", {}), data.embeddings, data.texts
+        )
+    }
+    if calibration is not None:
+        for kind in KINDS:
+            fitted, params = fit(kind, calibration)
+            scores[kind] = raw_scores(kind, fitted, params, data.embeddings, data.texts)
+    scores["seed anchors (hand-written)"] = seed_anchor_scores(ctx, data)
+    routers = {}
+    for name, raw in scores.items():
+        c = apgr.curve(raw, data.large, data.small)
+        routers[name] = {**c.summary(), "curve": _points(c)}
+    randoms = apgr.random_curves(data.large, data.small, seeds=10)
+    routers["random (mean of 10 seeds)"] = {
+        key: float(np.mean([r.summary()[key] for r in randoms])) for key in randoms[0].summary()
+    } | {"apgr_std": float(np.std([r.apgr for r in randoms])), "curve": _points(randoms[0])}
+    optimal = apgr.optimal_curve(data.large, data.small)
+    routers["optimal"] = {**optimal.summary(), "curve": _points(optimal)}
+    own = scores[f"artifact ({meta['model']})"]
+    at = apgr.at_threshold(own, meta["threshold"], data.large, data.small)
+    ratio, ratio_from = cost_ratio(ctx, data, meta["small"], meta["large"])
+    avoided = 1.0 - at["strong_share"]
+    return {
+        "rows": len(data.rows),
+        "large_quality": float(data.large.mean()),
+        "small_quality": float(data.small.mean()),
+        "artifact": {"version": meta["version"], "model": meta["model"], "source": meta["source"]},
+        "at_threshold": at
+        | {
+            "large_calls_avoided": avoided,
+            # Against sending everything to the large tier: each avoided call costs `ratio`.
+            "cost_saving_vs_all_large": avoided * (1.0 - ratio),
+            "small_to_large_cost_ratio": ratio,
+            "cost_ratio_from": ratio_from,
+        },
+        "routers": routers,
+    }
+
+
+def _points(c: apgr.Curve) -> list[list[float]]:
+    return [[float(x), float(q)] for x, q in zip(c.strong_pct, c.quality, strict=True)]
+
+
+def plot(result: dict[str, Any], title: str, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    for name, r in result["routers"].items():
+        xs, qs = zip(*r["curve"], strict=True)
+        style = "--" if name.startswith(("random", "optimal")) else "-"
+        width = 2.5 if name.startswith("artifact") else 1.2
+        label = f"{name}: APGR {r['apgr']:.3f}"
+        if name.startswith("random"):
+            label += " (curve: seed 0)"
+        ax.plot(xs, qs, style, marker=".", linewidth=width, label=label)
+    ax.axhline(result["small_quality"], color="grey", linestyle=":", label="small model alone")
+    ax.axhline(result["large_quality"], color="black", linestyle=":", label="large model alone")
+    ax.set_xlabel("calls sent to the large model (%)")
+    ax.set_ylabel("quality")
+    ax.set_title(title)
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110, metadata={"Software": None})
+    plt.close(fig)
+
+
+def print_table(title: str, result: dict[str, Any]) -> None:
+    print(
+        f"\n{title}: {result['rows']} prompts, large {result['large_quality']:.3f}, "
+        f"small {result['small_quality']:.3f}"
+    )
+    print(f"  {'router':<34}{'APGR':>7}{'CPT20':>8}{'CPT50':>8}{'CPT80':>8}")
+    for name, r in result["routers"].items():
+        print(
+            f"  {name:<34}{r['apgr']:>7.3f}{r['cpt20']:>7.1f}%{r['cpt50']:>7.1f}%"
+            f"{r['cpt80']:>7.1f}%"
+        )
+    at = result["at_threshold"]
+    print(
+        f"  at the artifact's threshold: {at['strong_share']:.1%} large calls, quality "
+        f"{at['quality']:.3f} (PGR {at['pgr']:.2f}), cost {at['cost_saving_vs_all_large']:.1%} "
+        f"below all-large (small/large cost ratio {at['small_to_large_cost_ratio']:.3g})"
+    )
+
+
+# --- the commands ---
+
+
+def load_rows(paths: list[Path]) -> list[Row]:
+    return [row for path in paths for row in read_rows(path)]
+
+
+def context(config: Path | None, cache_dir: Path | None) -> Context:
+    cfg = load_config(config)
+    ratio = 0.0
+    if len(cfg.tiers) >= 2 and cfg.tiers[-1].price_per_1k_output_usd > 0:
+        ratio = cfg.tiers[0].price_per_1k_output_usd / cfg.tiers[-1].price_per_1k_output_usd
+    return Context(cfg.router, cache_dir, ratio)
+
+
+def cost_ratio(ctx: Context, data: Labelled, small: str, large: str) -> tuple[float, str]:
+    """Small-call cost over large-call cost: from the rows' `costs` if they have them, else
+    from the config's tier prices."""
+    costs = [
+        (r.costs[small], r.costs[large]) for r in data.rows if small in r.costs and large in r.costs
+    ]
+    if costs and sum(c[1] for c in costs) > 0:
+        return sum(c[0] for c in costs) / sum(c[1] for c in costs), "the data's costs"
+    return ctx.cost_ratio, "the config's output prices (first vs last tier)"
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    rows = list(CONVERTERS[args.benchmark](args.input))
+    n = write_rows(rows, args.out)
+    print(f"wrote {n} rows to {args.out}")
+    return 0
+
+
+def _target(text: str) -> dict[str, float]:
+    key, _, value = text.partition("=")
+    if key not in ("large_share", "pgr") or not value:
+        raise SystemExit(f"--target must be large_share=X or pgr=X, got {text!r}")
+    number = float(value)
+    if not 0.0 < number < 1.0:
+        raise SystemExit(f"--target {key} must be between 0 and 1, got {number}")
+    return {key: number}
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    ctx = context(args.config, args.cache_dir)
+    rows = split(load_rows(args.data), args.split)
+    data = labelled(rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
+    meta = calibrate(
+        data,
+        args.model,
+        _target(args.target),
+        small=args.small,
+        large=args.large,
+        embedder_version=ctx.embedder().version,
+        out=args.out,
+        source=f"{', '.join(p.name for p in args.data)} ({args.split} half)",
+    )
+    cv = meta["calibration_out_of_fold"]
+    print(
+        f"wrote {args.out} ({meta['model']}, version {meta['version']}): on {len(rows)} "
+        f"calibration prompts (out of fold) APGR {cv['apgr']:.3f}, CPT(50%) {cv['cpt50']:.1f}%; "
+        f"at its threshold {cv['strong_share']:.1%} large calls"
+    )
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    ctx = context(args.config, args.cache_dir)
+    rows = load_rows(args.data)
+    meta, _ = load_artifact(args.artifact)
+    small, large = meta["small"], meta["large"]
+    data = labelled(split(rows, args.split), small, large, ctx.embedder(), ctx.cache_dir)
+    calibration = None
+    if args.split == "eval":
+        calibration = labelled(
+            split(rows, "calibrate"), small, large, ctx.embedder(), ctx.cache_dir
+        )
+    result = evaluate(ctx, args.artifact, data, calibration)
+    title = args.name or ", ".join(p.stem for p in args.data)
+    print_table(title, result)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(to_json(result) + "\n")
+        print(f"wrote {args.out}")
+    if args.plot:
+        plot(result, title, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
+
+
+# --- `make eval` and the default artifact ---
+
+
+def convert_all(source: Path, folder: Path) -> dict[str, Path]:
+    paths = {}
+    for name, convert in CONVERTERS.items():
+        path = folder / f"{name}.jsonl"
+        write_rows(convert(source / name), path)
+        paths[name] = path
+    return paths
+
+
+def build_default(source: Path, out: Path, config: Path | None, cache_dir: Path | None) -> str:
+    """The embedded default artifact: calibrated on the calibration halves of MMLU and GSM8K
+    (their evaluation halves and MT-Bench stay unseen), for DEFAULT_TARGET."""
+    ctx = context(config, cache_dir)
+    rows = [r for name in ("mmlu", "gsm8k") for r in CONVERTERS[name](source / name)]
+    data = routellm(ctx, split(rows, "calibrate"))
+    meta = calibrate_routellm(ctx, data, out, "RouteLLM MMLU + GSM8K (calibration halves)")
+    return str(meta["version"])
+
+
+def routellm(ctx: Context, rows: list[Row]) -> Labelled:
+    """RouteLLM's rows, Mixtral as the small tier and GPT-4 as the large."""
+    return labelled(rows, WEAK, STRONG, ctx.embedder(), ctx.cache_dir)
+
+
+def calibrate_routellm(ctx: Context, data: Labelled, out: Path, source: str) -> dict[str, Any]:
+    """`tierroute calibrate --model auto` with the default target, on RouteLLM's pair."""
+    return calibrate(
+        data,
+        "auto",
+        DEFAULT_TARGET,
+        small=WEAK,
+        large=STRONG,
+        embedder_version=ctx.embedder().version,
+        out=out,
+        source=source,
+    )
+
+
+def mt_bench_spread(
+    ctx: Context, artifact: Path, rows: list[Row], splits: int = 20
+) -> dict[str, Any]:
+    """MT-Bench's 72 questions are few: the artifact's APGR over random halves of them."""
+    data = routellm(ctx, rows)
+    meta, arrays = load_artifact(artifact)
+    raw = raw_scores(meta["model"], arrays, meta.get("params", {}), data.embeddings, data.texts)
+    apgrs, randoms = [], []
+    for seed in range(splits):
+        mask = np.array(
+            [hashlib.sha256(f"{seed}:{r.prompt}".encode()).digest()[0] < 128 for r in rows]
+        )
+        apgrs.append(apgr.curve(raw[mask], data.large[mask], data.small[mask]).apgr)
+        randoms.append(
+            np.mean([c.apgr for c in apgr.random_curves(data.large[mask], data.small[mask])])
+        )
+    return {
+        "splits": splits,
+        "apgr_median": float(np.median(apgrs)),
+        "apgr_range": [float(min(apgrs)), float(max(apgrs))],
+        "random_apgr_median": float(np.median(randoms)),
+        "margin_over_random_positive_in": int(
+            sum(a > r for a, r in zip(apgrs, randoms, strict=True))
+        ),
+    }
+
+
+def machine() -> str:
+    """The CPU, its int8 instruction set (it shapes the int8 embedder's rounding) and cores."""
+    import platform
+
+    flags = ""
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text()
+        model = next(
+            (ln.split(":", 1)[1].strip() for ln in cpuinfo.splitlines() if "model name" in ln),
+            platform.processor(),
+        )
+        flags = "avx512_vnni" if "avx512_vnni" in cpuinfo else "avx2" if "avx2" in cpuinfo else ""
+    except OSError:
+        model = platform.processor()
+    cores = os.cpu_count()
+    return f"{model} ({flags or 'no avx2'}), {cores} cores, Python {platform.python_version()}"
+
+
+def report(args: argparse.Namespace) -> int:
+    """`make eval`: per benchmark, calibrate on one half and evaluate on the other; the
+    transfer between MMLU and GSM8K; the default artifact on all of MT-Bench."""
+    ctx = context(args.config, args.cache_dir)
+    work = args.work
+    paths = convert_all(args.source, work / "data")
+    rows = {name: read_rows(path) for name, path in paths.items()}
+    results: dict[str, Any] = {}
+    for name in ("mmlu", "gsm8k"):
+        cal = routellm(ctx, split(rows[name], "calibrate"))
+        held = routellm(ctx, split(rows[name], "eval"))
+        artifact = work / "artifacts" / name
+        calibrate_routellm(ctx, cal, artifact, f"{name} calibration half")
+        results[name] = evaluate(ctx, artifact, held, cal)
+        print_table(f"{name} (calibrated on its other half)", results[name])
+        plot(results[name], f"{name}: held-out half", args.results / f"quality-{name}.png")
+    for train, test in (("mmlu", "gsm8k"), ("gsm8k", "mmlu")):
+        held = routellm(ctx, split(rows[test], "eval"))
+        key = f"{train}->{test}"
+        results[key] = evaluate(ctx, work / "artifacts" / train, held, None)
+        print_table(f"transfer: calibrated on {train}, evaluated on {test}", results[key])
+    mt = routellm(ctx, rows["mt_bench"])
+    results["mt_bench (default artifact)"] = evaluate(ctx, args.default_artifact, mt, None)
+    results["mt_bench (default artifact)"]["spread"] = mt_bench_spread(
+        ctx, args.default_artifact, rows["mt_bench"]
+    )
+    print_table(
+        "mt_bench: the default artifact (MMLU + GSM8K), unseen",
+        results["mt_bench (default artifact)"],
+    )
+    print(f"  over 20 random halves: {results['mt_bench (default artifact)']['spread']}")
+    plot(
+        results["mt_bench (default artifact)"],
+        "mt_bench: default artifact",
+        args.results / "quality-mt_bench.png",
+    )
+    for name in ("mmlu", "gsm8k"):
+        held = routellm(ctx, split(rows[name], "eval"))
+        key = f"{name} (default artifact)"
+        results[key] = evaluate(ctx, args.default_artifact, held, None)
+        print_table(f"{name} held-out half: the default artifact", results[key])
+    meta, _ = load_artifact(args.default_artifact)
+    out = args.results / "quality.json"
+    doc = {
+        "command": "make eval",
+        # The figures below belong to this artifact, scored with this embedder on this CPU.
+        "default_artifact": meta["version"],
+        "embedder_version": ctx.embedder().version,
+        "machine": machine(),
+        "results": results,
+    }
+    out.write_text(to_json(doc) + "\n")
+    print(f"\nwrote {out}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="tierroute routing-quality report (make eval)")
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--source", type=Path, default=ROUTELLM)
+    parser.add_argument("--work", type=Path, default=Path("build/quality"))
+    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--cache-dir", type=Path, default=Path("models/embeddings-cache"))
+    parser.add_argument("--default-artifact", type=Path, default=DEFAULT_ARTIFACT)
+    parser.add_argument(
+        "--build-default", action="store_true", help="only (re)build the default artifact"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.build_default:
+        print(build_default(args.source, args.default_artifact, args.config, args.cache_dir))
+        return 0
+    return report(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

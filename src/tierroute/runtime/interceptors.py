@@ -1,0 +1,363 @@
+"""The interceptor chain every tierroute service runs, in this order (outermost first):
+
+1. `Tracing`: a SERVER span per RPC by OpenTelemetry's RPC conventions (`rpc.system`,
+   `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), child of the caller's W3C trace
+   context; a client's mistake (INVALID_ARGUMENT, NOT_FOUND, ...) is not a span error.
+2. `Admission`: at most `limit` RPCs in flight; past it RESOURCE_EXHAUSTED with a retry hint.
+3. `Deadlines`: a call whose deadline has already passed is refused before any work.
+4. `ErrorMapping`: the project's errors become their status and message; anything else is
+   logged with its traceback and the trace id, and the client gets INTERNAL with the trace id
+   only, never the exception's text.
+
+It also turns a request that cannot be decoded (corrupt protobuf, invalid UTF-8 in a string
+field) into INVALID_ARGUMENT that says so, instead of grpc's bare UNKNOWN and a traceback.
+
+Health checking and reflection pass through untouched. A handler holds only its own job: it
+raises `tierroute.core.errors` exceptions and may add attributes to the current span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from typing import Any
+
+import grpc
+from google.protobuf.message import DecodeError
+from opentelemetry import propagate, trace
+
+from tierroute.core.errors import ServiceError
+
+logger = logging.getLogger(__name__)
+
+Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
+
+# Services that every server carries and that are not the project's own work.
+_EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+# Server-side span status by OpenTelemetry's gRPC conventions: these codes are the server's
+# failure; the rest (a bad argument, a missing entity, a client that cancelled) are not.
+_SERVER_ERRORS = {
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DATA_LOSS,
+}
+_BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
+class _Undecodable:
+    """Stands for a request whose bytes did not decode; the first interceptor to see it aborts."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+
+class _Wrapping(grpc.aio.ServerInterceptor):
+    """Wraps the behaviour of every unary-unary and unary-stream method but the exempt ones."""
+
+    def wrap_unary(self, behavior: Unary, method: str) -> Unary:
+        return behavior
+
+    def wrap_stream(self, behavior: Stream, method: str) -> Stream:
+        return behavior
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        if handler is None or method.startswith(_EXEMPT):
+            return handler
+        if handler.unary_unary is not None:
+            return handler._replace(unary_unary=self.wrap_unary(handler.unary_unary, method))
+        if handler.unary_stream is not None:
+            return handler._replace(unary_stream=self.wrap_stream(handler.unary_stream, method))
+        return handler
+
+
+def status_of(context: grpc.aio.ServicerContext) -> grpc.StatusCode:
+    """The status the RPC ended with (OK when none was set)."""
+    code = context.code()
+    if code is None:
+        return grpc.StatusCode.OK
+    if isinstance(code, grpc.StatusCode):
+        return code
+    return _BY_VALUE.get(int(code), grpc.StatusCode.UNKNOWN)
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
+    service, _, name = method.lstrip("/").partition("/")
+    return service, name
+
+
+def trace_id() -> str:
+    """The current trace id (32 hex digits), for logs and for an INTERNAL error's message."""
+    ctx = trace.get_current_span().get_span_context()
+    return format(ctx.trace_id, "032x") if ctx.is_valid else uuid.uuid4().hex
+
+
+class Tracing(_Wrapping):
+    def __init__(self, tracer_name: str = "tierroute.runtime") -> None:
+        self._tracer_name = tracer_name
+
+    def _start(self, method: str, context: grpc.aio.ServicerContext) -> trace.Span:
+        carrier = {
+            k.lower(): v.decode() if isinstance(v, bytes) else v
+            for k, v in (context.invocation_metadata() or ())
+        }
+        service, name = split_method(method)
+        return trace.get_tracer(self._tracer_name).start_span(
+            method.lstrip("/"),
+            context=propagate.extract(carrier),
+            kind=trace.SpanKind.SERVER,
+            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+        )
+
+    @staticmethod
+    def _finish(
+        span: trace.Span, context: grpc.aio.ServicerContext, exc: BaseException | None
+    ) -> None:
+        if isinstance(exc, asyncio.CancelledError):
+            code = grpc.StatusCode.CANCELLED  # the client went away
+        elif exc is not None and not isinstance(exc, grpc.aio.AbortError):
+            code = grpc.StatusCode.UNKNOWN
+        else:
+            code = status_of(context)
+        span.set_attribute("rpc.grpc.status_code", code.value[0])
+        if code in _SERVER_ERRORS:
+            span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
+        span.end()
+
+    def wrap_unary(self, behavior: Unary, method: str) -> Unary:
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            span = self._start(method, context)
+            failure: BaseException | None = None
+            try:
+                with trace.use_span(
+                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+                ):
+                    return await behavior(request, context)
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                self._finish(span, context, failure)
+
+        return traced
+
+    def wrap_stream(self, behavior: Stream, method: str) -> Stream:
+        async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            span = self._start(method, context)
+            failure: BaseException | None = None
+            responses = behavior(request, context)
+            try:
+                while True:
+                    # The span is current only while the handler runs, never across a yield:
+                    # a stream closed from elsewhere then has no context to detach.
+                    with trace.use_span(
+                        span,
+                        end_on_exit=False,
+                        record_exception=False,
+                        set_status_on_exception=False,
+                    ):
+                        try:
+                            item = await anext(responses)
+                        except StopAsyncIteration:
+                            break
+                    yield item
+            except BaseException as exc:
+                failure = exc
+                raise
+            finally:
+                try:
+                    await responses.aclose()  # type: ignore[attr-defined]
+                finally:
+                    self._finish(span, context, failure)
+
+        return traced
+
+
+class Admission(_Wrapping):
+    """At most `limit` RPCs of this server's own services in flight at once."""
+
+    def __init__(self, limit: int, setting: str, retry_after_ms: int = 100) -> None:
+        self.limit = limit
+        self.in_flight = 0
+        self._setting = setting
+        self._retry_after_ms = retry_after_ms
+
+    async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            f"the service is at its limit of {self.limit} concurrent requests "
+            f"({self._setting}); retry after {self._retry_after_ms} ms with backoff",
+            ((RETRY_PUSHBACK_KEY, str(self._retry_after_ms)),),
+        )
+
+    def wrap_unary(self, behavior: Unary, method: str) -> Unary:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            if self.in_flight >= self.limit:
+                await self._refuse(context)
+            self.in_flight += 1
+            try:
+                return await behavior(request, context)
+            finally:
+                self.in_flight -= 1
+
+        return admitted
+
+    def wrap_stream(self, behavior: Stream, method: str) -> Stream:
+        async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            if self.in_flight >= self.limit:
+                await self._refuse(context)
+            self.in_flight += 1
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            finally:
+                self.in_flight -= 1
+
+        return admitted
+
+
+class Deadlines(_Wrapping):
+    """A call that arrives with its deadline already passed gets DEADLINE_EXCEEDED at once."""
+
+    @staticmethod
+    async def _check(context: grpc.aio.ServicerContext) -> None:
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            await context.abort(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "the call's deadline had passed before it was handled; send it with a longer one",
+            )
+
+    def wrap_unary(self, behavior: Unary, method: str) -> Unary:
+        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._check(context)
+            return await behavior(request, context)
+
+        return bounded
+
+    def wrap_stream(self, behavior: Stream, method: str) -> Stream:
+        async def bounded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            await self._check(context)
+            async for item in behavior(request, context):
+                yield item
+
+        return bounded
+
+
+class ErrorMapping(_Wrapping):
+    """Project errors -> status + message; anything else -> INTERNAL + trace id, logged once."""
+
+    @staticmethod
+    async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
+        if isinstance(exc, ServiceError):
+            await context.abort(exc.code, str(exc), exc.trailing_metadata)
+        tid = trace_id()
+        logger.error("%s failed unexpectedly (trace id %s)", method, tid, exc_info=exc)
+        await context.abort(
+            grpc.StatusCode.INTERNAL,
+            f"internal error in {method.lstrip('/')}; the service's log has the details under "
+            f"trace id {tid}",
+        )
+
+    def wrap_unary(self, behavior: Unary, method: str) -> Unary:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            try:
+                return await behavior(request, context)
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, exc, method)
+
+        return mapped
+
+    def wrap_stream(self, behavior: Stream, method: str) -> Stream:
+        async def mapped(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+            try:
+                async for item in behavior(request, context):
+                    yield item
+            except grpc.aio.AbortError:
+                raise
+            except Exception as exc:
+                await self._abort(context, exc, method)
+
+        return mapped
+
+
+class Decoding(grpc.aio.ServerInterceptor):
+    """Requests that do not decode become INVALID_ARGUMENT before any interceptor runs."""
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        handler = await continuation(handler_call_details)
+        if (
+            handler is None
+            or handler.request_deserializer is None
+            or handler.request_streaming
+            or handler_call_details.method.startswith(_EXEMPT)
+        ):
+            return handler
+        decode = handler.request_deserializer
+
+        def tolerant(data: bytes) -> Any:
+            try:
+                return decode(data)
+            except (DecodeError, UnicodeDecodeError, ValueError) as exc:
+                return _Undecodable(exc)
+
+        async def refuse(context: grpc.aio.ServicerContext, request: _Undecodable) -> None:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"the request could not be decoded as {handler_call_details.method.lstrip('/')}'s "
+                f"request message ({type(request.error).__name__}): send a well-formed protobuf "
+                "whose string fields are valid UTF-8",
+            )
+
+        if handler.unary_unary is not None:
+            unary = handler.unary_unary
+
+            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+                if isinstance(request, _Undecodable):
+                    await refuse(context, request)
+                return await unary(request, context)
+
+            return handler._replace(request_deserializer=tolerant, unary_unary=checked_unary)
+        if handler.unary_stream is not None:
+            stream = handler.unary_stream
+
+            async def checked_stream(
+                request: Any, context: grpc.aio.ServicerContext
+            ) -> AsyncIterator[Any]:
+                if isinstance(request, _Undecodable):
+                    await refuse(context, request)
+                async for item in stream(request, context):
+                    yield item
+
+            return handler._replace(request_deserializer=tolerant, unary_stream=checked_stream)
+        return handler
+
+
+def chain(max_in_flight: int, in_flight_setting: str) -> Sequence[grpc.aio.ServerInterceptor]:
+    """The chain, in order. Adding TLS identity, auth or a rate limit is one more entry here."""
+    return [
+        Decoding(),
+        Tracing(),
+        Admission(max_in_flight, in_flight_setting),
+        Deadlines(),
+        ErrorMapping(),
+    ]

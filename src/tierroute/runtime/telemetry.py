@@ -1,0 +1,78 @@
+"""OpenTelemetry tracing shared by every service: the tracer provider with OTLP/gRPC export when
+an endpoint is configured, and CLIENT spans whose W3C trace context travels in gRPC metadata.
+(SERVER spans are the tracing interceptor's: tierroute.runtime.interceptors.)"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+
+import grpc
+from opentelemetry import context as otel_context
+from opentelemetry import propagate, trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+logger = logging.getLogger(__name__)
+
+_provider: TracerProvider | None = None
+
+
+def setup_tracing(
+    service_name: str, otlp_endpoint: str = "", processors: Sequence[SpanProcessor] = ()
+) -> TracerProvider:
+    """Install this process's tracer provider; export over OTLP/gRPC if an endpoint is set."""
+    global _provider
+    provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
+    if otlp_endpoint:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        provider.add_span_processor(
+            BatchSpanProcessor(OTLPSpanExporter(endpoint=otlp_endpoint, insecure=True))
+        )
+        logger.info("exporting traces over OTLP/gRPC to %s", otlp_endpoint)
+    for processor in processors:
+        provider.add_span_processor(processor)
+    trace.set_tracer_provider(provider)
+    _provider = provider
+    return provider
+
+
+def shutdown_tracing() -> None:
+    if _provider is not None:
+        _provider.force_flush()
+        _provider.shutdown()
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def current_headers() -> dict[str, str]:
+    """W3C trace-context headers (traceparent, tracestate) for the current span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=otel_context.get_current())
+    return carrier
+
+
+@contextlib.contextmanager
+def client_span(
+    name: str, tracer_name: str, attributes: dict[str, str | int | float | bool] | None = None
+) -> Iterator[tuple[trace.Span, tuple[tuple[str, str], ...]]]:
+    """A CLIENT span for one outgoing RPC (child of the current span) and the gRPC metadata
+    that carries it. The span is not made current, so it is safe to hold across the yields of
+    a streaming call; errors mark it failed."""
+    span = tracer(tracer_name).start_span(name, kind=trace.SpanKind.CLIENT, attributes=attributes)
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    try:
+        yield span, tuple(carrier.items())
+    except BaseException as exc:
+        if isinstance(exc, grpc.aio.AioRpcError):
+            span.set_attribute("rpc.grpc.status_code", exc.code().value[0])
+        span.set_status(trace.Status(trace.StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+        raise
+    finally:
+        span.end()

@@ -1,0 +1,207 @@
+"""The `tierroute` command line: ask a running suite to score or route a prompt.
+
+tierroute score "What is the capital of France?"
+tierroute route "Prove that sqrt(2) is irrational." [--json] [--force-tier large]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+from google.protobuf import json_format
+
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+
+
+def _as_dict(message: Any) -> dict[str, Any]:
+    return json_format.MessageToDict(message, preserving_proto_field_name=True)
+
+
+def _explain(error: grpc.RpcError, address: str) -> str:
+    code = error.code()
+    if code == grpc.StatusCode.UNAVAILABLE and "connect" in (error.details() or "").lower():
+        return (
+            f"cannot reach the router at {address}: is the suite running? Start it with "
+            "`make run`, or pass --address HOST:PORT"
+        )
+    return f"{code.name}: {error.details()}"
+
+
+def score(args: argparse.Namespace) -> int:
+    with grpc.insecure_channel(args.address) as channel:
+        response = pb_grpc.RouterServiceStub(channel).Score(
+            pb.ScoreRequest(prompt=args.prompt, bypass_cache=args.no_cache), timeout=args.timeout
+        )
+    d = response.decision
+    if args.json:
+        print(json.dumps(_as_dict(d)))
+    else:
+        reasons = ", ".join(
+            pb.ReasonCode.Name(r).removeprefix("REASON_CODE_") for r in d.reason_codes
+        )
+        print(
+            f"tier {d.tier}  score {d.complexity_score:.2f}  confidence {d.confidence:.2f}  "
+            f"category {d.category}  ({reasons}; {d.router_latency_ms:.1f} ms"
+            f"{', cached' if d.cache_hit else ''})"
+        )
+    return 0
+
+
+def route(args: argparse.Namespace) -> int:
+    sampling = common_pb.SamplingParams(max_tokens=args.max_tokens)
+    if args.temperature is not None:
+        sampling.temperature = args.temperature
+    request = pb.RouteRequest(
+        prompt=args.prompt,
+        sampling=sampling,
+        disable_escalation=args.no_escalation,
+        force_tier=args.force_tier or "",
+        bypass_cache=args.no_cache,
+    )
+    out = sys.stdout
+    with grpc.insecure_channel(args.address) as channel:
+        for event in pb_grpc.RouterServiceStub(channel).Route(request, timeout=args.timeout):
+            kind = event.WhichOneof("event")
+            if args.json:
+                print(json.dumps({kind: _as_dict(getattr(event, kind))}), flush=True)
+            elif kind == "decision":
+                d = event.decision
+                print(
+                    f"[routed to {d.tier}: score {d.complexity_score:.2f}, {d.category}]",
+                    file=sys.stderr,
+                )
+            elif kind == "chunk":
+                out.write(event.chunk.text)
+                out.flush()
+            elif kind == "escalation":
+                e = event.escalation
+                reason = pb.EscalationReason.Name(e.reason).removeprefix("ESCALATION_REASON_")
+                print(
+                    f"\n[escalated {e.from_tier} -> {e.to_tier}: {reason}, "
+                    f"confidence {e.confidence:.2f}]",
+                    file=sys.stderr,
+                )
+            else:
+                s = event.summary
+                escalated = (
+                    f", escalated ({pb.EscalationReason.Name(s.escalation_reason)})"
+                    if s.escalated
+                    else ""
+                )
+                print(
+                    f"\n[served by {s.tier}{escalated}; {s.usage.prompt_tokens}+"
+                    f"{s.usage.completion_tokens} tokens, ${s.cost_usd:.6f}, "
+                    f"{s.latencies.total_ms:.0f} ms total, first token "
+                    f"{s.latencies.time_to_first_token_ms:.0f} ms]",
+                    file=sys.stderr,
+                )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="tierroute", description=__doc__.splitlines()[0])
+    parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the router, host:port")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds (a deadline)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    commands = parser.add_subparsers(dest="command", required=True)
+    s = commands.add_parser("score", help="which tier would answer a prompt")
+    s.add_argument("prompt")
+    s.add_argument("--no-cache", action="store_true", help="bypass the routing cache")
+    s.set_defaults(run=score)
+    r = commands.add_parser("route", help="answer a prompt through the cheapest good tier")
+    r.add_argument("prompt")
+    r.add_argument("--max-tokens", type=int, default=0, help="0: the tier's default")
+    r.add_argument("--temperature", type=float)
+    r.add_argument("--force-tier", help="skip scoring and use this tier")
+    r.add_argument("--no-escalation", action="store_true", help="strict-latency mode")
+    r.add_argument("--no-cache", action="store_true", help="bypass the routing cache")
+    r.set_defaults(run=route)
+    _offline_commands(commands)
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args))
+    except grpc.RpcError as error:
+        print(f"tierroute: {_explain(error, args.address)}", file=sys.stderr)
+        return 1
+    except (ValueError, FileNotFoundError) as error:  # bad data, artifact or config
+        print(f"tierroute {args.command}: {error}", file=sys.stderr)
+        return 2
+
+
+def _offline_commands(commands: Any) -> None:
+    """Commands that work on labelled data, without a running suite."""
+
+    def later(name: str) -> Callable[[argparse.Namespace], int]:
+        def run(args: argparse.Namespace) -> int:
+            from tierroute.quality import evaluate  # numpy/scikit-learn work: only when asked
+
+            return int(getattr(evaluate, name)(args))
+
+        return run
+
+    config_help = "config whose router.model (the embedder) to use"
+    data = commands.add_parser("data", help="labelled routing data")
+    data_commands = data.add_subparsers(dest="data_command", required=True)
+    convert = data_commands.add_parser(
+        "convert", help="convert RouteLLM's evaluation files to tierroute's JSONL"
+    )
+    convert.add_argument("benchmark", choices=["mmlu", "gsm8k", "mt_bench"])
+    convert.add_argument("input", type=Path, help="e.g. ../shared/data/routellm/mmlu")
+    convert.add_argument("-o", "--out", type=Path, required=True)
+    convert.set_defaults(run=later("cmd_convert"))
+
+    cal = commands.add_parser("calibrate", help="fit a router artifact on labelled data")
+    cal.add_argument("data", type=Path, nargs="+", help="labelled JSONL file(s)")
+    cal.add_argument("--small", required=True, help="the small tier's model name in `scores`")
+    cal.add_argument("--large", required=True, help="the large tier's model name in `scores`")
+    cal.add_argument(
+        "--target",
+        default="pgr=0.8",
+        help="large_share=X (share of large-tier calls) or "
+        "pgr=X (quality gap to recover); default pgr=0.8",
+    )
+    cal.add_argument(
+        "--model",
+        default="auto",
+        choices=["auto", "logistic", "knn", "ensemble", "centroid", "anchors"],
+    )
+    cal.add_argument(
+        "--split",
+        default="calibrate",
+        choices=["calibrate", "all"],
+        help="calibrate: fit on the hash-chosen half, leaving the other for `eval`",
+    )
+    cal.add_argument("-o", "--out", type=Path, required=True, help="artifact folder")
+    cal.add_argument("--config", type=Path, help=config_help)
+    cal.add_argument("--cache-dir", type=Path, help="cache embeddings here")
+    cal.set_defaults(run=later("cmd_calibrate"))
+
+    ev = commands.add_parser("eval", help="RouteLLM's metrics for an artifact and baselines")
+    ev.add_argument("data", type=Path, nargs="+", help="labelled JSONL file(s)")
+    ev.add_argument("--artifact", type=Path, required=True)
+    ev.add_argument(
+        "--split",
+        default="eval",
+        choices=["eval", "all"],
+        help="eval: the half `calibrate` left out (and refit every scorer kind on the other)",
+    )
+    ev.add_argument("--name", help="title of the table and plot")
+    ev.add_argument("--out", type=Path, help="write the results as JSON here")
+    ev.add_argument("--plot", type=Path, help="write a PNG of quality against large-tier share")
+    ev.add_argument("--config", type=Path, help=config_help)
+    ev.add_argument("--cache-dir", type=Path, help="cache embeddings here")
+    ev.set_defaults(run=later("cmd_eval"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

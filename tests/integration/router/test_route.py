@@ -1,0 +1,496 @@
+"""Route end to end: the router in-process, two real vLLM tiers and the validator as processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+import pytest
+import pytest_asyncio
+import yaml
+
+from tests.helpers.otlp import OTLPReceiver
+from tests.helpers.services import (
+    EMBEDDER_DIR,
+    ServiceProcess,
+    start_service,
+    start_tier,
+    tracing_env,
+)
+from tests.helpers.services import started as started_host
+from tests.helpers.tools import cli
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.config import config_from_dict
+from tierroute.router.route.flow import PARTIAL_SUMMARY_KEY
+from tierroute.router.service import host
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.runtime.host import Host
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
+
+pytestmark = pytest.mark.tier
+
+SIMPLE = "What is the capital of France?"
+COMPLEX = "Prove that there are infinitely many primes and explain each step of the proof."
+
+
+def route_config(
+    small: str,
+    large: str,
+    validator: str,
+    *,
+    small_max_tokens: int = 96,
+    validation: str = "self_reported",
+    breaker: dict[str, Any] | None = None,
+    **escalation: Any,
+) -> dict[str, Any]:
+    return {
+        "router": {"listen": "127.0.0.1:0", "model": str(EMBEDDER_DIR)},
+        "tiers": [
+            {
+                "name": "small",
+                "address": small,
+                "model": "smollm2",
+                "validation": validation,
+                "max_tokens": small_max_tokens,
+                "temperature": 0.0,
+            },
+            {
+                "name": "large",
+                "address": large,
+                "model": "smollm2",
+                "max_tokens": 48,
+                "temperature": 0.0,
+            },
+        ],
+        "validator": {"address": validator},
+        # Two CPU engines on two cores are slow under the concurrency test: a generous budget.
+        "escalation": {
+            "min_confidence": 0.05,
+            "first_tier_timeout_ms": 150_000,
+            "escalation_timeout_ms": 150_000,
+            **escalation,
+        },
+        "circuit_breaker": breaker or {},
+    }
+
+
+@dataclass
+class Routed:
+    decision: pb.RoutingDecision
+    chunks: list[pb.TokenChunk] = field(default_factory=list)
+    escalations: list[pb.Escalation] = field(default_factory=list)
+    summary: pb.RouteSummary | None = None
+    order: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return "".join(c.text for c in self.chunks)
+
+
+async def route(address: str, **fields: Any) -> Routed:
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RouterServiceStub(channel)
+        result: Routed | None = None
+        async for event in stub.Route(pb.RouteRequest(**fields), timeout=300):
+            kind = event.WhichOneof("event")
+            if kind == "decision":
+                assert result is None, "the decision must come first, once"
+                result = Routed(event.decision)
+            else:
+                assert result is not None and result.summary is None, f"{kind} out of order"
+                if kind == "chunk":
+                    result.chunks.append(event.chunk)
+                elif kind == "escalation":
+                    result.escalations.append(event.escalation)
+                else:
+                    result.summary = event.summary
+            result.order.append(kind)
+    assert result is not None and result.summary is not None, "the stream ended without a summary"
+    return result
+
+
+@pytest_asyncio.fixture(scope="module")
+async def suite(
+    small_tier: ServiceProcess, large_tier: ServiceProcess, validator_process: ServiceProcess
+) -> AsyncIterator[tuple[str, str, str]]:
+    yield small_tier.address, large_tier.address, validator_process.address
+
+
+async def started(data: dict[str, Any]) -> tuple[Host, str]:
+    return await started_host(host(config_from_dict(data)))
+
+
+async def route_once(data: dict[str, Any], **fields: Any) -> Routed:
+    """One Route through a router of its own, started on `data` and stopped after."""
+    server, address = await started(data)
+    try:
+        return await route(address, **fields)
+    finally:
+        await server.stop(0)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def router(suite: tuple[str, str, str]) -> AsyncIterator[str]:
+    server, address = await started(route_config(*suite))
+    yield address
+    await server.stop(0)
+
+
+async def test_simple_prompt_is_served_by_the_small_tier_after_validation(router: str) -> None:
+    r = await route(router, prompt=SIMPLE)
+    assert r.decision.tier == "small"
+    assert not r.escalations
+    assert r.summary is not None and r.summary.tier == "small" and not r.summary.escalated
+    assert "Paris" in r.text
+    assert not r.text.lstrip().startswith("{"), "the JSON envelope must not reach the client"
+    assert all(c.tier == "small" for c in r.chunks)
+    s = r.summary
+    assert [a.tier for a in s.attempts] == ["small"] and s.attempts[0].delivered
+    assert s.usage.completion_tokens == s.attempts[0].usage.completion_tokens > 0
+    assert s.cost_usd > 0 and s.confidence >= 0.05
+    assert s.latencies.validate_ms > 0 and s.latencies.generate_ms > 0
+    assert s.latencies.total_ms >= s.latencies.time_to_first_token_ms > 0
+
+
+async def test_complex_prompt_is_streamed_live_by_the_large_tier(router: str) -> None:
+    r = await route(router, prompt=COMPLEX)
+    assert r.decision.tier == "large"
+    assert r.summary is not None and r.summary.tier == "large"
+    assert len(r.chunks) > 1, "the large tier's answer should arrive as a live stream"
+    assert r.order[0] == "decision" and r.order[-1] == "summary"
+    assert r.summary.finish_reason in (common_pb.FINISH_REASON_STOP, common_pb.FINISH_REASON_LENGTH)
+
+
+async def test_low_confidence_escalates_then_streams_the_large_tier(
+    suite: tuple[str, str, str],
+) -> None:
+    # Forced: no real answer's geometric-mean token probability reaches 0.999.
+    r = await route_once(
+        route_config(*suite, validation="logprob", min_confidence=0.999), prompt=SIMPLE
+    )
+    assert r.decision.tier == "small"
+    assert len(r.escalations) == 1
+    e = r.escalations[0]
+    assert (e.from_tier, e.to_tier) == ("small", "large")
+    assert e.reason == pb.ESCALATION_REASON_LOW_CONFIDENCE and e.confidence < 1.0
+    first_chunk = r.order.index("chunk")
+    assert r.order.index("escalation") < first_chunk, "no small-tier chunk may precede it"
+    assert all(c.tier == "large" for c in r.chunks) and r.text
+    s = r.summary
+    assert s is not None and s.tier == "large" and s.escalated
+    assert s.escalation_reason == pb.ESCALATION_REASON_LOW_CONFIDENCE
+    assert [(a.tier, a.delivered) for a in s.attempts] == [("small", False), ("large", True)]
+    assert s.usage.completion_tokens == sum(a.usage.completion_tokens for a in s.attempts)
+    assert s.latencies.escalation_ms > 0
+
+
+async def test_unparseable_small_answer_escalates(suite: tuple[str, str, str]) -> None:
+    # Six tokens cannot hold the JSON envelope: the answer is cut and does not parse.
+    r = await route_once(route_config(*suite, small_max_tokens=6), prompt=SIMPLE)
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_PARSE_FAILURE]
+    assert r.summary is not None and r.summary.tier == "large"
+
+
+async def test_strict_latency_mode_never_escalates(suite: tuple[str, str, str]) -> None:
+    r = await route_once(
+        route_config(*suite, validation="logprob", min_confidence=0.999),
+        prompt=SIMPLE,
+        disable_escalation=True,
+    )
+    assert not r.escalations
+    assert r.summary is not None and r.summary.tier == "small"
+    assert [a.tier for a in r.summary.attempts] == ["small"]
+
+
+async def test_forced_tier_skips_scoring(router: str) -> None:
+    r = await route(router, prompt=SIMPLE, force_tier="large")
+    assert r.decision.tier == "large"
+    assert list(r.decision.reason_codes) == [pb.REASON_CODE_FORCED_TIER]
+    assert r.summary is not None and r.summary.tier == "large"
+
+
+async def test_unknown_forced_tier_is_invalid_argument(router: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await route(router, prompt=SIMPLE, force_tier="huge")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "force_tier 'huge' is not a tier (tiers: small, large)" in info.value.details()
+
+
+async def test_unreachable_small_tier_fails_over_before_any_token(
+    suite: tuple[str, str, str],
+) -> None:
+    _, large, validator = suite
+    r = await route_once(route_config("127.0.0.1:9", large, validator), prompt=SIMPLE)
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_TIER_FAILURE]
+    assert r.summary is not None and r.summary.tier == "large"
+    assert [(a.tier, a.delivered) for a in r.summary.attempts] == [
+        ("small", False),
+        ("large", True),
+    ]
+
+
+async def test_unreachable_validator_escalates_by_default(suite: tuple[str, str, str]) -> None:
+    small, large, _ = suite
+    r = await route_once(route_config(small, large, "127.0.0.1:9"), prompt=SIMPLE)
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_VALIDATOR_UNAVAILABLE]
+    assert r.summary is not None and r.summary.tier == "large"
+    assert r.summary.attempts[0].validation == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+    assert r.summary.validation == pb.VALIDATION_STATUS_NOT_VALIDATED
+
+
+async def test_unreachable_validator_can_deliver_unvalidated(suite: tuple[str, str, str]) -> None:
+    small, large, _ = suite
+    r = await route_once(
+        route_config(small, large, "127.0.0.1:9", on_validator_unavailable="deliver"), prompt=SIMPLE
+    )
+    assert not r.escalations
+    assert r.summary is not None and r.summary.tier == "small" and not r.summary.escalated
+    assert r.summary.validation == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+    assert "Paris" in r.text
+    assert not r.text.lstrip().startswith("{"), "the JSON envelope is unwrapped even so"
+
+
+async def test_no_tier_reachable_is_unavailable(suite: tuple[str, str, str]) -> None:
+    server, address = await started(route_config("127.0.0.1:9", "127.0.0.1:10", suite[2]))
+    try:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await route(address, prompt=COMPLEX)
+    finally:
+        await server.stop(0)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "tier 'large' failed" in info.value.details()
+
+
+async def test_sixteen_concurrent_routes_all_end_in_a_summary(router: str) -> None:
+    prompts = [SIMPLE, COMPLEX, "Say hello in French.", "Explain recursion with an example."] * 4
+    results = await asyncio.gather(*(route(router, prompt=p) for p in prompts))
+    for r in results:
+        assert r.summary is not None and r.text
+        assert r.summary.tier in ("small", "large")
+
+
+async def test_route_decision_matches_score(router: str) -> None:
+    async with grpc.aio.insecure_channel(router) as channel:
+        scored = await pb_grpc.RouterServiceStub(channel).Score(pb.ScoreRequest(prompt=COMPLEX))
+    r = await route(router, prompt=COMPLEX)
+    assert r.decision.tier == scored.decision.tier
+    assert r.decision.complexity_score == pytest.approx(scored.decision.complexity_score)
+    assert json.dumps(r.decision.category) == json.dumps(scored.decision.category)
+
+
+async def test_cli_route_streams_the_answer_and_the_summary(router: str) -> None:
+
+    code, out, err = await cli("--address", router, "route", SIMPLE)
+    assert code == 0, err
+    assert "Paris" in out
+    assert "[routed to small" in err and "[served by small" in err
+    code, out, err = await cli("--address", router, "--json", "route", COMPLEX)
+    assert code == 0, err
+    events = [json.loads(line) for line in out.splitlines()]
+    assert next(iter(events[0])) == "decision" and next(iter(events[-1])) == "summary"
+    assert events[-1]["summary"]["tier"] == "large"
+
+
+async def active_requests(describe: Any, until: Any, timeout: float = 60) -> int:  # noqa: ASYNC109
+    """The tier's Describe.active_requests, polled until `until(count)` holds (or `timeout`
+    seconds pass: then the last count)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        active = int((await describe(tier_pb.DescribeRequest(), timeout=10)).active_requests)
+        if until(active) or time.monotonic() > deadline:
+            return active
+        await asyncio.sleep(0.05)  # polling for the event, not standing in for it
+
+
+@pytest.mark.parametrize(
+    ("validation", "fields", "events"),
+    [
+        # Streamed live: cancelled after the decision and three chunks.
+        ("none", {"prompt": COMPLEX, "force_tier": "small"}, 4),
+        # Validated: cancelled after the decision, while the (long) answer is still held back.
+        ("logprob", {"prompt": COMPLEX, "force_tier": "small"}, 1),
+    ],
+)
+async def test_cancelling_a_route_cancels_the_tiers_generation(
+    suite: tuple[str, str, str],
+    caplog: pytest.LogCaptureFixture,
+    validation: str,
+    fields: dict[str, str],
+    events: int,
+) -> None:
+    small, large, validator = suite
+    server, address = await started(route_config(small, large, validator, validation=validation))
+    try:
+        async with (
+            grpc.aio.insecure_channel(address) as channel,
+            grpc.aio.insecure_channel(small) as tier_channel,
+        ):
+            describe = tier_grpc.TierServiceStub(tier_channel).Describe
+            call = pb_grpc.RouterServiceStub(channel).Route(
+                pb.RouteRequest(**fields, sampling=common_pb.SamplingParams(max_tokens=400)),
+                timeout=300,
+            )
+            seen = []
+            async for event in call:
+                seen.append(event.WhichOneof("event"))
+                if len(seen) == events:
+                    break
+            during = await active_requests(describe, until=lambda n: n >= 1)
+            call.cancel()
+            after = await active_requests(describe, until=lambda n: n == 0)
+            # The router has finished unwinding the cancelled Route.
+            await server.wait_idle()
+    finally:
+        await server.stop(0)
+    assert seen[0] == "decision" and seen[1:] == ["chunk"] * (events - 1)
+    assert during >= 1, "the tier should be generating while the Route streams"
+    assert after == 0, "the tier still generates for a Route its client cancelled"
+    unexpected = [r for r in caplog.records if "failed unexpectedly" in r.getMessage()]
+    assert not unexpected, unexpected[0].getMessage()
+
+
+def kill_tree(process: ServiceProcess) -> None:
+    """SIGKILL a tier and its engine processes: a crash, with no chance to drain."""
+    root = psutil.Process(process.process.pid)
+    victims = [root, *root.children(recursive=True)]
+    for victim in victims:
+        victim.kill()
+    psutil.wait_procs(victims, timeout=30)
+
+
+async def test_a_tier_killed_mid_stream_then_failover_then_its_circuit_opens(
+    suite: tuple[str, str, str], tmp_path: Path
+) -> None:
+    _, large, validator = suite
+    doomed = start_tier(tmp_path / "doomed.log")
+    server, address = await started(
+        route_config(
+            doomed.address,
+            large,
+            validator,
+            validation="none",
+            breaker={"failure_threshold": 2, "cooldown_seconds": 600},
+        )
+    )
+    try:
+        # 1. Killed while its answer streams: UNAVAILABLE, saying how much was delivered.
+        received = ""
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = pb_grpc.RouterServiceStub(channel).Route(
+                pb.RouteRequest(
+                    prompt=COMPLEX,
+                    force_tier="small",
+                    sampling=common_pb.SamplingParams(max_tokens=400),
+                ),
+                timeout=300,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for event in call:
+                    received += event.chunk.text
+                    if len(received) > 20 and doomed.process.poll() is None:
+                        kill_tree(doomed)
+            trailing = dict(await call.trailing_metadata())
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        details = info.value.details()
+        assert f"after {len(received)} characters of its answer were sent" in details, details
+        assert "what was delivered is incomplete" in details
+        partial = pb.RouteSummary.FromString(trailing[PARTIAL_SUMMARY_KEY])
+        assert partial.tier == "", "nothing was delivered in full"
+        assert [(a.tier, a.escalation_reason) for a in partial.attempts] == [
+            ("small", pb.ESCALATION_REASON_TIER_FAILURE)
+        ]
+
+        # 2. A simple prompt for the dead small tier fails over to the large one.
+        r = await route(address, prompt=SIMPLE)
+        assert r.decision.tier in ("small", "large")
+        assert r.summary is not None and r.summary.tier == "large" and r.text
+        if r.decision.tier == "small":  # tried and failed before any token
+            assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_TIER_FAILURE]
+        else:  # its channel already known to be down
+            assert pb.REASON_CODE_TIER_UNAVAILABLE in r.decision.reason_codes
+
+        # 3. Two failures opened its breaker: it is passed over without being tried.
+        breaker = server.service.pool.breakers["small"]  # type: ignore[attr-defined]
+        assert breaker.state.value == "open"
+        r = await route(address, prompt=SIMPLE)
+        assert r.decision.tier == "large"
+        assert pb.REASON_CODE_CIRCUIT_OPEN in r.decision.reason_codes
+        assert not r.escalations and [a.tier for a in r.summary.attempts] == ["large"]  # type: ignore[union-attr]
+    finally:
+        await server.stop(0)
+        doomed.stop()
+
+
+async def test_one_trace_spans_router_tiers_and_validator(
+    suite: tuple[str, str, str], otlp_receiver: OTLPReceiver, tmp_path: Path
+) -> None:
+    config = tmp_path / "router.yaml"
+    # Forced low confidence: the trace holds Generate (small), Validate, then Generate (large).
+    config.write_text(
+        yaml.safe_dump(route_config(*suite, validation="logprob", min_confidence=0.999))
+    )
+    router = start_service(
+        ["tierroute.router", "--config", str(config)],
+        tmp_path / "router.log",
+        env=tracing_env(otlp_receiver),
+    )
+    try:
+        r = await route(router.address, prompt=SIMPLE, request_id="trace-test-1")
+    finally:
+        assert router.stop() == 0
+    assert r.escalations and r.summary is not None and r.summary.tier == "large"
+
+    roots = await asyncio.to_thread(
+        otlp_receiver.wait_for,
+        lambda s: s.service == "tierroute-router" and s.name.endswith("RouterService/Route"),
+    )
+    assert len(roots) == 1
+    root = roots[0]
+    trace_id = root.trace_id
+
+    def spans() -> list[Any]:
+        return [s for s in otlp_receiver.spans if s.trace_id == trace_id]
+
+    # Spans arrive from five processes, each on its own export schedule.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        services = {s.service for s in spans()}
+        if {"tierroute-tier-small", "tierroute-tier-large", "tierroute-validator"} <= services:
+            break
+        await asyncio.sleep(0.2)
+    found = spans()
+    by_id = {s.span_id: s for s in found}
+    assert root.parent_span_id == "" and root.kind == 2  # SERVER, the trace's root
+    assert root.attributes["tierroute.tier"] == "large"
+    assert root.attributes["tierroute.escalated"] is True
+    assert root.attributes["tierroute.decision.tier"] == "small"
+    assert root.attributes["gen_ai.usage.output_tokens"] > 0
+
+    (score,) = [s for s in found if s.name == "score"]
+    assert score.parent_span_id == root.span_id
+    clients = [s for s in found if s.kind == 3 and s.service == "tierroute-router"]
+    # Exports arrive in batches, not in call order: compare as sorted lists.
+    assert sorted((c.name.rsplit("/", 1)[1], c.attributes["tierroute.tier"]) for c in clients) == [
+        ("Generate", "large"),
+        ("Generate", "small"),
+        ("Validate", "small"),
+    ]
+    assert all(c.parent_span_id == root.span_id for c in clients)
+    servers = {s.service: s for s in found if s.kind == 2 and s.service != "tierroute-router"}
+    for service, tier in (("tierroute-tier-small", "small"), ("tierroute-tier-large", "large")):
+        parent = by_id[servers[service].parent_span_id]
+        assert parent.kind == 3 and parent.attributes["tierroute.tier"] == tier
+        assert parent.name.endswith("TierService/Generate")
+    validate_parent = by_id[servers["tierroute-validator"].parent_span_id]
+    assert validate_parent.name.endswith("ValidatorService/Validate")
+    # vLLM's own span (the small tier exports it) hangs under the tier's server span.
+    assert any(s.parent_span_id == servers["tierroute-tier-small"].span_id for s in found)

@@ -1,0 +1,347 @@
+"""The router's Score RPC over real gRPC on loopback, with the real int8 ONNX embedder."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+import pytest_asyncio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from tests.helpers.services import EMBEDDER_DIR, router_config, start_service, started
+from tests.helpers.tools import grpcurl, run
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.router.scoring.decider import Decider
+from tierroute.router.service import host
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.runtime.host import Host
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def decider_of(server: Host) -> Decider:
+    decider = server.service.decider  # type: ignore[attr-defined]
+    assert isinstance(decider, Decider)
+    return decider
+
+
+@pytest_asyncio.fixture(scope="module")
+async def router() -> AsyncIterator[tuple[Host, str]]:
+    # 60 concurrent prompts on two cores take longer than the default 50 ms score budget;
+    # these tests are about the decisions themselves (the fallback has its own tests).
+    server, address = await started(host(router_config(score_budget_ms=5000)))
+    yield server, address
+    await server.stop(0)
+
+
+@pytest_asyncio.fixture(scope="module")
+async def stub(router: tuple[Host, str]) -> AsyncIterator[pb_grpc.RouterServiceStub]:
+    async with grpc.aio.insecure_channel(router[1]) as channel:
+        yield pb_grpc.RouterServiceStub(channel)
+
+
+async def score(stub: pb_grpc.RouterServiceStub, **fields: object) -> pb.RoutingDecision:
+    response = await stub.Score(pb.ScoreRequest(**fields), timeout=10)
+    return response.decision
+
+
+async def test_simple_prompts_go_to_the_small_tier(
+    stub: pb_grpc.RouterServiceStub, prompts: dict[str, list[str]]
+) -> None:
+    decisions = [await score(stub, prompt=p, bypass_cache=True) for p in prompts["simple"]]
+    small = [d for d in decisions if d.tier == "small"]
+    assert len(small) / len(decisions) >= 0.85, [(d.complexity_score, d.tier) for d in decisions]
+    d = await score(stub, prompt="What is the capital of France?")
+    assert d.tier == "small" and d.complexity_score <= 4.0
+    assert d.reason_codes[0] == pb.REASON_CODE_SCORE_BELOW_THRESHOLD
+    assert d.tier_max_score == 4.0
+
+
+async def test_complex_prompts_go_to_the_large_tier(
+    stub: pb_grpc.RouterServiceStub, prompts: dict[str, list[str]]
+) -> None:
+    decisions = [await score(stub, prompt=p, bypass_cache=True) for p in prompts["complex"]]
+    large = [d for d in decisions if d.tier == "large"]
+    assert len(large) / len(decisions) >= 0.85, [(d.complexity_score, d.tier) for d in decisions]
+    d = await score(stub, prompt="Prove that there are infinitely many primes of the form 4k+3.")
+    assert d.tier == "large" and d.complexity_score > 4.0
+    assert d.category == "math"
+
+
+async def test_decision_carries_versions_latency_and_confidence(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    d = await score(stub, prompt="Tell me a joke about penguins.", bypass_cache=True)
+    assert d.embedder_version.startswith("minilm-l6-v2-int8/model@")
+    assert d.scorer_version.startswith("anchors@")
+    assert 0.0 < d.router_latency_ms < 5_000
+    assert 0.0 <= d.confidence <= 1.0
+    assert 0.0 <= d.complexity_score <= 10.0
+    assert d.category in {"chat", "knowledge", "math", "writing", "code", "reasoning"}
+
+
+async def test_messages_are_scored_on_the_last_user_turn(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    question = "Derive the Black-Scholes equation from first principles."
+    direct = await score(stub, prompt=question, bypass_cache=True)
+    chat = await score(
+        stub,
+        messages=[
+            common_pb.ChatMessage(role="system", content="You are terse."),
+            common_pb.ChatMessage(role="user", content="hi"),
+            common_pb.ChatMessage(role="assistant", content="Hello!"),
+            common_pb.ChatMessage(role="user", content=question),
+        ],
+        bypass_cache=True,
+    )
+    assert chat.tier == direct.tier == "large"
+    assert chat.complexity_score == pytest.approx(direct.complexity_score, abs=0.3)
+
+
+async def test_repeat_is_a_cache_hit_with_the_same_decision(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    first = await score(stub, prompt="How many moons does Mars have?")
+    again = await score(stub, prompt="  How many   moons does Mars have?\n")  # same once folded
+    assert not first.cache_hit
+    assert again.cache_hit
+    assert pb.REASON_CODE_CACHE_HIT in again.reason_codes
+    assert (again.tier, again.complexity_score) == (first.tier, first.complexity_score)
+    bypass = await score(stub, prompt="How many moons does Mars have?", bypass_cache=True)
+    assert not bypass.cache_hit
+
+
+async def test_config_change_can_never_serve_a_stale_decision(
+    router: tuple[Host, str],
+) -> None:
+    core = decider_of(router[0])
+    prompt = "Summarize the plot of Hamlet in two sentences."
+    before, _ = await core.decide(prompt)
+    assert before.tier == "small", before  # so that a lower threshold must change the tier
+    # Same embedder, same cache, a different threshold: the old entry must not answer.
+    moved = Decider(router_config(complexity_threshold=before.complexity_score - 0.5))
+    moved.embedder, moved.scorer, moved.batcher = core.embedder, core.scorer, core.batcher
+    moved.cache = core.cache
+    after, _ = await moved.decide(prompt)
+    assert not after.cache_hit
+    assert after.tier == "large"
+    assert (await core.decide(prompt))[0].cache_hit  # the old config still hits its own entry
+
+
+async def test_a_different_scorer_misses_the_cache(router: tuple[Host, str]) -> None:
+    prompt = "What is the speed of light?"
+    first, _ = await started(host(router_config(scorer="centroid")))
+    try:
+        core = decider_of(router[0])
+        await core.decide(prompt)
+        other = decider_of(first)
+        other.cache = core.cache  # share the cache: the scorer version must separate them
+        d, _ = await other.decide(prompt)
+        assert not d.cache_hit
+        assert d.scorer_version.startswith("centroid@")
+    finally:
+        await first.stop(0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({}, "empty prompt"),
+        ({"prompt": "   \n\t"}, "only whitespace"),
+        ({"prompt": "x" * 40_000}, "prompt too long: 40000 characters, the limit is 32000"),
+        (
+            {"prompt": "hi", "messages": [common_pb.ChatMessage(role="user", content="hi")]},
+            "not both",
+        ),
+        ({"messages": [common_pb.ChatMessage(role="wizard", content="hi")]}, "messages[0].role"),
+        (
+            {"messages": [common_pb.ChatMessage(role="user", content=" ")]},
+            "messages[0].content is empty",
+        ),
+        ({"messages": [common_pb.ChatMessage(role="system", content="be nice")]}, "role 'user'"),
+    ],
+)
+async def test_bad_input_is_invalid_argument_with_a_helpful_message(
+    stub: pb_grpc.RouterServiceStub, fields: dict[str, object], message: str
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await stub.Score(pb.ScoreRequest(**fields), timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in info.value.details()
+
+
+async def test_micro_batching_returns_each_caller_its_own_result(
+    router: tuple[Host, str],
+    stub: pb_grpc.RouterServiceStub,
+    prompts: dict[str, list[str]],
+) -> None:
+    texts = prompts["simple"] + prompts["complex"]
+    alone = {t: await score(stub, prompt=t, bypass_cache=True) for t in texts}
+    batcher = decider_of(router[0]).batcher
+    assert batcher is not None
+    batches_before, items_before = batcher.batches, batcher.items
+    together = await asyncio.gather(*(score(stub, prompt=t, bypass_cache=True) for t in texts))
+    batches = batcher.batches - batches_before
+    assert batcher.items - items_before == len(texts)
+    assert batches < len(texts) / 2, f"{len(texts)} concurrent prompts ran in {batches} batches"
+    for text, d in zip(texts, together, strict=True):
+        # Each caller gets the decision for its own prompt (close to the lone run; int8
+        # activation scales vary slightly with the batch).
+        assert d.tier == alone[text].tier, text
+        assert d.complexity_score == pytest.approx(alone[text].complexity_score, abs=0.6), text
+
+
+async def test_past_max_concurrent_requests_is_resource_exhausted() -> None:
+    # A 300 ms batching window holds the admitted requests in flight while the rest arrive.
+    server, address = await started(
+        host(router_config(max_concurrent_requests=2, batch_max_wait_ms=300, score_budget_ms=2000))
+    )
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RouterServiceStub(channel)
+            calls = [
+                stub.Score(pb.ScoreRequest(prompt=f"question {i}", bypass_cache=True), timeout=10)
+                for i in range(6)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+    finally:
+        await server.stop(0)
+    ok = [r for r in results if isinstance(r, pb.ScoreResponse)]
+    errors = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(ok) == 2 and len(errors) == 4
+    for e in errors:
+        assert e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "max_concurrent_requests" in e.details()
+
+
+async def test_scoring_over_its_budget_falls_back_to_the_default_tier_and_fills_the_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # One embedding takes about 3 ms here: with a 1 ms budget every uncached decision is late.
+    core = Decider(router_config(score_budget_ms=1))
+    await core.load()
+    try:
+        with caplog.at_level("WARNING", logger="tierroute.router.scoring.decider"):
+            late, _ = await core.decide("Prove that the square root of 2 is irrational.")
+        assert late.tier == "large", "router.default_tier unset: the last tier"
+        assert list(late.reason_codes) == [pb.REASON_CODE_ROUTER_FALLBACK]
+        assert "over its 1 ms budget: routing to the default tier 'large'" in caplog.text
+        for _ in range(100):  # the shielded scoring finishes and fills the cache
+            if len(core.cache) == 1:
+                break
+            await asyncio.sleep(0.01)
+        cached, _ = await core.decide("Prove that the square root of 2 is irrational.")
+        assert cached.cache_hit and pb.REASON_CODE_ROUTER_FALLBACK not in cached.reason_codes
+        assert cached.complexity_score > 0
+    finally:
+        await core.close()
+
+
+async def test_a_scorer_error_falls_back_to_the_configured_default_tier() -> None:
+    core = Decider(router_config(default_tier="small"))
+    await core.load()
+    assert core.batcher is not None
+    await core.batcher.close()  # the embedder now fails every call, as a broken one would
+    try:
+        d, ranking = await core.decide("What is 2 + 2?")
+    finally:
+        await core.close()
+    assert d.tier == "small" and list(d.reason_codes) == [pb.REASON_CODE_ROUTER_FALLBACK]
+    assert d.tier_max_score == 4.0 and d.complexity_score == 0
+    assert ranking == ["small", "large"]
+
+
+async def test_health_is_not_serving_until_loaded_and_during_shutdown() -> None:
+    server = host(router_config())
+    port = await server.start()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        service = "tierroute.router.v1.RouterService"
+        watch = health.Watch(health_pb2.HealthCheckRequest(service=service))
+        seen = [(await watch.read()).status]
+        assert (await health.Check(health_pb2.HealthCheckRequest())).status == NOT_SERVING
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await pb_grpc.RouterServiceStub(channel).Score(pb.ScoreRequest(prompt="hi"))
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in info.value.details()
+        await server.load()
+        seen.append((await watch.read()).status)
+        assert (
+            await health.Check(health_pb2.HealthCheckRequest(service=service))
+        ).status == SERVING
+        stopping = asyncio.create_task(server.stop(1))
+        seen.append((await watch.read()).status)
+        await stopping
+    assert seen == [NOT_SERVING, SERVING, NOT_SERVING]
+
+
+async def test_grpcurl_lists_services_and_calls_score(router: tuple[Host, str]) -> None:
+    address = router[1]
+    code, out, err = await run(grpcurl(), "-plaintext", address, "list")
+    assert code == 0, err
+    listed = set(out.split())
+    assert {
+        "tierroute.router.v1.RouterService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1alpha.ServerReflection",
+    } <= listed
+    code, out, err = await run(
+        grpcurl(),
+        "-plaintext",
+        "-d",
+        '{"prompt": "What is the capital of France?"}',
+        address,
+        "tierroute.router.v1.RouterService/Score",
+    )
+    assert code == 0, err
+    decision = json.loads(out)["decision"]
+    assert decision["tier"] == "small"
+    assert 0 <= decision["complexity_score"] <= 4
+    code, out, err = await run(
+        grpcurl(),
+        "-plaintext",
+        "-d",
+        '{"prompt": ""}',
+        address,
+        "tierroute.router.v1.RouterService/Score",
+    )
+    assert code != 0 and "InvalidArgument" in err and "empty prompt" in err
+
+
+def test_process_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text(
+        f"router: {{listen: '127.0.0.1:0', model: '{EMBEDDER_DIR}'}}\n"
+        "tiers:\n  - {name: small, address: 'h:1', model: m}\n"
+        "  - {name: large, address: 'h:2', model: m}\n"
+    )
+    router = start_service(["tierroute.router", "--config", str(cfg)], tmp_path / "router.log")
+    assert router.health_seen[-1] == SERVING
+    assert router.stop(timeout=30) == 0
+    log = router.log.read_text()
+    assert "draining" in log and "stopped" in log
+
+
+def test_bad_config_key_fails_at_start_up_naming_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text("router:\n  complexity_treshold: 3\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "tierroute.router", "--config", str(cfg)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2
+    assert (
+        "router.complexity_treshold: unknown key (did you mean 'complexity_threshold'?)"
+        in proc.stderr
+    )

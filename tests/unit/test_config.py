@@ -1,0 +1,186 @@
+"""Configuration: typed loading, environment overrides, and errors that name the bad key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tierroute.core.config import ConfigError, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_default_config_loads_with_two_tiers_and_paths_resolved() -> None:
+    cfg = load_config(ROOT / "configs" / "default.yaml", environ={})
+    assert [t.name for t in cfg.tiers] == ["small", "large"]
+    assert cfg.router.model == (ROOT / "models" / "minilm-l6-v2-int8").resolve()
+    assert cfg.tier_bounds() == [4.0, 10.0]
+    assert cfg.escalation.min_confidence == pytest.approx(0.70)
+
+
+def test_unknown_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "router:\n  cache_ttl_secs: 10\n")
+    with pytest.raises(
+        ConfigError, match=r"router\.cache_ttl_secs: unknown key.*cache_ttl_seconds"
+    ):
+        load_config(path, environ={})
+
+
+def test_bad_value_names_the_key_and_the_rule(tmp_path: Path) -> None:
+    path = write(tmp_path, "router:\n  complexity_threshold: 12\n")
+    with pytest.raises(
+        ConfigError, match=r"router\.complexity_threshold: .*less than or equal to 10"
+    ):
+        load_config(path, environ={})
+
+
+def test_unknown_key_inside_a_tier_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, "tiers:\n  - {name: a, address: 'x:1', model: m, temprature: 0}\n")
+    with pytest.raises(ConfigError, match=r"tiers\.0\.temprature: unknown key.*temperature"):
+        load_config(path, environ={})
+
+
+def test_environment_overrides_single_keys_including_list_items(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n"
+        "  - {name: b, address: 'y:1', model: m}\n",
+    )
+    cfg = load_config(
+        path,
+        environ={
+            "TIERROUTE__ROUTER__CACHE_TTL_SECONDS": "60",
+            "TIERROUTE__TIERS__1__ADDRESS": "10.0.0.5:50062",
+            "TIERROUTE__ROUTER__SCORER": "centroid",
+        },
+    )
+    assert cfg.router.cache_ttl_seconds == 60
+    assert cfg.tiers[1].address == "10.0.0.5:50062"
+    assert cfg.router.scorer == "centroid"
+
+
+def test_environment_override_of_a_missing_list_item_is_an_error(tmp_path: Path) -> None:
+    path = write(tmp_path, "tiers:\n  - {name: a, address: 'x:1', model: m}\n")
+    with pytest.raises(ConfigError, match=r"TIERROUTE__TIERS__3__ADDRESS: no list item tiers\.3"):
+        load_config(path, environ={"TIERROUTE__TIERS__3__ADDRESS": "h:1"})
+
+
+def test_duplicate_tier_names_and_unordered_bounds_are_rejected(tmp_path: Path) -> None:
+    dup = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n"
+        "  - {name: a, address: 'y:1', model: m}\n",
+    )
+    with pytest.raises(ConfigError, match="repeated: a"):
+        load_config(dup, environ={})
+    unordered = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m, max_score: 6}\n"
+        "  - {name: b, address: 'y:1', model: m, max_score: 3}\n"
+        "  - {name: c, address: 'z:1', model: m}\n",
+    )
+    with pytest.raises(ConfigError, match="increasing max_score"):
+        load_config(unordered, environ={})
+
+
+def test_routing_version_changes_with_the_threshold(tmp_path: Path) -> None:
+    body = (
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n  - {name: b, address: 'y:1', model: m}\n"
+    )
+    a = load_config(write(tmp_path, body), environ={})
+    b = load_config(write(tmp_path, body), environ={"TIERROUTE__ROUTER__COMPLEXITY_THRESHOLD": "5"})
+    assert a.routing_version() != b.routing_version()
+
+
+def test_missing_or_malformed_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file"):
+        load_config(tmp_path / "nope.yaml", environ={})
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(write(tmp_path, "router: [unclosed\n"), environ={})
+
+
+def test_environment_keeps_case_below_env_and_text_values(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m, env: {VLLM_CPU_KVCACHE_SPACE: '1'}}\n",
+    )
+    cfg = load_config(
+        path,
+        environ={
+            "TIERROUTE__TIERS__0__ENV__VLLM_CPU_KVCACHE_SPACE": "4",
+            "TIERROUTE__TIERS__0__ENGINE_ARGS__max_model_len": "4096",
+            "TIERROUTE__ROUTER__LISTEN": "[::]:50051",
+        },
+    )
+    assert cfg.tiers[0].env == {"VLLM_CPU_KVCACHE_SPACE": "4"}
+    assert cfg.tiers[0].engine_args == {"max_model_len": 4096}
+    assert cfg.router.listen == "[::]:50051"
+
+
+def test_equal_bounds_and_a_bounded_last_tier_are_rejected(tmp_path: Path) -> None:
+    equal = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m, max_score: 4}\n"
+        "  - {name: b, address: 'y:1', model: m, max_score: 4}\n"
+        "  - {name: c, address: 'z:1', model: m}\n",
+    )
+    with pytest.raises(ConfigError, match="strictly increasing"):
+        load_config(equal, environ={})
+    last = write(
+        tmp_path,
+        "tiers:\n  - {name: a, address: 'x:1', model: m}\n"
+        "  - {name: b, address: 'y:1', model: m, max_score: 8}\n",
+    )
+    with pytest.raises(ConfigError, match="the last tier serves every score up to 10"):
+        load_config(last, environ={})
+
+
+def test_each_process_reads_and_validates_only_its_own_part(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "router:\n  complexity_treshold: 3\n"
+        "tiers:\n  - {name: small, address: 'x:1', model: m}\n"
+        "validator:\n  listen: '127.0.0.1:0'\n",
+    )
+    with pytest.raises(ConfigError, match="complexity_treshold"):
+        load_config(path, environ={}, part="router")
+    assert [t.name for t in load_config(path, environ={}, part="tier").tiers] == ["small"]
+    assert load_config(path, environ={}, part="validator").validator.listen == "127.0.0.1:0"
+
+
+def test_renamed_keys_are_still_read_under_their_old_names(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(
+        tmp_path,
+        "escalation:\n  timeout_ms: 1234\n"
+        "tiers:\n  - {name: small, address: 'x:1', model: m, structured_output: true}\n"
+        "  - {name: large, address: 'x:2', model: m}\n",
+    )
+    with caplog.at_level("WARNING"):
+        cfg = load_config(path, environ={})
+    assert cfg.escalation.first_tier_timeout_ms == 1234
+    assert cfg.tiers[0].validation == "self_reported" and cfg.tiers[1].validation == "none"
+    assert "timeout_ms is now called first_tier_timeout_ms" in caplog.text
+    both = write(tmp_path, "escalation:\n  timeout_ms: 1\n  first_tier_timeout_ms: 2\n")
+    with pytest.raises(ConfigError, match="set only first_tier_timeout_ms"):
+        load_config(both, environ={})
+
+
+def test_a_tier_binds_where_it_is_told_and_is_dialled_at_its_address(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "tiers:\n  - {name: small, address: 'tier-small:50061', listen: '0.0.0.0:50061', "
+        "model: m}\n  - {name: large, address: 'tier-large:50062', model: m}\n",
+    )
+    cfg = load_config(path, environ={})
+    assert (cfg.tiers[0].bind(), cfg.tiers[0].address) == ("0.0.0.0:50061", "tier-small:50061")
+    assert cfg.tiers[1].bind() == "tier-large:50062"
+    assert cfg.validator.dial() == cfg.validator.listen

@@ -1,0 +1,219 @@
+"""The interceptor chain on a real grpc.aio server on loopback, with small scripted servicers:
+error mapping, RPC spans by OpenTelemetry's conventions, admission, undecodable requests."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator, Sequence
+
+import grpc
+import pytest
+import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from tierroute.core.errors import InvalidArgument, Unavailable
+from tierroute.runtime.host import Host, Serving
+from tierroute.runtime.interceptors import RETRY_PUSHBACK_KEY
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
+from tierroute.validator.v1 import validator_service_pb2 as pb
+from tierroute.validator.v1 import validator_service_pb2_grpc as pb_grpc
+
+SECRET = "the database password is hunter2"
+
+
+class Scripted(pb_grpc.ValidatorServiceServicer):
+    """Does what the request's `answer` says."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.holding = asyncio.Event()
+
+    async def Validate(
+        self, request: pb.ValidateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ValidateResponse:
+        if request.answer == "bad":
+            raise InvalidArgument("answer: say what to fix")
+        if request.answer == "down":
+            raise Unavailable("the backend is down; retry later")
+        if request.answer == "crash":
+            raise RuntimeError(SECRET)
+        if request.answer == "hold":
+            self.holding.set()
+            await self.release.wait()
+        trace.get_current_span().set_attribute("tierroute.handled", request.answer)
+        return pb.ValidateResponse(verdict=pb.VERDICT_DELIVER, content=request.answer)
+
+
+class Streaming(tier_grpc.TierServiceServicer):
+    async def Generate(
+        self, request: tier_pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tier_pb.GenerateResponse]:
+        yield tier_pb.GenerateResponse(chunk=tier_pb.GenerateChunk(text="partial"))
+        raise RuntimeError(SECRET)
+
+
+class Both:
+    service_names: Sequence[str] = (
+        "tierroute.validator.v1.ValidatorService",
+        "tierroute.tier.v1.TierService",
+    )
+
+    def __init__(self) -> None:
+        self.scripted = Scripted()
+
+    def register(self, server: grpc.aio.Server) -> None:
+        pb_grpc.add_ValidatorServiceServicer_to_server(self.scripted, server)
+        tier_grpc.add_TierServiceServicer_to_server(Streaming(), server)
+
+    async def load(self, host: Host) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def spans() -> Iterator[InMemorySpanExporter]:
+    exporter = InMemorySpanExporter()
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    yield exporter
+    exporter.shutdown()
+
+
+@pytest_asyncio.fixture(scope="module")
+async def served(spans: InMemorySpanExporter) -> AsyncIterator[tuple[Both, str]]:
+    service = Both()
+    host = Host(service, Serving("127.0.0.1:0", 0, 1, "test.max_concurrent_requests", "test"))
+    port = await host.start()
+    await host.load()
+    yield service, f"127.0.0.1:{port}"
+    service.scripted.release.set()
+    await host.stop(0)
+
+
+async def validate(address: str, answer: str) -> pb.ValidateResponse:
+    async with grpc.aio.insecure_channel(address) as channel:
+        return await pb_grpc.ValidatorServiceStub(channel).Validate(
+            pb.ValidateRequest(answer=answer), timeout=10
+        )
+
+
+def server_span(spans: InMemorySpanExporter, method: str) -> trace.Span:
+    found = [s for s in spans.get_finished_spans() if s.name.endswith(method)]
+    assert found, f"no span for {method}"
+    return found[-1]  # type: ignore[return-value]
+
+
+async def test_an_unexpected_error_is_internal_with_the_trace_id_and_no_exception_text(
+    served: tuple[Both, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.ERROR), pytest.raises(grpc.aio.AioRpcError) as info:
+        await validate(served[1], "crash")
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    details = info.value.details() or ""
+    assert SECRET not in details and "RuntimeError" not in details
+    trace_id = details.rsplit("trace id ", 1)[1]
+    assert len(trace_id) == 32
+    # The log has what the client was not told, under the same trace id.
+    assert SECRET in caplog.text and trace_id in caplog.text
+
+
+async def test_a_project_error_keeps_its_status_and_message(served: tuple[Both, str]) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await validate(served[1], "bad")
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "answer: say what to fix"
+
+
+async def test_spans_follow_the_rpc_conventions_and_a_client_mistake_is_not_an_error(
+    served: tuple[Both, str], spans: InMemorySpanExporter
+) -> None:
+    spans.clear()
+    await validate(served[1], "fine")
+    ok = server_span(spans, "Validate")
+    assert ok.name == "tierroute.validator.v1.ValidatorService/Validate"
+    assert ok.kind == trace.SpanKind.SERVER
+    assert ok.attributes is not None
+    assert ok.attributes["rpc.system"] == "grpc"
+    assert ok.attributes["rpc.service"] == "tierroute.validator.v1.ValidatorService"
+    assert ok.attributes["rpc.method"] == "Validate"
+    assert ok.attributes["rpc.grpc.status_code"] == 0
+    assert ok.attributes["tierroute.handled"] == "fine", "the handler's span is the RPC's"
+    assert ok.status.status_code == trace.StatusCode.UNSET
+
+    with pytest.raises(grpc.aio.AioRpcError):
+        await validate(served[1], "bad")
+    bad = server_span(spans, "Validate")
+    assert bad.attributes is not None and bad.attributes["rpc.grpc.status_code"] == 3
+    assert bad.status.status_code == trace.StatusCode.UNSET
+
+    for answer, code in (("down", 14), ("crash", 13)):
+        with pytest.raises(grpc.aio.AioRpcError):
+            await validate(served[1], answer)
+        failed = server_span(spans, "Validate")
+        assert failed.attributes is not None and failed.attributes["rpc.grpc.status_code"] == code
+        assert failed.status.status_code == trace.StatusCode.ERROR
+
+
+async def test_a_stream_that_fails_midway_ends_internal_after_its_chunks(
+    served: tuple[Both, str], spans: InMemorySpanExporter
+) -> None:
+    received = []
+    async with grpc.aio.insecure_channel(served[1]) as channel:
+        call = tier_grpc.TierServiceStub(channel).Generate(tier_pb.GenerateRequest(), timeout=10)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for response in call:
+                received.append(response.chunk.text)
+    assert received == ["partial"]
+    assert info.value.code() == grpc.StatusCode.INTERNAL
+    assert SECRET not in (info.value.details() or "")
+    span = server_span(spans, "Generate")
+    assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 13
+
+
+async def test_past_the_in_flight_limit_is_resource_exhausted_with_a_retry_hint(
+    served: tuple[Both, str],
+) -> None:
+    service, address = served
+    held = asyncio.create_task(validate(address, "hold"))
+    await service.scripted.holding.wait()  # the one allowed call is in flight
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await validate(address, "second")
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "test.max_concurrent_requests" in (info.value.details() or "")
+    trailers = dict(info.value.trailing_metadata() or ())
+    assert int(trailers[RETRY_PUSHBACK_KEY]) > 0
+    service.scripted.release.set()
+    assert (await held).content == "hold"
+    assert (await validate(address, "third")).content == "third", "the slot was given back"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xff\xff\xff",  # not a protobuf at all
+        b"\x1a\x02\xc3\x28",  # field 3 (answer, a string) holding invalid UTF-8
+    ],
+)
+async def test_an_undecodable_request_is_invalid_argument(
+    served: tuple[Both, str], body: bytes
+) -> None:
+    async with grpc.aio.insecure_channel(served[1]) as channel:
+        raw = channel.unary_unary(
+            "/tierroute.validator.v1.ValidatorService/Validate",
+            request_serializer=lambda b: b,
+            response_deserializer=lambda b: b,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await raw(body, timeout=10)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "could not be decoded" in (info.value.details() or "")
