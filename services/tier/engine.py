@@ -19,16 +19,14 @@ from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import TierConfig
 from tierroute.core.errors import InvalidArgument, Overloaded, ServiceError, Unavailable
 from tierroute.core.prompts import check_prompt
+from tierroute.core.sampling import check_logprobs, check_sampling
 from tierroute.tier.v1 import tier_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
-MAX_STOP_STRINGS = 16
-MAX_TOP_LOGPROBS = 20
 # A token is rarely longer than this many characters: a prompt longer than this many times the
 # context is rejected before it is tokenized.
 MAX_CHARS_PER_TOKEN = 32
-DEFAULT_TOP_P = 1.0
 
 _FINISH = {
     "stop": common_pb.FINISH_REASON_STOP,
@@ -158,24 +156,8 @@ class TierEngine:
 
         check_prompt(request.prompt, request.messages, self.max_model_len * MAX_CHARS_PER_TOKEN)
         s = request.sampling
-        temperature = s.temperature if s.HasField("temperature") else self.tier.temperature
-        top_p = s.top_p if s.HasField("top_p") else DEFAULT_TOP_P
-        if not 0.0 <= temperature <= 2.0:
-            raise InvalidArgument(f"sampling.temperature is {temperature:g}; use 0 to 2")
-        if not 0.0 < top_p <= 1.0:
-            raise InvalidArgument(f"sampling.top_p is {top_p:g}; use a value in (0, 1]")
-        if len(s.stop) > MAX_STOP_STRINGS:
-            raise InvalidArgument(
-                f"sampling.stop has {len(s.stop)} strings; at most {MAX_STOP_STRINGS}"
-            )
-        if any(not stop for stop in s.stop):
-            raise InvalidArgument("sampling.stop holds an empty string; remove it")
-        if request.top_logprobs > MAX_TOP_LOGPROBS:
-            raise InvalidArgument(
-                f"top_logprobs is {request.top_logprobs}; at most {MAX_TOP_LOGPROBS}"
-            )
-        if request.top_logprobs and not request.logprobs:
-            raise InvalidArgument("top_logprobs needs logprobs: set logprobs to true")
+        temperature, top_p = check_sampling(s, self.tier.temperature)
+        check_logprobs(request.logprobs, request.top_logprobs)
         structured = None
         if request.json_schema:
             try:

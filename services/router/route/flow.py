@@ -34,6 +34,7 @@ from tierroute.core import envelope
 from tierroute.core.config import Config, TierConfig
 from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
 from tierroute.core.prompts import check_prompt, routing_text
+from tierroute.core.sampling import check_sampling
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge
 from tierroute.router.scoring.decider import Decider
@@ -46,6 +47,8 @@ from tierroute.validator.v1 import validator_service_pb2 as val_pb
 logger = logging.getLogger(__name__)
 
 PARTIAL_SUMMARY_KEY = "tierroute-partial-summary-bin"
+# Stands in for a tier's default temperature when only the bounds are checked.
+DEFAULT_TEMPERATURE = 0.7
 GENERATE_METHOD = tier_pb.DESCRIPTOR.services_by_name["TierService"].full_name + "/Generate"
 # Failures that count against a tier's breaker; INVALID_ARGUMENT and CANCELLED are not its fault.
 _TIER_FAULTS = {
@@ -150,13 +153,19 @@ class RouteFlow:
         self.pool = pool
         self.judge = judge
         self._tiers = [t.name for t in cfg.tiers]
+        # The most tokens any tier can generate, when every tier's context is configured.
+        contexts = [int(t.engine_args.get("max_model_len") or 0) for t in cfg.tiers]
+        self._max_tokens_limit = max(contexts) if contexts and all(contexts) else None
 
     async def route(
         self, request: pb.RouteRequest, deadline: Deadline
     ) -> AsyncGenerator[RouteEvent, None]:
         """Decide, then answer: one Decided, Token and Escalated events, one Finished."""
         started = time.perf_counter()
+        # Checked once, here, by the tiers' own rules: a client's mistake never reaches a tier,
+        # so it is never an escalation and never counts against a breaker.
         check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        check_sampling(request.sampling, DEFAULT_TEMPERATURE, self._max_tokens_limit)
         holder = object()  # this request, for the circuit breakers
         span = trace.get_current_span()
         if request.force_tier:
@@ -252,7 +261,8 @@ class RouteFlow:
                         latency_ms=(time.perf_counter() - tier_started) * 1000.0,
                     )
                 )
-                if failure.sent_chars or following is None:
+                client_error = failure.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                if failure.sent_chars or following is None or client_error:
                     raise _error_for(failure, outcome) from failure
                 logger.warning("%s; failing over", failure)
                 outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE

@@ -62,6 +62,7 @@ def route_config(
                 "validation": validation,
                 "max_tokens": small_max_tokens,
                 "temperature": 0.0,
+                "engine_args": {"max_model_len": 2048},  # what the tier processes run
             },
             {
                 "name": "large",
@@ -69,6 +70,7 @@ def route_config(
                 "model": "smollm2",
                 "max_tokens": 48,
                 "temperature": 0.0,
+                "engine_args": {"max_model_len": 2048},
             },
         ],
         "validator": {"address": validator},
@@ -223,6 +225,64 @@ async def test_unknown_forced_tier_is_invalid_argument(router: str) -> None:
         await route(router, prompt=SIMPLE, force_tier="huge")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "force_tier 'huge' is not a tier (tiers: small, large)" in info.value.details()
+
+
+@pytest.mark.parametrize(
+    ("sampling", "message"),
+    [
+        ({"max_tokens": 10**9}, "no tier can generate more than 2048 tokens"),
+        ({"temperature": -1}, "sampling.temperature is -1; use 0 to 2"),
+        ({"temperature": float("nan")}, "sampling.temperature is nan"),
+        ({"temperature": 100}, "sampling.temperature is 100"),
+        ({"top_p": 0}, "sampling.top_p is 0"),
+        ({"stop": ["x", ""]}, "empty string"),
+    ],
+)
+async def test_a_bad_request_is_refused_at_the_door_before_any_tier_is_called(
+    router: str, sampling: dict[str, Any], message: str
+) -> None:
+    events = []
+    async with grpc.aio.insecure_channel(router) as channel:
+        call = pb_grpc.RouterServiceStub(channel).Route(
+            pb.RouteRequest(prompt=SIMPLE, sampling=common_pb.SamplingParams(**sampling)),
+            timeout=60,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            async for event in call:
+                events.append(event.WhichOneof("event"))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert message in (info.value.details() or "")
+    assert events == [], "refused before a decision, so before any tier was called"
+
+
+async def test_a_client_error_from_a_tier_is_not_an_escalation(
+    suite: tuple[str, str, str],
+) -> None:
+    # Within the router's own limit, but the prompt and max_tokens together overflow the
+    # small tier's context: the tier says INVALID_ARGUMENT; no failover to the large tier.
+    data = route_config(*suite, validation="none", breaker={"failure_threshold": 1})
+    server, address = await started(data)
+    events = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            call = pb_grpc.RouterServiceStub(channel).Route(
+                pb.RouteRequest(
+                    prompt=COMPLEX * 8,
+                    force_tier="small",
+                    sampling=common_pb.SamplingParams(max_tokens=2040),
+                ),
+                timeout=120,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                async for event in call:
+                    events.append(event.WhichOneof("event"))
+        assert events == ["decision"], "no escalation, no failover"
+        breaker = server.service.pool.breakers["small"]  # type: ignore[attr-defined]
+        assert breaker.state.value == "closed", "a client's mistake is not the tier's failure"
+    finally:
+        await server.stop(0)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "does not fit" in (info.value.details() or "")
 
 
 async def test_unreachable_small_tier_fails_over_before_any_token(
