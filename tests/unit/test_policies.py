@@ -122,3 +122,18 @@ def test_requests_that_cannot_be_judged_are_invalid(
 ) -> None:
     with pytest.raises(InvalidArgument, match=message.replace("[", r"\[")):
         judge(request_)
+
+
+@pytest.mark.parametrize(
+    ("text", "detail"),
+    [
+        ("[" * 100_000, "nested too deeply"),  # once a RecursionError, so INTERNAL
+        ('{"response_content": "' + "x" * 1_000_001 + '", "confidence_score": 1}', "at most"),
+    ],
+)
+def test_an_answer_too_deep_or_too_long_to_parse_is_a_parse_failure_verdict(
+    text: str, detail: str
+) -> None:
+    r = self_reported(text)
+    assert (r.verdict, r.reason) == (pb.VERDICT_ESCALATE, pb.VALIDATION_REASON_PARSE_FAILURE)
+    assert detail in r.detail

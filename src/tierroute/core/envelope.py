@@ -44,8 +44,15 @@ class WrongShape(ValueError):
     """The answer is JSON but not the envelope; the message says which part is wrong."""
 
 
+# The longest answer parsed, in characters: far beyond any tier's max_tokens, and small enough
+# that parsing stays cheap. Longer ones are a parse failure, not a crash.
+MAX_CHARS = 1_000_000
+
+
 def parse(answer: str) -> Envelope:
     """The envelope in `answer`. Raises NotJSON or WrongShape, saying what is wrong."""
+    if len(answer) > MAX_CHARS:
+        raise NotJSON(f"the answer has {len(answer)} characters; at most {MAX_CHARS} are parsed")
     try:
         doc = json.loads(answer)
     except json.JSONDecodeError as exc:
