@@ -4,23 +4,14 @@ figures name, fitted on this very embedder."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-from pathlib import Path
 
 from tests.helpers.services import MODELS, ROOT
 from tierroute.quality.artifact import load_artifact
 from tierroute.router.scoring.embedder import Embedder
+from tierroute.tools.modelbuild import file_sha256 as sha256
 
 LOCK = json.loads((ROOT / "models.lock.json").read_text())
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def test_the_embedder_is_the_locked_one_byte_for_byte() -> None:

@@ -45,7 +45,7 @@ EMBEDDER_RECIPE = 1
 SMOLLM_RECIPE = 1
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -85,8 +85,8 @@ def build_embedder(models_dir: Path) -> Path:
     src = embedder_source()
     out = models_dir / EMBEDDER_DIR
     source_id = {
-        "weights_sha256": _file_sha256(src / "model.safetensors"),
-        "tokenizer_sha256": _file_sha256(src / "tokenizer.json"),
+        "weights_sha256": file_sha256(src / "model.safetensors"),
+        "tokenizer_sha256": file_sha256(src / "tokenizer.json"),
         "recipe": EMBEDDER_RECIPE,
     }
     if _up_to_date(out, source_id):
@@ -163,7 +163,7 @@ def build_embedder(models_dir: Path) -> Path:
             "quantization": "int8-dynamic",
             "dimension": int(model.config.hidden_size),
             "max_position_embeddings": int(model.config.max_position_embeddings),
-            "model_sha256": _file_sha256(tmp / "model.onnx"),
+            "model_sha256": file_sha256(tmp / "model.onnx"),
         },
     )
     shutil.rmtree(out, ignore_errors=True)
@@ -180,7 +180,7 @@ def build_smollm(models_dir: Path) -> Path:
     """Convert SmolLM2-135M-Instruct's GGUF to a safetensors folder that vLLM can load."""
     gguf = smollm_source()
     out = models_dir / SMOLLM_DIR
-    source_id = {"gguf_sha256": _file_sha256(gguf), "recipe": SMOLLM_RECIPE}
+    source_id = {"gguf_sha256": file_sha256(gguf), "recipe": SMOLLM_RECIPE}
     if _up_to_date(out, source_id):
         logger.info("small LLM up to date in %s", out)
         return out
@@ -230,7 +230,7 @@ def build_router(models_dir: Path, out: Path = ROUTER_OUT) -> Path:
     for path in sorted(
         [*data.glob("mmlu/**/*.csv"), *data.glob("*/*.jsonl"), *data.glob("*/*.csv")]
     ):
-        inputs.update(path.name.encode() + _file_sha256(path).encode())
+        inputs.update(path.name.encode() + file_sha256(path).encode())
     embedder = json.loads((models_dir / EMBEDDER_DIR / MANIFEST).read_text())
     source_id = {
         "data_sha256": inputs.hexdigest(),
