@@ -128,15 +128,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         wait_serving(procs, args.timeout, lambda: stop)
         router = cfg.router.listen
+        # The grpcurl installed beside this Python (`make setup` puts it in the venv).
+        grpcurl = os.path.relpath(Path(sys.executable).parent / "grpcurl")
         print(
             "\nready. Try:\n"
-            f"  grpcurl -plaintext {router} list\n"
-            f'  grpcurl -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
+            f"  {grpcurl} -plaintext {router} list\n"
+            f'  {grpcurl} -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
             f"{router} tierroute.router.v1.RouterService/Score\n"
-            f'  grpcurl -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
+            f'  {grpcurl} -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
             f"{router} tierroute.router.v1.RouterService/Route\n"
             + "".join(
-                f'  grpcurl -plaintext -d \'{{"messages": [{{"role": "user", "content": '
+                f'  {grpcurl} -plaintext -d \'{{"messages": [{{"role": "user", "content": '
                 f'"What is the capital of France?"}}]}}\' {t.address} '
                 "tierroute.tier.v1.TierService/Generate\n"
                 for t in cfg.tiers[:1]
