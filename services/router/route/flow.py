@@ -36,7 +36,7 @@ from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceErro
 from tierroute.core.prompts import check_prompt, routing_text
 from tierroute.core.sampling import check_sampling
 from tierroute.router.route.budgets import Deadline
-from tierroute.router.route.judge import ESCALATION_FOR, Judge
+from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -187,6 +187,7 @@ class RouteFlow:
                     routing_text(request.prompt, request.messages), request.bypass_cache
                 )
                 score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
+            ranking = self._without_unjudgeable(ranking, request, decision)
             tier = self._admit(ranking, holder, decision)
         span.set_attributes(
             {
@@ -206,6 +207,28 @@ class RouteFlow:
             # Whatever ended the request, a half-open probe it still holds is freed (a no-op
             # once the attempt has been recorded).
             self.pool.release(tier, holder)
+
+    def _without_unjudgeable(
+        self, ranking: list[str], request: pb.RouteRequest, decision: pb.RoutingDecision
+    ) -> list[str]:
+        """While the validator is down and the policy is to escalate, an answer from a tier
+        it would judge is thrown away: pass over such tiers instead of wasting their work."""
+        if (
+            not self.judge.down
+            or self.cfg.escalation.on_validator_unavailable != "escalate"
+            or request.disable_escalation
+            or self.cfg.escalation.max_retries == 0
+        ):
+            return ranking
+        last = self._tiers[-1]
+        kept = [t for t in ranking if t == last or self.cfg.tier(t).validation == "none"]
+        if kept[:1] != ranking[:1]:
+            decision.reason_codes.append(pb.REASON_CODE_VALIDATOR_UNAVAILABLE)
+            logger.warning(
+                "the validator is down: passing over %s, whose answers it would judge",
+                ", ".join(t for t in ranking if t not in kept),
+            )
+        return kept
 
     def _admit(self, ranking: list[str], holder: object, decision: pb.RoutingDecision) -> str:
         """The first tier of the ranking that can take the request; the decision's reason
@@ -247,7 +270,8 @@ class RouteFlow:
             tier_started = time.perf_counter()
             hold = tier.validation != "none" and following is not None
             try:
-                async for event in self._attempt(tier, request, deadline, outcome, first, hold):
+                attempt = self._attempt(tier, request, deadline, outcome, first, hold, holder)
+                async for event in attempt:
                     yield event
             except TierFailed as failure:
                 if failure.tier_fault:
@@ -386,6 +410,7 @@ class RouteFlow:
         outcome: Outcome,
         first: bool,
         hold: bool,
+        holder: object,
     ) -> AsyncIterator[RouteEvent]:
         """One tier's answer: streamed live, or (`hold`) held back until the validator has
         judged it. Appends the attempt to `outcome`."""
@@ -416,7 +441,7 @@ class RouteFlow:
             return
         answer = "".join(parts)
         verdict, status, reason = await self._judge(
-            tier, request, deadline, outcome, answer, logprobs
+            tier, request, deadline, outcome, answer, logprobs, holder
         )
         outcome.confidence = verdict.confidence
         if verdict.verdict == val_pb.VERDICT_DELIVER:
@@ -435,6 +460,7 @@ class RouteFlow:
         outcome: Outcome,
         answer: str,
         logprobs: list[common_pb.TokenLogprob],
+        holder: object,
     ) -> tuple[val_pb.ValidateResponse, pb.ValidationStatus, pb.EscalationReason]:
         """The validator's verdict on a held-back answer, the validation status to record, and
         the escalation reason if it is not delivered."""
@@ -450,14 +476,16 @@ class RouteFlow:
                 answer,
                 logprobs,
                 timeout,
+                holder,
             )
-        except grpc.aio.AioRpcError as error:
+        except (ValidatorDown, grpc.aio.AioRpcError) as error:
+            why = error.why if isinstance(error, ValidatorDown) else error.code().name
             reason = pb.ESCALATION_REASON_VALIDATOR_UNAVAILABLE
             status = pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
             if self.cfg.escalation.on_validator_unavailable == "deliver":
                 logger.warning(
                     "validator unavailable (%s): delivering %s's answer unvalidated",
-                    error.code().name,
+                    why,
                     tier.name,
                 )
                 content = envelope.unwrap(answer) if tier.validation == "self_reported" else answer
@@ -466,7 +494,7 @@ class RouteFlow:
                     status,
                     reason,
                 )
-            logger.warning("validator unavailable (%s): escalating", error.code().name)
+            logger.warning("validator unavailable (%s): escalating", why)
             return val_pb.ValidateResponse(verdict=val_pb.VERDICT_ESCALATE), status, reason
         finally:
             outcome.validate_ms += (time.perf_counter() - judged_at) * 1000.0

@@ -7,6 +7,7 @@ import grpc
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import Config, TierConfig
+from tierroute.router.tiers.breaker import CircuitBreaker
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
 from tierroute.runtime.host import CHANNEL_OPTIONS
@@ -23,13 +24,39 @@ ESCALATION_FOR = {
 }
 
 
+# Validator failures that mean it is down (its breaker counts them); INVALID_ARGUMENT is ours.
+_OUTAGES = {
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+class ValidatorDown(Exception):
+    """The validator cannot judge now: its breaker is open, or the call failed."""
+
+    def __init__(self, why: str) -> None:
+        super().__init__(why)
+        self.why = why
+
+
 class Judge:
-    """A channel to the validator and the policy of each tier."""
+    """A channel to the validator, its circuit breaker, and the policy of each tier."""
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self._channel = grpc.aio.insecure_channel(cfg.validator.dial(), options=CHANNEL_OPTIONS)
         self._stub = val_grpc.ValidatorServiceStub(self._channel)
+        # While the validator is down the router stops asking it, and probes it back after
+        # the cooldown (the same settings as the tiers' breakers).
+        self.breaker = CircuitBreaker("the validator", cfg.circuit_breaker)
+
+    @property
+    def down(self) -> bool:
+        """Whether a request would be refused the validator now (its breaker is open)."""
+        return not self.breaker.would_allow()
 
     async def close(self) -> None:
         await self._channel.close()
@@ -61,8 +88,35 @@ class Judge:
         answer: str,
         logprobs: list[common_pb.TokenLogprob],
         timeout: float,  # noqa: ASYNC109 - passed on to the gRPC call as its deadline
+        holder: object,
     ) -> val_pb.ValidateResponse:
-        """The validator's verdict; grpc.aio.AioRpcError when it cannot be reached."""
+        """The validator's verdict. Raises ValidatorDown when its breaker is open (the call is
+        not made) or it cannot be reached; `holder` is the request, for the breaker."""
+        if not self.breaker.allow(holder):
+            raise ValidatorDown("its circuit breaker is open")
+        try:
+            verdict = await self._call(tier, request_id, prompt, answer, logprobs, timeout)
+        except grpc.aio.AioRpcError as error:
+            if error.code() in _OUTAGES:
+                self.breaker.record(False, holder)
+                raise ValidatorDown(error.code().name) from error
+            self.breaker.release(holder)
+            raise
+        except BaseException:
+            self.breaker.release(holder)
+            raise
+        self.breaker.record(True, holder)
+        return verdict
+
+    async def _call(
+        self,
+        tier: TierConfig,
+        request_id: str,
+        prompt: str,
+        answer: str,
+        logprobs: list[common_pb.TokenLogprob],
+        timeout: float,  # noqa: ASYNC109 - passed on to the gRPC call as its deadline
+    ) -> val_pb.ValidateResponse:
         with telemetry.client_span(VALIDATE_METHOD, __name__, {"tierroute.tier": tier.name}) as (
             span,
             metadata,

@@ -31,7 +31,8 @@ class State(enum.Enum):
 
 
 class CircuitBreaker:
-    """One tier's breaker. Not thread-safe: used from the router's event loop only."""
+    """One tier's (or the validator's) breaker. Not thread-safe: used from the router's event
+    loop only. `name` is how the logs call what it guards ("tier 'small'", "the validator")."""
 
     def __init__(
         self, name: str, cfg: BreakerConfig, clock: Callable[[], float] = time.monotonic
@@ -115,7 +116,7 @@ class CircuitBreaker:
 
     def _move(self, state: State, why: str) -> None:
         logger.warning(
-            "circuit breaker for tier %r: %s -> %s (%s)",
+            "circuit breaker for %s: %s -> %s (%s)",
             self.name,
             self._state.value,
             state.value,

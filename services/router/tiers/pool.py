@@ -41,7 +41,9 @@ class TierPool:
             self.replicas[t.name] = [
                 Replica(t.address, channel, tier_grpc.TierServiceStub(channel))
             ]
-        self.breakers = {t.name: CircuitBreaker(t.name, cfg.circuit_breaker) for t in cfg.tiers}
+        self.breakers = {
+            t.name: CircuitBreaker(f"tier {t.name!r}", cfg.circuit_breaker) for t in cfg.tiers
+        }
 
     async def close(self) -> None:
         for replicas in self.replicas.values():

@@ -319,6 +319,35 @@ async def test_unreachable_validator_can_deliver_unvalidated(suite: tuple[str, s
     assert not r.text.lstrip().startswith("{"), "the JSON envelope is unwrapped even so"
 
 
+async def test_a_validator_that_is_down_is_not_asked_and_its_tiers_are_passed_over(
+    suite: tuple[str, str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    small, large, _ = suite
+    data = route_config(
+        small, large, "127.0.0.1:9", breaker={"failure_threshold": 1, "cooldown_seconds": 600}
+    )
+    server, address = await started(data)
+    try:
+        # The first request finds the validator down: the small answer is wasted, and the
+        # validator's breaker opens.
+        first = await route(address, prompt=SIMPLE)
+        judge = server.service.judge  # type: ignore[attr-defined]
+        assert judge.down, "one failure opens the validator's breaker here"
+        # From then on the router stops asking it, and small-bound requests go straight to
+        # the next tier instead of generating an answer nobody can judge.
+        with caplog.at_level("WARNING", logger="tierroute.router.route.flow"):
+            second = await route(address, prompt=SIMPLE, bypass_cache=True)
+    finally:
+        await server.stop(0)
+    assert [e.reason for e in first.escalations] == [pb.ESCALATION_REASON_VALIDATOR_UNAVAILABLE]
+    assert [a.tier for a in first.summary.attempts] == ["small", "large"]  # type: ignore[union-attr]
+    assert second.decision.tier == "large"
+    assert pb.REASON_CODE_VALIDATOR_UNAVAILABLE in second.decision.reason_codes
+    assert not second.escalations
+    assert [a.tier for a in second.summary.attempts] == ["large"]  # type: ignore[union-attr]
+    assert "the validator is down: passing over small" in caplog.text
+
+
 async def test_no_tier_reachable_is_unavailable(suite: tuple[str, str, str]) -> None:
     server, address = await started(route_config("127.0.0.1:9", "127.0.0.1:10", suite[2]))
     try:
