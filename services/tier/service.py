@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import logging
 import os
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Sequence
@@ -21,7 +22,7 @@ import grpc
 from opentelemetry import trace
 
 from tierroute.core.config import Config, ConfigError, TierConfig
-from tierroute.runtime import telemetry
+from tierroute.runtime import reaper, telemetry
 from tierroute.runtime.host import Host, Serving, Spec, run_service
 from tierroute.tier.engine import TierEngine, engine_args_for
 from tierroute.tier.v1 import tier_service_pb2 as pb
@@ -86,12 +87,15 @@ class TierService:
         self.engine = TierEngine(tier, engine_args)
         self._host: Host | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._reaper: subprocess.Popen[bytes] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_TierServiceServicer_to_server(TierServicer(self.engine, self), server)
 
     async def load(self, host: Host) -> None:
         self._host = host
+        # Before the engine's processes exist: if this process is killed, they die with it.
+        self._reaper = reaper.watch_me()
         await self.engine.load()
         self._watcher = asyncio.create_task(self._watch_engine())
 

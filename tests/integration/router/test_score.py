@@ -193,11 +193,15 @@ async def test_micro_batching_returns_each_caller_its_own_result(
     batches = batcher.batches - batches_before
     assert batcher.items - items_before == len(texts)
     assert batches < len(texts) / 2, f"{len(texts)} concurrent prompts ran in {batches} batches"
+    threshold = router_config().router.complexity_threshold
     for text, d in zip(texts, together, strict=True):
-        # Each caller gets the decision for its own prompt (close to the lone run; int8
-        # activation scales vary slightly with the batch).
-        assert d.tier == alone[text].tier, text
-        assert d.complexity_score == pytest.approx(alone[text].complexity_score, abs=0.6), text
+        # Each caller gets the decision for its own prompt: close to the lone run's (int8
+        # activation scales vary slightly with the batch-mates, which depend on timing), and
+        # the same tier wherever that variation cannot cross the threshold.
+        lone = alone[text].complexity_score
+        assert d.complexity_score == pytest.approx(lone, abs=0.6), text
+        if abs(lone - threshold) > 0.6:
+            assert d.tier == alone[text].tier, text
 
 
 async def test_past_max_concurrent_requests_is_resource_exhausted() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import signal
 import subprocess
@@ -420,3 +421,26 @@ def test_sigterm_while_the_engine_loads_leaves_no_engine_behind(tmp_path) -> Non
     assert code == 0, (tmp_path / "loading.log").read_text()[-3000:]
     _, alive = psutil.wait_procs(children, 30)
     assert not alive, f"engine processes left running: {[p.pid for p in alive]}"
+
+
+def test_a_killed_tier_takes_its_engine_processes_with_it(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import psutil
+
+    tier = start_tier(tmp_path / "doomed.log")
+    descendants: list[Any] = []
+    try:
+        descendants = psutil.Process(tier.process.pid).children(recursive=True)
+        names = []
+        for p in descendants:
+            with contextlib.suppress(psutil.Error):
+                names.append(p.name() + " " + " ".join(p.cmdline()))
+        assert any("VLLM" in n.upper() for n in names), names
+        assert any("tierroute.runtime.reaper" in n for n in names), names
+        tier.process.kill()  # SIGKILL: the tier gets no chance to shut its engine down
+        tier.process.wait()
+        _, alive = psutil.wait_procs(descendants, timeout=60)
+    finally:
+        for p in descendants:  # never leave an engine behind, even when the test fails
+            with contextlib.suppress(psutil.Error):
+                p.kill()
+    assert not alive, f"left running after the tier was killed: {[p.pid for p in alive]}"
