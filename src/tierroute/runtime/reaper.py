@@ -6,8 +6,9 @@ tracker). A tier that exits normally shuts them down; a tier that is killed cann
 are orphaned with their memory (GBs on CPU, the GPU's memory on a GPU) until someone kills them.
 The tier starts this watcher before loading its engine, in a session of its own (a signal to
 the tier's process group does not reach it). Every POLL_SECONDS it notes the tier's descendants;
-once the tier is gone (or a zombie), it kills those still running. psutil checks each one's
-start time, so a reused PID is never hit.
+once the tier is gone (or a zombie), it kills those still running, then removes the shared
+memory segments (/dev/shm) they had mapped, which a killed process never unlinks. psutil checks
+each process's start time, so a reused PID is never hit.
 
     python -m tierroute.runtime.reaper PID      (started by `watch_me`)
 """
@@ -38,6 +39,19 @@ def watch_me() -> subprocess.Popen[bytes]:
     )
 
 
+def shared_memory_of(pid: int) -> set[str]:
+    """The /dev/shm files process `pid` has mapped."""
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            return {
+                line.split(maxsplit=5)[5].strip()
+                for line in maps
+                if "/dev/shm/" in line and len(line.split(maxsplit=5)) == 6
+            }
+    except OSError:
+        return set()
+
+
 def _gone(process: object) -> bool:
     import psutil
 
@@ -58,17 +72,19 @@ def main(argv: list[str]) -> int:
         return 0
     me = os.getpid()
     known: dict[int, psutil.Process] = {}
+    segments: set[str] = set()
     while not _gone(tier):
         try:
             for child in tier.children(recursive=True):
                 if child.pid != me:
                     known.setdefault(child.pid, child)
+                    segments |= shared_memory_of(child.pid)
         except psutil.NoSuchProcess:
             break
         time.sleep(POLL_SECONDS)
     alive = [p for p in known.values() if not _gone(p)]
     if not alive:
-        return 0
+        return 0  # a clean stop: the engine released everything itself
     logger.warning(
         "tier process %d is gone; killing the %d processes it left behind: %s",
         tier.pid,
@@ -81,6 +97,14 @@ def main(argv: list[str]) -> int:
         except psutil.NoSuchProcess:
             pass
     _, stuck = psutil.wait_procs(alive, timeout=KILL_WAIT_SECONDS)
+    for segment in sorted(segments):
+        try:
+            os.unlink(segment)
+            logger.warning("removed shared memory %s", segment)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            logger.error("could not remove shared memory %s: %s", segment, exc)
     if stuck:
         logger.error("still running after SIGKILL: %s", ", ".join(str(p.pid) for p in stuck))
         return 1

@@ -447,13 +447,20 @@ async def test_cancelling_a_route_cancels_the_tiers_generation(
     assert not unexpected, unexpected[0].getMessage()
 
 
-def kill_tree(process: ServiceProcess) -> None:
-    """SIGKILL a tier and its engine processes: a crash, with no chance to drain."""
+def kill_tree(process: ServiceProcess) -> list[psutil.Process]:
+    """SIGKILL a tier: a crash, with no chance to drain. Its reaper takes the engine's
+    processes down with it (runtime/reaper.py); returns them, for `reap`."""
     root = psutil.Process(process.process.pid)
-    victims = [root, *root.children(recursive=True)]
-    for victim in victims:
-        victim.kill()
-    psutil.wait_procs(victims, timeout=30)
+    children = root.children(recursive=True)
+    root.kill()
+    return children
+
+
+async def reap(orphans: list[psutil.Process]) -> None:
+    """Wait for a killed tier's engine processes to be gone; kill any survivor."""
+    _, alive = await asyncio.to_thread(psutil.wait_procs, orphans, timeout=60)
+    for survivor in alive:
+        survivor.kill()
 
 
 async def test_a_tier_killed_mid_stream_then_failover_then_its_circuit_opens(
@@ -470,6 +477,7 @@ async def test_a_tier_killed_mid_stream_then_failover_then_its_circuit_opens(
             breaker={"failure_threshold": 2, "cooldown_seconds": 600},
         )
     )
+    orphans: list[psutil.Process] = []
     try:
         # 1. Killed while its answer streams: UNAVAILABLE, saying how much was delivered.
         received = ""
@@ -486,7 +494,7 @@ async def test_a_tier_killed_mid_stream_then_failover_then_its_circuit_opens(
                 async for event in call:
                     received += event.chunk.text
                     if len(received) > 20 and doomed.process.poll() is None:
-                        kill_tree(doomed)
+                        orphans = kill_tree(doomed)
             trailing = dict(await call.trailing_metadata())
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
         details = info.value.details()
@@ -517,6 +525,7 @@ async def test_a_tier_killed_mid_stream_then_failover_then_its_circuit_opens(
     finally:
         await server.stop(0)
         doomed.stop()
+        await reap(orphans)
 
 
 async def test_one_trace_spans_router_tiers_and_validator(

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -22,6 +23,7 @@ from tests.helpers.otlp import OTLPReceiver
 from tests.helpers.services import DEFAULT_CONFIG, ROOT, ServiceProcess, start_tier
 from tests.helpers.tools import grpcurl, run
 from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.runtime.reaper import shared_memory_of
 from tierroute.tier.v1 import tier_service_pb2 as pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
 
@@ -436,6 +438,8 @@ def test_a_killed_tier_takes_its_engine_processes_with_it(tmp_path) -> None:  # 
                 names.append(p.name() + " " + " ".join(p.cmdline()))
         assert any("VLLM" in n.upper() for n in names), names
         assert any("tierroute.runtime.reaper" in n for n in names), names
+        segments = set().union(*(shared_memory_of(p.pid) for p in descendants))
+        assert segments, "the engine maps shared memory on this platform"
         tier.process.kill()  # SIGKILL: the tier gets no chance to shut its engine down
         tier.process.wait()
         _, alive = psutil.wait_procs(descendants, timeout=60)
@@ -444,3 +448,5 @@ def test_a_killed_tier_takes_its_engine_processes_with_it(tmp_path) -> None:  # 
             with contextlib.suppress(psutil.Error):
                 p.kill()
     assert not alive, f"left running after the tier was killed: {[p.pid for p in alive]}"
+    left = [s for s in segments if Path(s).exists()]
+    assert not left, f"shared memory left behind: {left}"
