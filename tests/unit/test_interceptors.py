@@ -38,6 +38,8 @@ class Scripted(pb_grpc.ValidatorServiceServicer):
     ) -> pb.ValidateResponse:
         if request.answer == "bad":
             raise InvalidArgument("answer: say what to fix")
+        if request.answer.startswith("quote:"):
+            raise InvalidArgument(f"answer {request.answer!r} is not allowed")
         if request.answer == "down":
             raise Unavailable("the backend is down; retry later")
         if request.answer == "crash":
@@ -132,6 +134,20 @@ async def test_a_project_error_keeps_its_status_and_message(served: tuple[Both, 
         await validate(served[1], "bad")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert info.value.details() == "answer: say what to fix"
+
+
+async def test_a_message_quoting_a_huge_input_is_cut_so_the_client_still_reads_the_status(
+    served: tuple[Both, str],
+) -> None:
+    """Unbounded, it exceeds the client's header limit and the client sees a RESOURCE_EXHAUSTED
+    of its own instead of our status (found by the chaos suite's fuzzing)."""
+    _, address = served
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await validate(address, "quote:" + "é" * 100_000)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert details.startswith("answer 'quote:ééé") and details.endswith("characters cut)")
+    assert len(details.encode()) <= 1024
 
 
 async def test_spans_follow_the_rpc_conventions_and_a_client_mistake_is_not_an_error(

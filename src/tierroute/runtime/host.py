@@ -37,6 +37,13 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
+    # grpc core queues calls until the Python server takes them, one at a time; past 1,000
+    # queued it refuses calls at random, and past 3,000 all of them, each with a bare CANCELLED
+    # and no log line (server.cc, pending_backlog_protector_). A burst then loses calls that our
+    # own admission limit would have answered with RESOURCE_EXHAUSTED and a retry hint: lift
+    # core's limits so admission is the one that applies.
+    ("grpc.server.max_pending_requests", 2**31 - 1),
+    ("grpc.server.max_pending_requests_hard_limit", 2**31 - 1),
 ]
 # The same keepalive on the client side of the router's calls to tiers and the validator.
 CHANNEL_OPTIONS = [

@@ -257,13 +257,28 @@ class Deadlines(_Wrapping):
         return bounded
 
 
+# The most UTF-8 bytes of a status message. It travels percent-encoded in a header (up to 3x
+# larger), and a client refuses headers past 16 KiB (8 KiB by default, softly) with a
+# RESOURCE_EXHAUSTED of its own that hides ours: a message that quotes a huge input is cut.
+MAX_MESSAGE_BYTES = 1024
+
+
+def bounded(message: str, limit: int = MAX_MESSAGE_BYTES) -> str:
+    """`message`, cut to `limit` UTF-8 bytes, saying how much was cut."""
+    raw = message.encode()
+    if len(raw) <= limit:
+        return message
+    kept = raw[: limit - 40].decode(errors="ignore")
+    return f"{kept}... ({len(message) - len(kept)} characters cut)"
+
+
 class ErrorMapping(_Wrapping):
     """Project errors -> status + message; anything else -> INTERNAL + trace id, logged once."""
 
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
         if isinstance(exc, ServiceError):
-            await context.abort(exc.code, str(exc), exc.trailing_metadata)
+            await context.abort(exc.code, bounded(str(exc)), exc.trailing_metadata)
         tid = trace_id()
         logger.error("%s failed unexpectedly (trace id %s)", method, tid, exc_info=exc)
         await context.abort(
