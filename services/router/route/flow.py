@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -38,7 +38,7 @@ from tierroute.core.sampling import check_sampling
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
 from tierroute.router.scoring.decider import Decider
-from tierroute.router.tiers.pool import TierPool
+from tierroute.router.tiers.pool import FirstTokenTimer, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
@@ -93,6 +93,7 @@ class TierFailed(Exception):
     def __init__(self, tier: str, error: grpc.aio.AioRpcError, budget: bool):
         super().__init__(f"tier {tier!r} failed: {error.code().name}: {error.details()}")
         self.error = error
+        self.budget = budget
         self.sent_chars = 0
         # DEADLINE_EXCEEDED from our own per-tier budget (the tier's fault), not the client's.
         self.tier_fault = error.code() in _TIER_FAULTS and (
@@ -387,10 +388,21 @@ class RouteFlow:
             "tierroute.tier": tier.name,
             "tierroute.escalation": not first,
         }
+        timer = self.pool.first_token[tier.name]
         with telemetry.client_span(GENERATE_METHOD, __name__, attributes) as (span, metadata):
             call = self.pool.stub(tier.name).Generate(generate, timeout=timeout, metadata=metadata)
+            called = time.monotonic()
             try:
-                async for response in call:
+                responses = aiter(call)
+                try:
+                    first_response = await _first(responses, timer, called)
+                except StopAsyncIteration:
+                    return
+                except TimeoutError:
+                    raise TierFailed(tier.name, _stalled(timer), True) from None
+                span.set_attribute("tierroute.time_to_first_token_ms", timer.samples[-1] * 1000.0)
+                async for response in _prepend(first_response, responses):
+                    timer.heard(time.monotonic())
                     if response.HasField("complete"):
                         c = response.complete
                         span.set_attribute("tierroute.completion_tokens", c.completion_tokens)
@@ -524,6 +536,60 @@ def _attempt(
     )
 
 
+async def _first(
+    responses: AsyncIterator[tier_pb.GenerateResponse],
+    timer: FirstTokenTimer,
+    called: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> tier_pb.GenerateResponse:
+    """The call's first message; TimeoutError once the tier counts as stalled (nothing on any
+    of its streams for the first-token timeout), never merely because it is busy."""
+    reading = asyncio.ensure_future(anext(responses))
+    try:
+        while True:
+            now = clock()
+            if timer.stalled(now, now - called):
+                raise TimeoutError
+            # Until the timeout is reached, or until it would be reached by the tier's silence.
+            wait = max(
+                timer.timeout() - (now - called), timer.timeout() - (now - timer.last_message)
+            )
+            done, _ = await asyncio.wait({reading}, timeout=max(wait, 0.01))
+            if done:
+                response = reading.result()
+                now = clock()
+                timer.observe(now - called)
+                timer.heard(now)
+                return response
+    finally:
+        if not reading.done():
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
+
+
+def _stalled(timer: FirstTokenTimer) -> grpc.aio.AioRpcError:
+    """What a tier that sent no first token in time counts as: UNAVAILABLE (a stall)."""
+    p95 = timer.p95()
+    measured = "none measured yet" if p95 is None else f"its recent p95 is {p95 * 1000:.0f} ms"
+    return grpc.aio.AioRpcError(
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.aio.Metadata(),
+        grpc.aio.Metadata(),
+        details=f"no first token within {timer.timeout() * 1000:.0f} ms and no message on any "
+        f"of its streams meanwhile ({measured}; escalation.first_token_timeout_*): "
+        "taken as stalled",
+    )
+
+
+async def _prepend(
+    first: tier_pb.GenerateResponse, rest: AsyncIterator[tier_pb.GenerateResponse]
+) -> AsyncIterator[tier_pb.GenerateResponse]:
+    yield first
+    async for response in rest:
+        yield response
+
+
 def _error_for(failure: TierFailed, outcome: Outcome) -> ServiceError:
     code = failure.error.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
@@ -537,7 +603,13 @@ def _error_for(failure: TierFailed, outcome: Outcome) -> ServiceError:
             outcome.partial(),
         )
     if error is DeadlineExceeded:
-        return error(f"{failure}; the deadline passed")
+        if failure.budget:
+            return error(
+                f"{failure}: it did not finish within its budget "
+                "(escalation.first_tier_timeout_ms, or escalation_timeout_ms after an "
+                "escalation) and no other tier could take over"
+            )
+        return error(f"{failure}; the client's deadline passed")
     return error(f"{failure}; no other tier could serve the request")
 
 

@@ -2,18 +2,21 @@
 
 A tier whose breaker is open, or whose channel is in TRANSIENT_FAILURE, is passed over. Each
 request passes a `holder` (an object of its own): in half-open, the breaker's one probe belongs
-to the request that took it (breaker.py).
+to the request that took it (breaker.py). The pool also measures each tier's time to first
+token, from which a stalled tier is told from a busy one (`first_token_timeout`).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
 
-from tierroute.core.config import Config
+from tierroute.core.config import Config, EscalationConfig
 from tierroute.router.tiers.breaker import CircuitBreaker
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime.host import CHANNEL_OPTIONS
@@ -31,6 +34,52 @@ class Replica:
     stub: tier_grpc.TierServiceStub
 
 
+class FirstTokenTimer:
+    """How long a call to one tier may wait for its first token before the tier counts as
+    stalled, told apart from a busy tier: a tier that sent anything on any stream within that
+    time is busy, and the call keeps waiting (within its budget); a tier that sent nothing on
+    any stream is stalled."""
+
+    # Answers remembered, and how many are needed before the measurement is trusted.
+    WINDOW = 64
+    MIN_SAMPLES = 5
+
+    def __init__(self, cfg: EscalationConfig) -> None:
+        self.cfg = cfg
+        self.samples: deque[float] = deque(maxlen=self.WINDOW)
+        self.last_message = -math.inf  # time.monotonic() of the tier's latest message
+
+    def observe(self, seconds: float) -> None:
+        """A first token arrived `seconds` after the call."""
+        self.samples.append(seconds)
+
+    def heard(self, now: float) -> None:
+        """The tier sent a message (on any stream)."""
+        self.last_message = now
+
+    def p95(self) -> float | None:
+        if len(self.samples) < self.MIN_SAMPLES:
+            return None
+        ordered = sorted(self.samples)
+        return ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]
+
+    def timeout(self) -> float:
+        """Seconds to wait for the first token: factor x p95, within [floor, ceiling]; the
+        ceiling until enough first tokens were measured."""
+        floor = self.cfg.first_token_timeout_floor_ms / 1000.0
+        ceiling = self.cfg.first_token_timeout_ceiling_ms / 1000.0
+        p95 = self.p95()
+        if p95 is None:
+            return ceiling
+        return min(ceiling, max(floor, self.cfg.first_token_timeout_factor * p95))
+
+    def stalled(self, now: float, waited: float) -> bool:
+        """Whether a call that has waited `waited` seconds for its first token should give up:
+        the timeout has passed and the tier has sent nothing on any stream for that long."""
+        timeout = self.timeout()
+        return waited >= timeout and now - self.last_message >= timeout
+
+
 class TierPool:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -44,6 +93,7 @@ class TierPool:
         self.breakers = {
             t.name: CircuitBreaker(f"tier {t.name!r}", cfg.circuit_breaker) for t in cfg.tiers
         }
+        self.first_token = {t.name: FirstTokenTimer(cfg.escalation) for t in cfg.tiers}
 
     async def close(self) -> None:
         for replicas in self.replicas.values():

@@ -185,9 +185,27 @@ class EscalationConfig(_Strict):
     escalation_timeout_ms: int = Field(default=60_000, ge=1)
     # Budget for one call to the validator, in ms.
     validate_timeout_ms: int = Field(default=5_000, ge=1)
+    # A tier that sends no first token in time is taken as stalled: the call is abandoned and
+    # the request fails over (UNAVAILABLE if no other tier can serve). The time allowed is
+    # `first_token_timeout_factor` times the tier's recent p95 time to first token as the router
+    # measured it (queueing included), kept within the floor and the ceiling; the ceiling
+    # until enough answers were measured.
+    first_token_timeout_factor: float = Field(default=4.0, gt=0)
+    first_token_timeout_floor_ms: int = Field(default=2_000, ge=1)
+    first_token_timeout_ceiling_ms: int = Field(default=15_000, ge=1)
     # When the validator cannot be reached: "escalate" to the next tier, or "deliver" the
     # answer unvalidated. Either way the summary records it.
     on_validator_unavailable: Literal["escalate", "deliver"] = "escalate"
+
+    @model_validator(mode="after")
+    def _check_first_token(self) -> EscalationConfig:
+        if self.first_token_timeout_floor_ms > self.first_token_timeout_ceiling_ms:
+            raise ValueError(
+                f"escalation.first_token_timeout_floor_ms ({self.first_token_timeout_floor_ms})"
+                " must not exceed escalation.first_token_timeout_ceiling_ms "
+                f"({self.first_token_timeout_ceiling_ms})"
+            )
+        return self
 
 
 class BreakerConfig(_Strict):

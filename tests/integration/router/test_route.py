@@ -79,6 +79,9 @@ def route_config(
             "min_confidence": 0.05,
             "first_tier_timeout_ms": 150_000,
             "escalation_timeout_ms": 150_000,
+            # Nothing here is about stalls (the chaos suite is): never take a slow tier as one.
+            "first_token_timeout_floor_ms": 150_000,
+            "first_token_timeout_ceiling_ms": 150_000,
             **escalation,
         },
         "circuit_breaker": breaker or {},
