@@ -246,6 +246,25 @@ class MonitoringConfig(_Strict):
     otlp_endpoint: str = ""
 
 
+class SuiteConfig(_Strict):
+    """The suite runner (`make run`): how it supervises the services it starts."""
+
+    # Where the runner serves grpc.health.v1 for the suite: "" is SERVING while every service
+    # is, and each service has its own entry ("router", "validator", "tier:<name>"). Empty: off.
+    health_listen: str = "127.0.0.1:50050"
+    # Seconds before a service that exited is started again; doubled after each restart that
+    # did not stay up `stable_seconds`, up to the maximum.
+    restart_backoff_seconds: float = Field(default=1.0, gt=0)
+    restart_backoff_max_seconds: float = Field(default=60.0, gt=0)
+    stable_seconds: float = Field(default=60.0, gt=0)
+    # A service that was SERVING and then fails its health check (no answer, or NOT_SERVING,
+    # as a tier whose engine died reports) for this long is restarted. 0: never.
+    unhealthy_restart_seconds: float = Field(default=30.0, ge=0)
+    # Seconds a starting service gets to report SERVING (an engine load) before it is
+    # restarted, or, at the suite's first start, before the suite gives up.
+    start_timeout_seconds: float = Field(default=300.0, gt=0)
+
+
 class Config(_Strict):
     router: RouterConfig = RouterConfig()
     tiers: list[TierConfig] = Field(default_factory=list)
@@ -253,6 +272,7 @@ class Config(_Strict):
     circuit_breaker: BreakerConfig = BreakerConfig()
     validator: ValidatorConfig = ValidatorConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
+    suite: SuiteConfig = SuiteConfig()
 
     @model_validator(mode="after")
     def _check_tiers(self, info: ValidationInfo) -> Config:
