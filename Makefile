@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route eval \
+.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route chaos eval \
 	calibrate-default clean
 
 setup: deps models
@@ -93,6 +93,12 @@ eval: setup
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)
+
+# The suite under failure: tiers killed and stalled, the validator stopped, a burst past
+# admission, every RPC fuzzed; prints a table, writes benchmarks/results/chaos.json. The fast
+# part (--fast) runs in CI as tests/integration/test_chaos.py.
+chaos: setup
+	$(PY) benchmarks/chaos.py
 
 clean:
 	rm -rf build $(VENV) .tools $(MODELS_DIR)
