@@ -8,8 +8,10 @@ the router) on free loopback ports, then runs each scenario against it:
   flight and more sent while the runner restarts it;
 - tier stalled: SIGSTOP of the small tier while Routes bound for it wait for their first token;
   SIGCONT once they have ended;
-- validator stopped: SIGKILL of the validator while Routes wait for its verdict, more sent while
+- validator killed: SIGKILL of the validator while Routes wait for its verdict, more sent while
   the runner restarts it;
+- validator stopped: SIGSTOP of the validator while Routes wait for its verdict, more sent
+  while it stays stopped; SIGCONT once they have ended;
 - burst beyond admission: 3,000 concurrent Scores on one channel, past the router's in-flight
   limit;
 - fuzzing: Hypothesis draws every field of every RPC's request (Score, Route, a tier's Generate,
@@ -461,28 +463,49 @@ async def tier_stalled(suite: Suite) -> Tally:
     return tally
 
 
-async def validator_stopped(suite: Suite) -> Tally:
+async def _validated_routes(suite: Suite, tally: Tally, break_it: Callable[[], None]) -> None:
+    """Four Routes for the small tier (judged by the validator), then `break_it` once all
+    are decided (their small tier is answering), then four more; until all have ended."""
+    async with grpc.aio.insecure_channel(suite.addresses["router"]) as channel:
+        stub = router_grpc.RouterServiceStub(channel)
+        decided = asyncio.Event()
+        count = 0
+
+        def seen(event: router_pb.RouteResponse) -> None:
+            nonlocal count
+            count += event.HasField("decision")
+            if count == 4:
+                decided.set()
+
+        tasks = [asyncio.create_task(route(stub, tally, p, seen, **SMALL)) for p in simple(22, 4)]
+        await decided.wait()
+        break_it()
+        tasks += [asyncio.create_task(route(stub, tally, p, **SMALL)) for p in simple(26, 4)]
+        await asyncio.gather(*tasks)
+
+
+async def validator_killed(suite: Suite) -> Tally:
+    """SIGKILL: the runner restarts it within seconds."""
     old: dict[str, int] = {}
-    with scenario(suite, "validator stopped", lambda: old) as tally:
-        async with grpc.aio.insecure_channel(suite.addresses["router"]) as channel:
-            stub = router_grpc.RouterServiceStub(channel)
-            decided = asyncio.Event()
-            count = 0
+    with scenario(suite, "validator killed", lambda: old) as tally:
 
-            def seen(event: router_pb.RouteResponse) -> None:
-                nonlocal count
-                count += event.HasField("decision")
-                if count == 4:
-                    decided.set()
-
-            tasks = [
-                asyncio.create_task(route(stub, tally, p, seen, **SMALL)) for p in simple(22, 4)
-            ]
-            await decided.wait()  # every Route is decided and its small tier is answering
+        def kill() -> None:
             old["validator"] = suite.pid("validator")
             os.kill(old["validator"], signal.SIGKILL)
-            tasks += [asyncio.create_task(route(stub, tally, p, **SMALL)) for p in simple(26, 4)]
-            await asyncio.gather(*tasks)
+
+        await _validated_routes(suite, tally, kill)
+    return tally
+
+
+async def validator_stopped(suite: Suite) -> Tally:
+    """SIGSTOP for as long as the Routes take: its calls time out, its breaker opens."""
+    with scenario(suite, "validator stopped", dict) as tally:
+        pid = suite.pid("validator")
+        try:
+            await _validated_routes(suite, tally, lambda: os.kill(pid, signal.SIGSTOP))
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     return tally
 
 
@@ -662,6 +685,7 @@ def _fuzz_rpc(
 SCENARIOS = {
     "tier_killed": tier_killed,
     "tier_stalled": tier_stalled,
+    "validator_killed": validator_killed,
     "validator_stopped": validator_stopped,
     "burst": burst,
 }
@@ -681,21 +705,21 @@ async def run(suite: Suite, names: list[str], examples: int, derandomize: bool) 
 def table(tallies: list[Tally]) -> str:
     head = (
         f"{'scenario':<32} {'sent':>5} {'accepted':>8} {'completed':>9}  "
-        f"{'explicit status':<32} {'hung':>4} {'unexplained':>11} {'orphaned':>8} "
+        f"{'explicit status':<46} {'hung':>4} {'unexplained':>11} {'orphaned':>8} "
         f"{'unhealthy':>9} {'tracebacks':>10} {'s':>6}"
     )
     rows = [head, "-" * len(head)]
     for t in tallies:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items())) or "-"
         rows.append(
-            f"{t.scenario:<32} {t.sent:>5} {t.accepted:>8} {t.completed:>9}  {statuses:<32} "
+            f"{t.scenario:<32} {t.sent:>5} {t.accepted:>8} {t.completed:>9}  {statuses:<46} "
             f"{t.hung:>4} {len(t.unexplained):>11} {t.orphaned:>8} {t.unhealthy_after:>9} "
             f"{len(t.tracebacks):>10} {t.seconds:>6.0f}"
         )
     return "\n".join(rows)
 
 
-FAST = ["burst", "fuzz", "validator_stopped", "tier_stalled", "tier_killed"]
+FAST = ["burst", "fuzz", "validator_killed", "validator_stopped", "tier_stalled", "tier_killed"]
 
 
 def main(argv: list[str] | None = None) -> int:

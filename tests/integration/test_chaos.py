@@ -1,8 +1,8 @@
 """The chaos suite's fast part (`benchmarks/chaos.py --fast`): the real suite, supervised as
-`make run` runs it, with a tier killed mid-stream and one stalled, the validator killed, a burst
-of 3,000 Scores past admission, and every RPC fuzzed. Whatever the machine's speed, nothing may
-hang, end with a status the README does not explain, be orphaned, stay unhealthy, or leave a
-traceback in a log."""
+`make run` runs it, with a tier killed mid-stream and one stalled, the validator killed and
+stopped, a burst of 3,000 Scores past admission, and every RPC fuzzed. Whatever the machine's
+speed, nothing may hang, end with a status the README does not explain, be orphaned, stay
+unhealthy, or leave a traceback in a log."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_the_suite_survives_the_fast_chaos_scenarios(tmp_path: Path) -> None:
     assert out.exists(), report
     result = json.loads(out.read_text())
     scenarios = {s["scenario"]: s for s in result["scenarios"]}
-    assert len(scenarios) == 5, report
+    assert len(scenarios) == 6, report
     for name, s in scenarios.items():
         assert s["hung"] == 0, f"{name}: calls hung\n{report}"
         assert s["unexplained"] == [], f"{name}: {s['unexplained'][:5]}\n{report}"
