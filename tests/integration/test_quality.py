@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from tests.helpers.services import EMBEDDER_DIR, ROOT, router_config
 from tierroute.core.prompts import normalize
@@ -80,6 +81,34 @@ def test_mt_bench_converter_averages_the_two_turns_and_routes_on_the_first() -> 
         assert len(turns) == 2
         assert rows[0].scores[model] == pytest.approx(sum(turns) / 2)
     assert rows[0].category == q["category"]
+
+
+def test_the_everyday_set_is_labelled_balanced_and_shares_no_prompt_with_anchors_or_tests() -> None:
+    rows = list(CONVERTERS["everyday"](ROOT / "data" / "everyday"))
+    kinds = {r.category for r in rows}
+    assert len(rows) >= 400 and len(kinds) >= 12
+    complex_ = [r for r in rows if r.scores[WEAK] == 0.0]
+    assert all(r.scores[STRONG] == 1.0 for r in rows)
+    assert 0.4 < len(complex_) / len(rows) < 0.6
+    assert len({normalize(r.prompt).lower() for r in rows}) == len(rows), "a repeated prompt"
+    anchors = yaml.safe_load((ROOT / "services/router/data/anchors.yaml").read_text())
+    others = {
+        normalize(p).lower()
+        for level in anchors.values()
+        for prompts in level.values()
+        for p in prompts
+    }
+    tests = yaml.safe_load((ROOT / "tests/data/prompts.yaml").read_text())
+    others |= {normalize(p).lower() for prompts in tests.values() for p in prompts}
+    assert not {normalize(r.prompt).lower() for r in rows} & others
+    held = split(rows, "eval")
+    assert 150 < len(held) < 275 and {r.category for r in held} == kinds
+
+
+def test_a_broken_everyday_file_is_named(tmp_path: Path) -> None:
+    (tmp_path / "prompts.yaml").write_text("simple: {chat: [hi]}\n")
+    with pytest.raises(DataError, match=r"prompts.yaml: expected two mappings"):
+        list(CONVERTERS["everyday"](tmp_path))
 
 
 def test_bad_rows_are_named_by_file_and_line(tmp_path: Path) -> None:

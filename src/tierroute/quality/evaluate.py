@@ -22,7 +22,16 @@ from tierroute.core.config import RouterConfig, load_config
 from tierroute.quality import apgr
 from tierroute.quality.artifact import load_artifact, raw_scores
 from tierroute.quality.calibrate import Labelled, calibrate, fit, labelled, to_json
-from tierroute.quality.labelled import CONVERTERS, STRONG, WEAK, Row, read_rows, split, write_rows
+from tierroute.quality.labelled import (
+    CONVERTERS,
+    ROUTELLM_SETS,
+    STRONG,
+    WEAK,
+    Row,
+    read_rows,
+    split,
+    write_rows,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -260,9 +269,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def convert_all(source: Path, folder: Path) -> dict[str, Path]:
     paths = {}
-    for name, convert in CONVERTERS.items():
+    for name in ROUTELLM_SETS:
         path = folder / f"{name}.jsonl"
-        write_rows(convert(source / name), path)
+        write_rows(CONVERTERS[name](source / name), path)
         paths[name] = path
     return paths
 

@@ -181,4 +181,33 @@ def convert_mt_bench(folder: Path) -> Iterator[Row]:
             yield Row(q["turns"][0], scores, q["category"])
 
 
-CONVERTERS = {"mmlu": convert_mmlu, "gsm8k": convert_gsm8k, "mt_bench": convert_mt_bench}
+def convert_everyday(folder: Path) -> Iterator[Row]:
+    """data/everyday/prompts.yaml (README there): everyday requests labelled simple or complex,
+    as rows of RouteLLM's model pair: the strong model right on every prompt, the weak one on
+    the simple prompts only. Its category is the kind of request."""
+    import yaml
+
+    path = folder / "prompts.yaml"
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise DataError(f"{path}: cannot read it ({exc})") from exc
+    if not isinstance(doc, dict) or set(doc) != {"simple", "complex"}:
+        raise DataError(f"{path}: expected two mappings, `simple:` and `complex:`, of kinds")
+    for level, kinds in doc.items():
+        for kind, prompts in (kinds or {}).items():
+            for prompt in prompts or []:
+                if not isinstance(prompt, str) or not prompt.strip():
+                    raise DataError(f"{path}: {level}.{kind}: every prompt must be a string")
+                weak = 1.0 if level == "simple" else 0.0
+                yield Row(prompt, {STRONG: 1.0, WEAK: weak}, kind)
+
+
+# RouteLLM's benchmarks, as `make eval` converts them from ../shared/data/routellm.
+ROUTELLM_SETS = ("mmlu", "gsm8k", "mt_bench")
+CONVERTERS = {
+    "mmlu": convert_mmlu,
+    "gsm8k": convert_gsm8k,
+    "mt_bench": convert_mt_bench,
+    "everyday": convert_everyday,
+}

@@ -153,10 +153,12 @@ def _offline_commands(commands: Any) -> None:
     data = commands.add_parser("data", help="labelled routing data")
     data_commands = data.add_subparsers(dest="data_command", required=True)
     convert = data_commands.add_parser(
-        "convert", help="convert RouteLLM's evaluation files to tierroute's JSONL"
+        "convert", help="convert RouteLLM's evaluation files (or data/everyday) to JSONL"
     )
-    convert.add_argument("benchmark", choices=["mmlu", "gsm8k", "mt_bench"])
-    convert.add_argument("input", type=Path, help="e.g. ../shared/data/routellm/mmlu")
+    convert.add_argument("benchmark", choices=["mmlu", "gsm8k", "mt_bench", "everyday"])
+    convert.add_argument(
+        "input", type=Path, help="e.g. ../shared/data/routellm/mmlu, or data/everyday"
+    )
     convert.add_argument("-o", "--out", type=Path, required=True)
     convert.set_defaults(run=later("cmd_convert"))
 
