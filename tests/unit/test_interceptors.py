@@ -109,10 +109,15 @@ async def validate(address: str, answer: str) -> pb.ValidateResponse:
         )
 
 
-def server_span(spans: InMemorySpanExporter, method: str) -> trace.Span:
-    found = [s for s in spans.get_finished_spans() if s.name.endswith(method)]
-    assert found, f"no span for {method}"
-    return found[-1]  # type: ignore[return-value]
+async def server_span(spans: InMemorySpanExporter, method: str, nth: int) -> trace.Span:
+    """The `nth` (from 1) finished server span of `method`. The client may see the status
+    before the server has ended the span: wait for it (bounded), never for a fixed time."""
+    async with asyncio.timeout(30):
+        while True:
+            found = [s for s in spans.get_finished_spans() if s.name.endswith(method)]
+            if len(found) >= nth:
+                return found[nth - 1]  # type: ignore[return-value]
+            await asyncio.sleep(0.01)
 
 
 async def test_an_unexpected_error_is_internal_with_the_trace_id_and_no_exception_text(
@@ -155,7 +160,7 @@ async def test_spans_follow_the_rpc_conventions_and_a_client_mistake_is_not_an_e
 ) -> None:
     spans.clear()
     await validate(served[1], "fine")
-    ok = server_span(spans, "Validate")
+    ok = await server_span(spans, "Validate", 1)
     assert ok.name == "tierroute.validator.v1.ValidatorService/Validate"
     assert ok.kind == trace.SpanKind.SERVER
     assert ok.attributes is not None
@@ -168,14 +173,14 @@ async def test_spans_follow_the_rpc_conventions_and_a_client_mistake_is_not_an_e
 
     with pytest.raises(grpc.aio.AioRpcError):
         await validate(served[1], "bad")
-    bad = server_span(spans, "Validate")
+    bad = await server_span(spans, "Validate", 2)
     assert bad.attributes is not None and bad.attributes["rpc.grpc.status_code"] == 3
     assert bad.status.status_code == trace.StatusCode.UNSET
 
-    for answer, code in (("down", 14), ("crash", 13)):
+    for nth, (answer, code) in enumerate((("down", 14), ("crash", 13)), 3):
         with pytest.raises(grpc.aio.AioRpcError):
             await validate(served[1], answer)
-        failed = server_span(spans, "Validate")
+        failed = await server_span(spans, "Validate", nth)
         assert failed.attributes is not None and failed.attributes["rpc.grpc.status_code"] == code
         assert failed.status.status_code == trace.StatusCode.ERROR
 
@@ -184,6 +189,7 @@ async def test_a_stream_that_fails_midway_ends_internal_after_its_chunks(
     served: tuple[Both, str], spans: InMemorySpanExporter
 ) -> None:
     received = []
+    spans.clear()
     async with grpc.aio.insecure_channel(served[1]) as channel:
         call = tier_grpc.TierServiceStub(channel).Generate(tier_pb.GenerateRequest(), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as info:
@@ -192,7 +198,7 @@ async def test_a_stream_that_fails_midway_ends_internal_after_its_chunks(
     assert received == ["partial"]
     assert info.value.code() == grpc.StatusCode.INTERNAL
     assert SECRET not in (info.value.details() or "")
-    span = server_span(spans, "Generate")
+    span = await server_span(spans, "Generate", 1)
     assert span.attributes is not None and span.attributes["rpc.grpc.status_code"] == 13
 
 
