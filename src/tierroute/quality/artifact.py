@@ -14,7 +14,12 @@ score from the unit-length embeddings, where higher means "the large tier is nee
 - `ensemble`: a weighted mean of the logistic and the knn score, each first turned into its
   rank among the calibration prompts' scores (a stored quantile table);
 - `centroid`: cos(e, large-needed centroid) - cos(e, small-is-enough centroid);
-- `anchors`: like the seed scorer, over anchor prompts chosen from the data.
+- `anchors`: like the seed scorer, over anchor prompts chosen from the data;
+- `stacked`: a benchmark-fitted scorer (`base_*` arrays, usually an ensemble) plus a
+  logistic model of general traffic (`general_*`: everyday requests labelled simple or
+  complex), each standardised by its mean and spread over the benchmark's calibration
+  prompts, the second weighted by `general_weight`. The first ranks questions within a
+  benchmark; the second tells a greeting from a proof, which exam data never shows it.
 
 The raw score maps piecewise-linearly onto 0-10 so that the artifact's threshold lands on
 `router.complexity_threshold`: the router's tier choice is then exactly the artifact's.
@@ -33,7 +38,7 @@ from typing import Any
 import numpy as np
 
 ARTIFACT_FORMAT = 1
-MODEL_KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors")
+MODEL_KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors", "stacked")
 FEATURES = (
     "log_chars",
     "log_words",
@@ -118,6 +123,18 @@ def raw_scores(
     """Raw scores (higher: the large tier is needed) for unit-length embeddings `e` of the
     whitespace-folded `texts`."""
     e = np.asarray(e, dtype=np.float32)
+    if model == "stacked":
+        base = raw_scores(
+            params["base_model"], part(arrays, "base_"), params["base_params"], e, texts
+        )
+        general_arrays = part(arrays, "general_")
+        general = expected_gain(
+            general_arrays, params["general_params"], logistic_inputs(general_arrays, e, texts)
+        )
+        return np.asarray(
+            (base - params["base_mean"]) / params["base_std"]
+            + params["general_weight"] * (general - params["general_mean"]) / params["general_std"]
+        )
     if model in ("logistic", "ensemble"):
         logit = expected_gain(arrays, params, logistic_inputs(arrays, e, texts))
         if model == "logistic":
@@ -137,6 +154,11 @@ def raw_scores(
         low = np.clip((e @ arrays["small_anchors"].T).max(axis=1), 0.0, None)
         return np.asarray(high / (low + high + 0.01))
     raise ArtifactError(f"unknown model kind {model!r} (known: {', '.join(MODEL_KINDS)})")
+
+
+def part(arrays: dict[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
+    """The arrays of one component of a stacked artifact, without their prefix."""
+    return {k.removeprefix(prefix): v for k, v in arrays.items() if k.startswith(prefix)}
 
 
 def artifact_version(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:

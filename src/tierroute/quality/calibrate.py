@@ -20,6 +20,7 @@ from tierroute.quality import apgr
 from tierroute.quality.artifact import (
     MODEL_KINDS,
     QUANTILES,
+    expected_gain,
     logistic_inputs,
     prompt_features,
     raw_scores,
@@ -38,6 +39,12 @@ DEFAULT_K = 100
 # The ensemble's share of the knn score (the rest: the logistic model's).
 KNN_WEIGHT = 0.3
 ANCHORS_PER_CLASS = 32
+# A stacked scorer's general-traffic model: its regularisation and its weight are chosen by
+# cross-validation on the calibration rows: the least weight that tells simple from complex
+# everyday requests with GOAL_AUC, so that the benchmark ranking loses the least.
+GENERAL_C = (0.3, 1.0, 3.0, 10.0)
+GENERAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
+GOAL_AUC = 0.95
 
 
 @dataclass(frozen=True)
@@ -199,6 +206,122 @@ def fit(
     raise ValueError(f"unknown model {model!r} (known: {', '.join(MODEL_KINDS)})")
 
 
+def auc(scores: np.ndarray, positive: np.ndarray) -> float:
+    """The probability that a positive scores above a negative (ties count half)."""
+    from scipy.stats import rankdata
+
+    positive = np.asarray(positive, dtype=bool)
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if not n_pos or not n_neg:
+        raise ValueError("AUC needs both simple and complex prompts")
+    ranks = rankdata(np.asarray(scores, dtype=np.float64))
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+@dataclass(frozen=True)
+class Stack:
+    """What a stacked scorer is made of, and the cross-validated figures it was chosen on."""
+
+    arrays: dict[str, np.ndarray]
+    params: dict[str, Any]
+    oof: np.ndarray  # each calibration prompt's score from components that did not see it
+    general_oof: np.ndarray  # the same for the general rows
+    chosen_on: dict[str, Any]
+
+
+def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) -> Stack:
+    """A stacked scorer: an ensemble fitted on `data` (benchmark rows) plus a logistic model
+    fitted on `general` (everyday rows labelled simple or complex). The general model's
+    regularisation is chosen by 2-fold AUC on `general`; the weight (unless given) is the
+    smallest that reaches GOAL_AUC on out-of-fold scores of `general` (each weight costs the
+    benchmark ranking a little: the table of both is kept), else the one with the best AUC."""
+    complex_ = general.gain > 0
+    folds = _folds(general)
+    c_auc = {}
+    for c in GENERAL_C:
+        oof = np.zeros(len(general.rows))
+        for f in (0, 1):
+            arrays, params = _logistic(general.subset(folds != f), c)
+            test = general.subset(folds == f)
+            oof[folds == f] = expected_gain(
+                arrays, params, logistic_inputs(arrays, test.embeddings, test.texts)
+            )
+        c_auc[c] = auc(oof, complex_)
+    c = max(GENERAL_C, key=lambda v: (c_auc[v], -v))
+    general_arrays, general_params = _logistic(general, c)
+    # Out of fold: the general model's scores on its own rows, from the fold models.
+    general_oof = np.zeros(len(general.rows))
+    for f in (0, 1):
+        arrays, params = _logistic(general.subset(folds != f), c)
+        test = general.subset(folds == f)
+        general_oof[folds == f] = expected_gain(
+            arrays, params, logistic_inputs(arrays, test.embeddings, test.texts)
+        )
+    base_arrays, base_params = fit("ensemble", data)
+    base_oof = out_of_fold("ensemble", data)
+
+    def general_score(rows: Labelled) -> np.ndarray:
+        x = logistic_inputs(general_arrays, rows.embeddings, rows.texts)
+        return expected_gain(general_arrays, general_params, x)
+
+    general_on_data = general_score(data)  # never fitted on these rows
+    base_on_general = raw_scores(
+        "ensemble", base_arrays, base_params, general.embeddings, general.texts
+    )
+    stats = {
+        "base_mean": float(base_oof.mean()),
+        "base_std": float(base_oof.std() + 1e-9),
+        "general_mean": float(general_on_data.mean()),
+        "general_std": float(general_on_data.std() + 1e-9),
+    }
+
+    def combine(base: np.ndarray, gen: np.ndarray, w: float) -> np.ndarray:
+        return (base - stats["base_mean"]) / stats["base_std"] + w * (
+            gen - stats["general_mean"]
+        ) / stats["general_std"]
+
+    table = {}
+    for w in GENERAL_WEIGHTS if weight is None else (weight,):
+        a = auc(combine(base_on_general, general_oof, w), complex_)
+        g = apgr.curve(combine(base_oof, general_on_data, w), data.large, data.small).apgr
+        table[w] = {"auc": a, "apgr": g}
+    reaching = [v for v in table if table[v]["auc"] >= GOAL_AUC]
+    w = min(reaching) if reaching else max(table, key=lambda v: (table[v]["auc"], -v))
+    logger.info("stacked: general C %s (AUC %s), weight %s of %s", c, c_auc, w, table)
+    arrays = {f"base_{k}": v for k, v in base_arrays.items()} | {
+        f"general_{k}": v for k, v in general_arrays.items()
+    }
+    params = {
+        "base_model": "ensemble",
+        "base_params": base_params,
+        "general_params": general_params,
+        "general_weight": w,
+        **stats,
+    }
+    chosen_on = {
+        "general_rows": len(general.rows),
+        "general_c_auc": {str(k): v for k, v in c_auc.items()},
+        "weights": {str(k): v for k, v in table.items()},
+    }
+    return Stack(
+        arrays,
+        params,
+        combine(base_oof, general_on_data, w),
+        combine(base_on_general, general_oof, w),
+        chosen_on,
+    )
+
+
+def _joined(a: Labelled, b: Labelled) -> Labelled:
+    return Labelled(
+        a.rows + b.rows,
+        a.texts + b.texts,
+        np.concatenate([a.embeddings, b.embeddings]),
+        np.concatenate([a.large, b.large]),
+        np.concatenate([a.small, b.small]),
+    )
+
+
 def _folds(data: Labelled, salt: bytes = b"fold:") -> np.ndarray:
     """A deterministic 2-fold split of the calibration half, by another hash of the prompt
     (a different salt for a split nested inside another)."""
@@ -261,10 +384,28 @@ def calibrate(
     embedder_version: str,
     out: Path,
     source: str = "",
+    general: Labelled | None = None,
 ) -> dict[str, Any]:
     """Fit `model` ("auto": the kind with the best cross-validated APGR) on `data`, choose
-    its threshold on out-of-fold scores, write the artifact; returns its metadata."""
-    cross_validated = {}
+    its threshold on out-of-fold scores, write the artifact; returns its metadata. A `stacked`
+    model also needs `general`: everyday rows labelled simple or complex."""
+    cross_validated: dict[str, Any] = {}
+    if model == "stacked":
+        if general is None:
+            raise ValueError(
+                "--model stacked needs general traffic as well (--general FILE: labelled rows "
+                "of everyday requests, such as `tierroute data convert everyday`)"
+            )
+        stack = fit_stacked(data, general)
+        # The target is met on both kinds of traffic: the lower of the two thresholds.
+        on_data = threshold_for(stack.oof, data, target)
+        on_general = threshold_for(stack.general_oof, general, target)
+        stack.chosen_on["threshold_for_target"] = {"data": on_data, "general": on_general}
+        return _finish(
+            data, "stacked", stack.arrays, stack.params, stack.oof, target, stack.chosen_on,
+            small=small, large=large, embedder_version=embedder_version, out=out, source=source,
+            oof_threshold=min(on_data, on_general), categories_from=_joined(data, general),
+        )  # fmt: skip
     if model == "auto":
         for kind in ("logistic", "knn", "ensemble"):
             raw = out_of_fold(kind, data)
@@ -274,21 +415,49 @@ def calibrate(
     param = select(model, data)
     arrays, params = fit(model, data, param)
     raw = out_of_fold(model, data, param)
+    return _finish(
+        data, model, arrays, params, raw, target, cross_validated,
+        small=small, large=large, embedder_version=embedder_version, out=out, source=source,
+    )  # fmt: skip
+
+
+def _finish(
+    data: Labelled,
+    model: str,
+    arrays: dict[str, np.ndarray],
+    params: dict[str, Any],
+    raw: np.ndarray,
+    target: dict[str, float],
+    cross_validated: dict[str, Any],
+    *,
+    small: str,
+    large: str,
+    embedder_version: str,
+    out: Path,
+    source: str,
+    oof_threshold: float | None = None,
+    categories_from: Labelled | None = None,
+) -> dict[str, Any]:
+    """The threshold for `target` from out-of-fold scores `raw` (or `oof_threshold`, chosen on
+    those scores by the caller), the metadata, the artifact."""
     # The target is met on out-of-fold scores (what unseen prompts get); the served model,
     # fitted on all of the data, spreads its scores differently: its threshold is the one that
     # sends the same share of these prompts to the large tier.
-    share = float(np.mean(raw > threshold_for(raw, data, target)))
+    if oof_threshold is None:
+        oof_threshold = threshold_for(raw, data, target)
+    share = float(np.mean(raw > oof_threshold))
     served = raw_scores(model, arrays, params, data.embeddings, data.texts)
     threshold = float(np.quantile(served, 1.0 - share))
     low, high = (float(v) for v in np.quantile(served, [0.005, 0.995]))
     spread = max(high - low, 1e-6)
     low, high = min(low, threshold - 1e-3 * spread), max(high, threshold + 1e-3 * spread)
-    categories = sorted({r.category for r in data.rows if r.category})
+    named = categories_from or data
+    categories = sorted({r.category for r in named.rows if r.category})
     if categories:
         index = {c: i for i, c in enumerate(categories)}
-        which = np.array([index.get(r.category, -1) for r in data.rows])
+        which = np.array([index.get(r.category, -1) for r in named.rows])
         arrays["category_centroids"] = np.stack(
-            [_unit(data.embeddings[which == i].mean(0)) for i in range(len(categories))]
+            [_unit(named.embeddings[which == i].mean(0)) for i in range(len(categories))]
         )
     meta = {
         "model": model,

@@ -21,7 +21,7 @@ import numpy as np
 from tierroute.core.config import RouterConfig, load_config
 from tierroute.quality import apgr
 from tierroute.quality.artifact import load_artifact, raw_scores
-from tierroute.quality.calibrate import Labelled, calibrate, fit, labelled, to_json
+from tierroute.quality.calibrate import Labelled, auc, calibrate, fit, labelled, to_json
 from tierroute.quality.labelled import (
     CONVERTERS,
     ROUTELLM_SETS,
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 # Paths below are relative to where the command runs (`make eval` runs in the checkout).
 ROUTELLM = Path(os.environ.get("TIERROUTE_ROUTELLM_DATA", "../shared/data/routellm"))
+EVERYDAY = Path("data/everyday")
 DEFAULT_ARTIFACT = Path("artifacts/router-default")
 KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors")
 # The default artifact's threshold: the fewest large-tier calls that keep 80% of the quality
@@ -103,6 +104,9 @@ def evaluate(
     optimal = apgr.optimal_curve(data.large, data.small)
     routers["optimal"] = {**optimal.summary(), "curve": _points(optimal)}
     own = scores[f"artifact ({meta['model']})"]
+    routers[f"artifact ({meta['model']})"]["apgr_ci95"] = bootstrap(
+        lambda i: apgr.curve(own[i], data.large[i], data.small[i]).apgr, len(own)
+    )
     at = apgr.at_threshold(own, meta["threshold"], data.large, data.small)
     ratio, ratio_from = cost_ratio(ctx, data, meta["small"], meta["large"])
     avoided = 1.0 - at["strong_share"]
@@ -162,9 +166,10 @@ def print_table(title: str, result: dict[str, Any]) -> None:
     )
     print(f"  {'router':<34}{'APGR':>7}{'CPT20':>8}{'CPT50':>8}{'CPT80':>8}")
     for name, r in result["routers"].items():
+        ci = r.get("apgr_ci95")
         print(
             f"  {name:<34}{r['apgr']:>7.3f}{r['cpt20']:>7.1f}%{r['cpt50']:>7.1f}%"
-            f"{r['cpt80']:>7.1f}%"
+            f"{r['cpt80']:>7.1f}%" + (f"   APGR 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
         )
     at = result["at_threshold"]
     print(
@@ -221,6 +226,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     ctx = context(args.config, args.cache_dir)
     rows = split(load_rows(args.data), args.split)
     data = labelled(rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
+    general = None
+    if args.general:
+        general_rows = split(load_rows(args.general), args.split)
+        general = labelled(general_rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
     meta = calibrate(
         data,
         args.model,
@@ -230,6 +239,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         embedder_version=ctx.embedder().version,
         out=args.out,
         source=f"{', '.join(p.name for p in args.data)} ({args.split} half)",
+        general=general,
     )
     cv = meta["calibration_out_of_fold"]
     print(
@@ -277,13 +287,68 @@ def convert_all(source: Path, folder: Path) -> dict[str, Path]:
 
 
 def build_default(source: Path, out: Path, config: Path | None, cache_dir: Path | None) -> str:
-    """The embedded default artifact: calibrated on the calibration halves of MMLU and GSM8K
-    (their evaluation halves and MT-Bench stay unseen), for DEFAULT_TARGET."""
+    """The embedded default artifact: a stacked scorer calibrated on the calibration halves of
+    MMLU and GSM8K and of the everyday set (their evaluation halves and MT-Bench stay unseen),
+    for DEFAULT_TARGET."""
     ctx = context(config, cache_dir)
     rows = [r for name in ("mmlu", "gsm8k") for r in CONVERTERS[name](source / name)]
     data = routellm(ctx, split(rows, "calibrate"))
-    meta = calibrate_routellm(ctx, data, out, "RouteLLM MMLU + GSM8K (calibration halves)")
+    general = routellm(ctx, split(list(CONVERTERS["everyday"](EVERYDAY)), "calibrate"))
+    meta = calibrate(
+        data,
+        "stacked",
+        DEFAULT_TARGET,
+        small=WEAK,
+        large=STRONG,
+        embedder_version=ctx.embedder().version,
+        out=out,
+        source="RouteLLM MMLU + GSM8K and data/everyday (calibration halves)",
+        general=general,
+    )
     return str(meta["version"])
+
+
+def bootstrap(statistic: Any, n: int, resamples: int = 1000, seed: int = 0) -> list[float]:
+    """The 95% percentile interval of `statistic(indices)` over resamples of n rows."""
+    rng = np.random.default_rng(seed)
+    values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
+    return [float(v) for v in np.percentile(values, [2.5, 97.5])]
+
+
+def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]:
+    """How well each router ranks the complex everyday requests above the simple ones (AUC,
+    with a bootstrap 95% interval): the artifact as served, the seed's anchors, random."""
+    meta, arrays = load_artifact(artifact)
+    complex_ = data.gain > 0
+    scores = {
+        f"artifact ({meta['model']})": raw_scores(
+            meta["model"], arrays, meta.get("params", {}), data.embeddings, data.texts
+        ),
+        "seed anchors (hand-written)": seed_anchor_scores(ctx, data),
+    }
+    routers: dict[str, Any] = {}
+    for name, raw in scores.items():
+        routers[name] = {
+            "auc": auc(raw, complex_),
+            "auc_ci95": bootstrap(lambda i, r=raw: _auc_or_half(r[i], complex_[i]), len(raw)),
+        }
+    routers["random"] = {"auc": 0.5}
+    large = scores[f"artifact ({meta['model']})"] > meta["threshold"]
+    return {
+        "rows": len(data.rows),
+        "complex": int(complex_.sum()),
+        "routers": routers,
+        "at_threshold": {
+            "large_share": float(large.mean()),
+            "complex_to_large": float(large[complex_].mean()),
+            "simple_to_large": float(large[~complex_].mean()),
+        },
+    }
+
+
+def _auc_or_half(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUC of a resample (0.5 in the rare resample with one class only)."""
+    return auc(scores, positive) if 0 < positive.sum() < len(positive) else 0.5
 
 
 def routellm(ctx: Context, rows: list[Row]) -> Labelled:
@@ -328,6 +393,34 @@ def mt_bench_spread(
         "random_apgr_median": float(np.median(randoms)),
         "margin_over_random_positive_in": int(
             sum(a > r for a, r in zip(apgrs, randoms, strict=True))
+        ),
+    }
+
+
+def default_goals(results: dict[str, Any]) -> dict[str, bool]:
+    """Issue 12's bar for one default: everyday requests told apart, both benchmarks'
+    held-out halves ranked, MT-Bench (never seen) above random beyond its interval."""
+
+    def artifact(result: dict[str, Any]) -> dict[str, Any]:
+        return next(r for n, r in result["routers"].items() if n.startswith("artifact"))
+
+    every = artifact(results["everyday (default artifact)"])
+    mt = results["mt_bench (default artifact)"]
+    mt_random = mt["routers"]["random (mean of 10 seeds)"]["apgr"]
+    return {
+        f"everyday AUC >= 0.95 (got {every['auc']:.3f})": every["auc"] >= 0.95,
+        **{
+            f"{name} held-out APGR >= 0.70 (got {artifact(results[key])['apgr']:.3f})": (
+                artifact(results[key])["apgr"] >= 0.70
+            )
+            for name, key in (
+                ("MMLU", "mmlu (default artifact)"),
+                ("GSM8K", "gsm8k (default artifact)"),
+            )
+        },
+        f"MT-Bench APGR's 95% CI above random's {mt_random:.3f} "
+        f"(got {artifact(mt)['apgr_ci95'][0]:.3f}-{artifact(mt)['apgr_ci95'][1]:.3f})": (
+            artifact(mt)["apgr_ci95"][0] > mt_random
         ),
     }
 
@@ -391,6 +484,23 @@ def report(args: argparse.Namespace) -> int:
         key = f"{name} (default artifact)"
         results[key] = evaluate(ctx, args.default_artifact, held, None)
         print_table(f"{name} held-out half: the default artifact", results[key])
+    everyday = routellm(ctx, split(list(CONVERTERS["everyday"](args.everyday)), "eval"))
+    results["everyday (default artifact)"] = everyday_auc(ctx, args.default_artifact, everyday)
+    print(f"\neveryday held-out half ({len(everyday.rows)} prompts): AUC, complex above simple")
+    for name, r in results["everyday (default artifact)"]["routers"].items():
+        ci = r.get("auc_ci95")
+        print(
+            f"  {name:<34}{r['auc']:>7.3f}" + (f"   95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
+        )
+    at = results["everyday (default artifact)"]["at_threshold"]
+    print(
+        f"  at the artifact's threshold: {at['complex_to_large']:.1%} of complex requests and "
+        f"{at['simple_to_large']:.1%} of simple ones go to the large tier"
+    )
+    goals = default_goals(results)
+    print("\nthe default artifact against its goals (held-out data):")
+    for goal, met in goals.items():
+        print(f"  {'met ' if met else 'MISS'} {goal}")
     meta, _ = load_artifact(args.default_artifact)
     out = args.results / "quality.json"
     doc = {
@@ -399,6 +509,7 @@ def report(args: argparse.Namespace) -> int:
         "default_artifact": meta["version"],
         "embedder_version": ctx.embedder().version,
         "machine": machine(),
+        "goals": goals,
         "results": results,
     }
     out.write_text(to_json(doc) + "\n")
@@ -410,6 +521,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="tierroute routing-quality report (make eval)")
     parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     parser.add_argument("--source", type=Path, default=ROUTELLM)
+    parser.add_argument("--everyday", type=Path, default=EVERYDAY)
     parser.add_argument("--work", type=Path, default=Path("build/quality"))
     parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--cache-dir", type=Path, default=Path("models/embeddings-cache"))

@@ -175,7 +175,14 @@ def _offline_commands(commands: Any) -> None:
     cal.add_argument(
         "--model",
         default="auto",
-        choices=["auto", "logistic", "knn", "ensemble", "centroid", "anchors"],
+        choices=["auto", "logistic", "knn", "ensemble", "centroid", "anchors", "stacked"],
+    )
+    cal.add_argument(
+        "--general",
+        type=Path,
+        nargs="+",
+        help="labelled JSONL of everyday requests (simple or complex, same model names), for "
+        "--model stacked: e.g. `tierroute data convert everyday data/everyday -o everyday.jsonl`",
     )
     cal.add_argument(
         "--split",

@@ -214,7 +214,8 @@ def routellm_data() -> Path:
 
 
 def build_router(models_dir: Path, out: Path = ROUTER_OUT) -> Path:
-    """Calibrate the default router artifact (about 2 minutes, most of it embedding)."""
+    """Calibrate the default router artifact on RouteLLM's data and data/everyday (about 3
+    minutes, most of it embedding)."""
     from tierroute.quality import artifact, calibrate, evaluate, labelled
 
     data = routellm_data()
@@ -231,6 +232,8 @@ def build_router(models_dir: Path, out: Path = ROUTER_OUT) -> Path:
         [*data.glob("mmlu/**/*.csv"), *data.glob("*/*.jsonl"), *data.glob("*/*.csv")]
     ):
         inputs.update(path.name.encode() + file_sha256(path).encode())
+    everyday = evaluate.EVERYDAY / "prompts.yaml"
+    inputs.update(everyday.name.encode() + file_sha256(everyday).encode())
     embedder = json.loads((models_dir / EMBEDDER_DIR / MANIFEST).read_text())
     source_id = {
         "data_sha256": inputs.hexdigest(),
