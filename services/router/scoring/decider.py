@@ -14,7 +14,8 @@ from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scorers import Scorer, build_scorer
-from tierroute.router.selection.policy import Candidate, Policy
+from tierroute.router.selection.operating import OperatingPoint
+from tierroute.router.selection.policy import Policy
 from tierroute.router.v1 import router_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -22,11 +23,10 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Scored:
-    """A decision as the routing cache keeps it."""
+    """What the routing cache keeps: the score, not the tier (the bounds may move)."""
 
     score: float
     category: str
-    ranking: tuple[Candidate, ...]
     truncated: bool
 
 
@@ -40,6 +40,7 @@ class Decider:
         self.embedder: Embedder | None = None
         self.scorer: Scorer | None = None
         self.batcher: MicroBatcher | None = None
+        self.operating: OperatingPoint | None = None
         self._routing_version = cfg.routing_version()
 
     @property
@@ -63,6 +64,16 @@ class Decider:
             return embedder, scorer
 
         embedder, scorer = await asyncio.to_thread(_load)
+        if cfg.target_large_share is not None:
+            prior = getattr(scorer, "prior_scores", lambda: None)()
+            self.operating = OperatingPoint(
+                cfg.target_large_share,
+                self.policy.last_bound,
+                cfg.operating_point_half_life,
+                cfg.operating_point_state,
+                prior,
+            )
+            self.policy.shift(self.operating.offset)
         batcher = MicroBatcher(
             embedder.embed_with_truncation, cfg.batch_max_size, cfg.batch_max_wait_ms
         )
@@ -101,7 +112,11 @@ class Decider:
                 return self._fallback(started, f"over its {budget * 1000:g} ms budget")
             except Exception as exc:
                 return self._fallback(started, f"failed: {type(exc).__name__}: {exc}")
-        chosen = scored.ranking[0]
+        ranking = self.policy.rank(scored.score)
+        if self.operating is not None:
+            self.operating.observe(scored.score)
+            self.policy.shift(self.operating.offset)
+        chosen = ranking[0]
         reasons = list(chosen.reasons)
         if scored.truncated:
             reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
@@ -119,15 +134,13 @@ class Decider:
             scorer_version=self.scorer.version,
             tier_max_score=chosen.max_score,
         )
-        return decision, [c.tier for c in scored.ranking]
+        return decision, [c.tier for c in ranking]
 
     async def _score(self, normalized: str, key: str) -> Scored:
         assert self.batcher is not None and self.scorer is not None
         vector, truncated = await self.batcher.embed(normalized)
         (score,) = self.scorer.score(vector[None, :], [normalized])
-        scored = Scored(
-            score.value, score.category, tuple(self.policy.rank(score.value)), truncated
-        )
+        scored = Scored(score.value, score.category, truncated)
         self.cache.put(key, scored)
         return scored
 

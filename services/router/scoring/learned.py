@@ -36,6 +36,12 @@ class LearnedScorer:
         self.version = f"learned:{self._model}@{meta['version']}"
         self.meta = meta
 
+    def prior_scores(self) -> np.ndarray | None:
+        """The 0-10 scores of the calibration prompts at evenly spaced quantiles, if the
+        artifact carries them: where the operating point starts."""
+        raw = self._arrays.get("raw_quantiles")
+        return None if raw is None else np.interp(raw, *self._knots)
+
     def score(self, embeddings: np.ndarray, texts: Sequence[str]) -> list[Score]:
         raw = raw_scores(self._model, self._arrays, self._params, embeddings, texts)
         values = np.interp(raw, *self._knots)

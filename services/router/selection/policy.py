@@ -30,7 +30,19 @@ class Policy:
         if not cfg.tiers:
             raise ValueError("no tiers are configured")
         self._names = [t.name for t in cfg.tiers]
-        self._bounds = cfg.tier_bounds()
+        self._configured = cfg.tier_bounds()
+        self._bounds = list(self._configured)
+
+    def shift(self, offset: float) -> None:
+        """Move every bound but the last (10) by `offset`: the operating point."""
+        self._bounds = [
+            min(10.0, max(0.0, b + offset)) for b in self._configured[:-1]
+        ] + self._configured[-1:]
+
+    @property
+    def last_bound(self) -> float:
+        """The configured score above which the last (large) tier serves."""
+        return self._configured[-2] if len(self._configured) > 1 else 10.0
 
     @property
     def tiers(self) -> list[str]:

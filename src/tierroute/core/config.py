@@ -105,6 +105,15 @@ class RouterConfig(_Strict):
     score_budget_ms: float = Field(default=50.0, gt=0)
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
+    # The share of traffic to send to the large (last) tier. Unset: the bounds as configured
+    # (the learned scorer's own threshold). Set: the router follows its live scores and moves
+    # the large tier's threshold (and the other bounds with it) to send this share there.
+    target_large_share: float | None = Field(default=None, gt=0, lt=1)
+    # Where the operating point (live score sketch, threshold) is kept across restarts.
+    # Unset: not kept; a restart starts again from the scorer's calibration scores.
+    operating_point_state: Path | None = None
+    # How many requests it takes for a live score's weight in the sketch to halve.
+    operating_point_half_life: float = Field(default=2000.0, ge=10)
 
 
 class TierConfig(_Strict):
@@ -421,6 +430,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "model": resolve(cfg.router.model),
             "anchors_file": resolve(cfg.router.anchors_file),
             "artifact": resolve(cfg.router.artifact),
+            "operating_point_state": resolve(cfg.router.operating_point_state),
         }
     )
     tiers = []

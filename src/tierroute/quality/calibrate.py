@@ -448,6 +448,8 @@ def _finish(
     share = float(np.mean(raw > oof_threshold))
     served = raw_scores(model, arrays, params, data.embeddings, data.texts)
     threshold = float(np.quantile(served, 1.0 - share))
+    # Where a router aiming at a target share of large-tier traffic starts (operating.py).
+    arrays["raw_quantiles"] = np.quantile(served, QUANTILES).astype(np.float64)
     low, high = (float(v) for v in np.quantile(served, [0.005, 0.995]))
     spread = max(high - low, 1e-6)
     low, high = min(low, threshold - 1e-3 * spread), max(high, threshold + 1e-3 * spread)

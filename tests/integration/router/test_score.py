@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -24,6 +25,7 @@ from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.host import Host
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
+EVERYDAY = Path(__file__).resolve().parents[3] / "data" / "everyday"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
@@ -349,3 +351,51 @@ def test_bad_config_key_fails_at_start_up_naming_the_key(tmp_path: Path) -> None
         "router.complexity_treshold: unknown key (did you mean 'complexity_threshold'?)"
         in proc.stderr
     )
+
+
+async def test_a_target_large_share_is_met_on_live_traffic_and_kept_across_a_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The everyday set's prompts, five times over, through the real router with
+    target_large_share 0.3: within 1,600 decisions the share sent large settles at the target,
+    whatever the bounds were; a restarted router starts from where it was."""
+    import logging
+
+    from tierroute.quality.labelled import CONVERTERS, WEAK
+
+    caplog.set_level(logging.INFO, "tierroute.router.selection.operating")
+    rows = list(CONVERTERS["everyday"](EVERYDAY))
+    prompts = [r.prompt for r in rows] * 5
+    random.Random(0).shuffle(prompts)  # the set is ordered by kind; traffic is mixed
+    state = tmp_path / "operating-point.json"
+    cfg = router_config(
+        score_budget_ms=600_000, target_large_share=0.3, operating_point_state=state
+    )
+    server, address = await started(host(cfg))
+    tiers: list[str] = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = pb_grpc.RouterServiceStub(channel)
+            for i in range(0, len(prompts), 8):  # eight at a time, in order
+                batch = prompts[i : i + 8]
+                decisions = await asyncio.gather(*(score(stub, prompt=p) for p in batch))
+                tiers += [d.tier for d in decisions]
+        threshold = decider_of(server).operating.threshold  # type: ignore[union-attr]
+    finally:
+        await server.stop(0)
+    late = tiers[1600:]
+    assert len(late) >= 500
+    assert sum(t == "large" for t in late) / len(late) == pytest.approx(0.3, abs=0.08)
+    complex_ = {r.prompt for r in rows if r.scores[WEAK] == 0.0}
+    picked = [p for p, t in zip(prompts[1600:], late, strict=True) if t == "large"]
+    assert sum(p in complex_ for p in picked) / len(picked) > 0.8, "it sends the complex ones"
+    assert any(" -> " in r.getMessage() for r in caplog.records), "each move is logged"
+    assert state.is_file()
+    caplog.clear()
+    again, _ = await started(host(cfg))
+    try:
+        restored = decider_of(again).operating
+        assert restored is not None and restored.threshold == pytest.approx(threshold, abs=0.26)
+        assert f"restored from {state}" in caplog.text
+    finally:
+        await again.stop(0)
