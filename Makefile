@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route chaos eval \
+.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route bench-calibration chaos eval \
 	calibrate-default clean
 
 setup: deps models
@@ -93,6 +93,11 @@ eval: setup
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)
+
+# Calibration that never makes it worse: RouterDC's benchmarks at 250/500/1,000 rows, shrunk
+# toward the shipped default; writes benchmarks/results/calibration.json (needs ../shared/data).
+bench-calibration: setup
+	$(PY) benchmarks/calibration.py
 
 # The suite under failure: tiers killed and stalled, the validator stopped, a burst past
 # admission, every RPC fuzzed; prints a table, writes benchmarks/results/chaos.json. The fast

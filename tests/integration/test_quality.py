@@ -351,6 +351,45 @@ async def test_a_stacked_artifact_tells_everyday_requests_apart_and_is_served_as
     assert all(d.scorer_version == f"learned:stacked@{meta['version']}" for d in decisions)
 
 
+def test_calibration_that_does_not_beat_its_prior_is_refused_unless_forced(
+    calibrated: dict[str, Path],
+) -> None:
+    """The prior here was fitted on these very rows, so no recalibration can beat it on
+    held-out folds: calibrate says so with both figures, exits non-zero and writes nothing;
+    --force writes a blend that the router can serve."""
+    work = calibrated["work"]
+    common = ("--config", calibrated["config"], "--cache-dir", work / "cache")
+    args = ("calibrate", calibrated["data"], "--small", WEAK, "--large", STRONG, *common)
+    refused = tierroute(*args, "--prior", calibrated["artifact"], "-o", work / "refused")
+    assert refused.returncode == 2, refused.stderr
+    assert "is not better than the prior" in refused.stderr
+    assert "5-fold APGR" in refused.stderr and "--force" in refused.stderr
+    assert not (work / "refused").exists()
+    forced = tierroute(*args, "--prior", calibrated["artifact"], "--force", "-o", work / "forced")
+    assert forced.returncode == 0, forced.stderr
+    meta, _ = load_artifact(work / "forced")
+    assert meta["cross_validated_apgr"]["prior"]["share"] < 1.0
+    from tierroute.router.scoring.embedder import Embedder
+    from tierroute.router.scoring.learned import LearnedScorer
+
+    embedder = Embedder(EMBEDDER_DIR)
+    scorer = LearnedScorer(work / "forced", 4.0, embedder.version)
+    texts = [normalize(r.prompt) for r in split(read_rows(calibrated["data"]), "eval")[:20]]
+    scores = [s.value for s in scorer.score(embedder.embed(texts), texts)]
+    assert len(scores) == 20 and all(0.0 <= v <= 10.0 for v in scores)
+
+
+def test_too_few_rows_for_the_folds_are_named(calibrated: dict[str, Path], tmp_path: Path) -> None:
+    few = tmp_path / "few.jsonl"
+    few.write_text("".join(calibrated["data"].read_text().splitlines(keepends=True)[:8]))
+    done = tierroute(
+        "calibrate", few, "--small", WEAK, "--large", STRONG, "--split", "all",
+        "--config", calibrated["config"], "-o", tmp_path / "never",
+    )  # fmt: skip
+    assert done.returncode == 2 and "too few for 5-fold cross-validation" in done.stderr
+    assert not (tmp_path / "never").exists()
+
+
 def test_an_artifact_for_another_embedder_is_refused(calibrated: dict[str, Path]) -> None:
     from tierroute.router.scoring.learned import LearnedScorer
 

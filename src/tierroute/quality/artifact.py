@@ -19,7 +19,10 @@ score from the unit-length embeddings, where higher means "the large tier is nee
   logistic model of general traffic (`general_*`: everyday requests labelled simple or
   complex), each standardised by its mean and spread over the benchmark's calibration
   prompts, the second weighted by `general_weight`. The first ranks questions within a
-  benchmark; the second tells a greeting from a proof, which exam data never shows it.
+  benchmark; the second tells a greeting from a proof, which exam data never shows it;
+- `blend`: a scorer calibrated on the user's rows (`own_*`) shrunk toward a prior artifact
+  (`prior_*`, any kind): each standardised over the calibration rows, mixed with the prior's
+  share `prior_share` chosen by k-fold cross-validation (`tierroute calibrate --prior`).
 
 The raw score maps piecewise-linearly onto 0-10 so that the artifact's threshold lands on
 `router.complexity_threshold`: the router's tier choice is then exactly the artifact's.
@@ -38,7 +41,7 @@ from typing import Any
 import numpy as np
 
 ARTIFACT_FORMAT = 1
-MODEL_KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors", "stacked")
+MODEL_KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors", "stacked", "blend")
 FEATURES = (
     "log_chars",
     "log_words",
@@ -123,6 +126,16 @@ def raw_scores(
     """Raw scores (higher: the large tier is needed) for unit-length embeddings `e` of the
     whitespace-folded `texts`."""
     e = np.asarray(e, dtype=np.float32)
+    if model == "blend":
+        own = raw_scores(params["own_model"], part(arrays, "own_"), params["own_params"], e, texts)
+        prior = raw_scores(
+            params["prior_model"], part(arrays, "prior_"), params["prior_params"], e, texts
+        )
+        share = params["prior_share"]
+        return np.asarray(
+            (1 - share) * (own - params["own_mean"]) / params["own_std"]
+            + share * (prior - params["prior_mean"]) / params["prior_std"]
+        )
     if model == "stacked":
         base = raw_scores(
             params["base_model"], part(arrays, "base_"), params["base_params"], e, texts

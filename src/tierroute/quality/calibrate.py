@@ -45,6 +45,15 @@ ANCHORS_PER_CLASS = 32
 GENERAL_C = (0.3, 1.0, 3.0, 10.0)
 GENERAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 GOAL_AUC = 0.95
+# Calibration is judged by K_FOLDS-fold cross-validation within the calibration rows, and
+# shrunk toward a prior artifact: its share of the blend is chosen among PRIOR_SHARES, and a
+# blend is kept only if its gain over the prior, fold by fold, has a 95% interval above zero.
+K_FOLDS = 5
+PRIOR_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
+
+
+class NotBetter(ValueError):
+    """The calibrated router does not beat the prior on held-out folds: nothing is written."""
 
 
 @dataclass(frozen=True)
@@ -312,6 +321,53 @@ def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) 
     )
 
 
+def kfolds(data: Labelled, k: int = K_FOLDS) -> np.ndarray:
+    """A deterministic k-fold split of the rows, by a hash of the prompt."""
+    return np.array(
+        [int.from_bytes(hashlib.sha256(b"kfold:" + r.prompt.encode()).digest()[:4]) % k
+         for r in data.rows]
+    )  # fmt: skip
+
+
+def kfold_scores(model: str, data: Labelled, folds: np.ndarray) -> np.ndarray:
+    """Each row's raw score from `model` fitted on the other folds."""
+    raw = np.zeros(len(data.rows))
+    for f in np.unique(folds):
+        train, test = data.subset(folds != f), data.subset(folds == f)
+        arrays, params = fit(model, train)
+        raw[folds == f] = raw_scores(model, arrays, params, test.embeddings, test.texts)
+    return raw
+
+
+def fold_apgrs(raw: np.ndarray, data: Labelled, folds: np.ndarray) -> list[float]:
+    """APGR per fold; NaN for a fold where the two models are equally good on average (APGR
+    is undefined there)."""
+    values = []
+    for f in np.unique(folds):
+        large, small = data.large[folds == f], data.small[folds == f]
+        gap = float(large.mean() - small.mean())
+        values.append(apgr.curve(raw[folds == f], large, small).apgr if gap else float("nan"))
+    return values
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    """Mean over folds with a 95% interval (normal approximation over the folds); folds where
+    the figure is undefined (NaN) are left out."""
+    kept = [v for v in values if not np.isnan(v)]
+    if len(kept) < 2:
+        raise ValueError(
+            f"the labelled rows leave {len(kept)} of {len(values)} folds where the large model "
+            "does better or worse on average than the small one: label more rows"
+        )
+    mean = float(np.mean(kept))
+    half = 1.96 * float(np.std(kept, ddof=1)) / np.sqrt(len(kept))
+    return {"mean": mean, "ci95": [mean - half, mean + half], "folds": [float(v) for v in values]}
+
+
+def _standardised(raw: np.ndarray) -> tuple[float, float]:
+    return float(raw.mean()), float(raw.std() + 1e-9)
+
+
 def _joined(a: Labelled, b: Labelled) -> Labelled:
     return Labelled(
         a.rows + b.rows,
@@ -385,6 +441,8 @@ def calibrate(
     out: Path,
     source: str = "",
     general: Labelled | None = None,
+    prior: Path | None = None,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Fit `model` ("auto": the kind with the best cross-validated APGR) on `data`, choose
     its threshold on out-of-fold scores, write the artifact; returns its metadata. A `stacked`
@@ -406,12 +464,29 @@ def calibrate(
             small=small, large=large, embedder_version=embedder_version, out=out, source=source,
             oof_threshold=min(on_data, on_general), categories_from=_joined(data, general),
         )  # fmt: skip
+    folds = kfolds(data)
+    if len(data.rows) < 2 * K_FOLDS or len(np.unique(folds)) < K_FOLDS:
+        raise ValueError(
+            f"{len(data.rows)} labelled rows are too few for {K_FOLDS}-fold cross-validation: "
+            f"give at least {10 * K_FOLDS} (a few hundred for a useful router)"
+        )
+    own: dict[str, np.ndarray] = {}
     if model == "auto":
         for kind in ("logistic", "knn", "ensemble"):
-            raw = out_of_fold(kind, data)
-            cross_validated[kind] = apgr.curve(raw, data.large, data.small).apgr
-        model = max(cross_validated, key=lambda k: cross_validated[k])
-        logger.info("auto: chose %s (cross-validated APGR %s)", model, cross_validated)
+            own[kind] = kfold_scores(kind, data, folds)
+            cross_validated[kind] = summary(fold_apgrs(own[kind], data, folds))
+        model = max(cross_validated, key=lambda k: cross_validated[k]["mean"])
+        logger.info("auto: chose %s (%d-fold APGR %s)", model, K_FOLDS, cross_validated)
+    if prior is not None:
+        oof = own[model] if model in own else kfold_scores(model, data, folds)
+        blend = _blend_with_prior(data, model, oof, folds, prior, force, embedder_version)
+        if blend is not None:
+            cross_validated["prior"] = blend.pop("chosen_on")
+            return _finish(
+                data, "blend", blend["arrays"], blend["params"], blend["oof"], target,
+                cross_validated, small=small, large=large, embedder_version=embedder_version,
+                out=out, source=source,
+            )  # fmt: skip
     param = select(model, data)
     arrays, params = fit(model, data, param)
     raw = out_of_fold(model, data, param)
@@ -419,6 +494,95 @@ def calibrate(
         data, model, arrays, params, raw, target, cross_validated,
         small=small, large=large, embedder_version=embedder_version, out=out, source=source,
     )  # fmt: skip
+
+
+def _blend_with_prior(
+    data: Labelled,
+    model: str,
+    oof: np.ndarray,
+    folds: np.ndarray,
+    prior: Path,
+    force: bool,
+    embedder_version: str,
+) -> dict[str, Any] | None:
+    """Shrink the calibrated scorer toward `prior`: the share of the prior in a blend of the
+    two (each standardised over these rows) chosen by k-fold APGR. Refuses (NotBetter) when the
+    chosen blend does not beat the prior alone on the held-out folds, unless `force`. None: the
+    calibrated scorer alone is best (no prior in the artifact)."""
+    from tierroute.quality.artifact import load_artifact
+
+    prior_meta, prior_arrays = load_artifact(prior)
+    if prior_meta["embedder_version"] != embedder_version:
+        raise ValueError(
+            f"the prior {prior} was calibrated on embedder {prior_meta['embedder_version']}, "
+            f"this run uses {embedder_version}: pass --prior none, or a prior for this embedder"
+        )
+    prior_params = prior_meta.get("params", {})
+    prior_raw = raw_scores(
+        prior_meta["model"], prior_arrays, prior_params, data.embeddings, data.texts
+    )
+    own_stats, prior_stats = _standardised(oof), _standardised(prior_raw)
+    z_own = (oof - own_stats[0]) / own_stats[1]
+    z_prior = (prior_raw - prior_stats[0]) / prior_stats[1]
+    table = {
+        share: summary(fold_apgrs((1 - share) * z_own + share * z_prior, data, folds))
+        for share in PRIOR_SHARES
+    }
+    alone = table[1.0]
+    # A blend must beat the prior fold by fold, not only on average: the 95% interval of the
+    # paired difference lies above zero. With few rows the folds disagree and the prior wins.
+    for v in PRIOR_SHARES[:-1]:
+        table[v]["gain_over_prior"] = summary(
+            [float(g) for g in np.subtract(table[v]["folds"], alone["folds"])]
+        )  # NaN folds stay NaN and are left out
+    better = [v for v in PRIOR_SHARES[:-1] if table[v]["gain_over_prior"]["ci95"][0] > 0.0]
+    share = max(better, key=lambda v: (table[v]["mean"], v)) if better else 1.0
+    logger.info(
+        "prior %s: share %s chosen (%d-fold APGR by share %s)", prior, share, K_FOLDS, table
+    )
+    if share == 1.0:
+        message = (
+            f"the calibrated router is not better than the prior {prior} on held-out folds: "
+            f"{K_FOLDS}-fold APGR {table[0.0]['mean']:.3f} (95% CI {table[0.0]['ci95'][0]:.3f}-"
+            f"{table[0.0]['ci95'][1]:.3f}) calibrated alone, {alone['mean']:.3f} (95% CI "
+            f"{alone['ci95'][0]:.3f}-{alone['ci95'][1]:.3f}) for the prior, and no blend of the "
+            "two beats the prior with a fold-by-fold gain whose 95% interval is above zero; no "
+            "artifact written. Label more rows, or pass --force to write it anyway"
+        )
+        if not force:
+            raise NotBetter(message)
+        logger.warning("%s: written because of --force", message)
+        share = max((v for v in PRIOR_SHARES if v < 1.0), key=lambda v: table[v]["mean"])
+    if share == 0.0:
+        return None
+    param = select(model, data)
+    own_arrays, own_params = fit(model, data, param)
+    arrays = {f"own_{k}": v for k, v in own_arrays.items()} | {
+        f"prior_{k}": v for k, v in prior_arrays.items() if k != "raw_quantiles"
+    }
+    params = {
+        "own_model": model,
+        "own_params": own_params,
+        "prior_model": prior_meta["model"],
+        "prior_params": prior_params,
+        "prior_share": share,
+        "own_mean": own_stats[0],
+        "own_std": own_stats[1],
+        "prior_mean": prior_stats[0],
+        "prior_std": prior_stats[1],
+    }
+    chosen_on = {
+        "prior": str(prior),
+        "prior_version": prior_meta["version"],
+        "share": share,
+        "apgr_by_prior_share": {str(k): v for k, v in table.items()},
+    }
+    return {
+        "arrays": arrays,
+        "params": params,
+        "oof": (1 - share) * z_own + share * z_prior,
+        "chosen_on": chosen_on,
+    }
 
 
 def _finish(

@@ -240,6 +240,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         out=args.out,
         source=f"{', '.join(p.name for p in args.data)} ({args.split} half)",
         general=general,
+        prior=_prior(args.prior, ctx),
+        force=args.force,
     )
     cv = meta["calibration_out_of_fold"]
     print(
@@ -248,6 +250,17 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"at its threshold {cv['strong_share']:.1%} large calls"
     )
     return 0
+
+
+def _prior(choice: str | None, ctx: Context) -> Path | None:
+    """--prior: a folder, `none`, or by default the artifact the config serves."""
+    if choice == "none":
+        return None
+    if choice:
+        return Path(choice)
+    if ctx.router.scorer == "learned" and ctx.router.artifact is not None:
+        return ctx.router.artifact
+    return None
 
 
 def cmd_eval(args: argparse.Namespace) -> int:

@@ -185,6 +185,16 @@ def _offline_commands(commands: Any) -> None:
         "--model stacked: e.g. `tierroute data convert everyday data/everyday -o everyday.jsonl`",
     )
     cal.add_argument(
+        "--prior",
+        help="artifact to shrink toward and to beat on held-out folds (default: the config's "
+        "router.artifact when its scorer is learned; `none` for no prior)",
+    )
+    cal.add_argument(
+        "--force",
+        action="store_true",
+        help="write the artifact even when it does not beat the prior on held-out folds",
+    )
+    cal.add_argument(
         "--split",
         default="calibrate",
         choices=["calibrate", "all"],
