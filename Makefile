@@ -11,8 +11,8 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route bench-calibration chaos eval \
-	calibrate-default clean
+.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route \
+	bench-calibration bench-escalation chaos eval calibrate-default clean
 
 setup: deps models
 
@@ -98,6 +98,11 @@ bench-route: setup
 # toward the shipped default; writes benchmarks/results/calibration.json (needs ../shared/data).
 bench-calibration: setup
 	$(PY) benchmarks/calibration.py
+
+# Which escalation signal separates the small tier's right answers from its wrong ones, on
+# data/checkable; writes benchmarks/results/escalation.json.
+bench-escalation: setup
+	$(PY) benchmarks/escalation.py
 
 # The suite under failure: tiers killed and stalled, the validator stopped, a burst past
 # admission, every RPC fuzzed; prints a table, writes benchmarks/results/chaos.json. The fast
