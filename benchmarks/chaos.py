@@ -171,32 +171,12 @@ class Suite:
         return found
 
     def supervisor_status(self, service: str = "") -> int | None:
-        with grpc.insecure_channel(self.health_address) as channel:
-            try:
-                return int(
-                    health_pb2_grpc.HealthStub(channel)
-                    .Check(health_pb2.HealthCheckRequest(service=service), timeout=3)
-                    .status
-                )
-            except grpc.RpcError:
-                return None
+        return health_status(self.health_address, service)
 
     def unhealthy(self) -> list[str]:
         """The services that do not answer SERVING themselves."""
-        down = []
-        for name, address in self.addresses.items():
-            with grpc.insecure_channel(address) as channel:
-                try:
-                    status = (
-                        health_pb2_grpc.HealthStub(channel)
-                        .Check(health_pb2.HealthCheckRequest(), timeout=3)
-                        .status
-                    )
-                except grpc.RpcError:
-                    status = None
-            if status != health_pb2.HealthCheckResponse.SERVING:
-                down.append(name)
-        return down
+        serving = health_pb2.HealthCheckResponse.SERVING
+        return [n for n, a in self.addresses.items() if health_status(a) != serving]
 
     def wait_healthy(self, timeout: float, replaced: dict[str, int] | None = None) -> int:
         """Wait until the runner reports the whole suite SERVING (and each service in
@@ -268,6 +248,16 @@ class Suite:
             for i, line in enumerate(lines)
             if line.startswith("Traceback")
         ]
+
+
+def health_status(address: str, service: str = "") -> int | None:
+    """What grpc health at `address` says of `service`; None if it does not answer."""
+    with grpc.insecure_channel(address) as channel:
+        try:
+            request = health_pb2.HealthCheckRequest(service=service)
+            return int(health_pb2_grpc.HealthStub(channel).Check(request, timeout=3).status)
+        except grpc.RpcError:
+            return None
 
 
 def _running(p: psutil.Process) -> bool:

@@ -246,7 +246,8 @@ def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) 
     benchmark ranking a little: the table of both is kept), else the one with the best AUC."""
     complex_ = general.gain > 0
     folds = _folds(general)
-    c_auc = {}
+    # Out of fold, per C: the general model's scores on its own rows, from the fold models.
+    oof_by_c = {}
     for c in GENERAL_C:
         oof = np.zeros(len(general.rows))
         for f in (0, 1):
@@ -255,17 +256,11 @@ def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) 
             oof[folds == f] = expected_gain(
                 arrays, params, logistic_inputs(arrays, test.embeddings, test.texts)
             )
-        c_auc[c] = auc(oof, complex_)
+        oof_by_c[c] = oof
+    c_auc = {c: auc(oof, complex_) for c, oof in oof_by_c.items()}
     c = max(GENERAL_C, key=lambda v: (c_auc[v], -v))
     general_arrays, general_params = _logistic(general, c)
-    # Out of fold: the general model's scores on its own rows, from the fold models.
-    general_oof = np.zeros(len(general.rows))
-    for f in (0, 1):
-        arrays, params = _logistic(general.subset(folds != f), c)
-        test = general.subset(folds == f)
-        general_oof[folds == f] = expected_gain(
-            arrays, params, logistic_inputs(arrays, test.embeddings, test.texts)
-        )
+    general_oof = oof_by_c[c]
     base_arrays, base_params = fit("ensemble", data)
     base_oof = out_of_fold("ensemble", data)
 

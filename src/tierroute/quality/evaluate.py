@@ -307,18 +307,8 @@ def build_default(source: Path, out: Path, config: Path | None, cache_dir: Path 
     rows = [r for name in ("mmlu", "gsm8k") for r in CONVERTERS[name](source / name)]
     data = routellm(ctx, split(rows, "calibrate"))
     general = routellm(ctx, split(list(CONVERTERS["everyday"](EVERYDAY)), "calibrate"))
-    meta = calibrate(
-        data,
-        "stacked",
-        DEFAULT_TARGET,
-        small=WEAK,
-        large=STRONG,
-        embedder_version=ctx.embedder().version,
-        out=out,
-        source="RouteLLM MMLU + GSM8K and data/everyday (calibration halves)",
-        general=general,
-    )
-    return str(meta["version"])
+    described = "RouteLLM MMLU + GSM8K and data/everyday (calibration halves)"
+    return str(calibrate_routellm(ctx, data, out, described, "stacked", general)["version"])
 
 
 def bootstrap(statistic: Any, n: int, resamples: int = 1000, seed: int = 0) -> list[float]:
@@ -369,17 +359,26 @@ def routellm(ctx: Context, rows: list[Row]) -> Labelled:
     return labelled(rows, WEAK, STRONG, ctx.embedder(), ctx.cache_dir)
 
 
-def calibrate_routellm(ctx: Context, data: Labelled, out: Path, source: str) -> dict[str, Any]:
-    """`tierroute calibrate --model auto` with the default target, on RouteLLM's pair."""
+def calibrate_routellm(
+    ctx: Context,
+    data: Labelled,
+    out: Path,
+    source: str,
+    model: str = "auto",
+    general: Labelled | None = None,
+) -> dict[str, Any]:
+    """`tierroute calibrate --model auto` (or `model`) with the default target, on RouteLLM's
+    pair."""
     return calibrate(
         data,
-        "auto",
+        model,
         DEFAULT_TARGET,
         small=WEAK,
         large=STRONG,
         embedder_version=ctx.embedder().version,
         out=out,
         source=source,
+        general=general,
     )
 
 
