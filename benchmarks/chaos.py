@@ -106,6 +106,7 @@ def suite_config(path: Path, **sections: dict[str, Any]) -> Path:
     data["router"]["listen"] = f"127.0.0.1:{free_port()}"
     data["router"]["model"] = str(MODELS / "minilm-l6-v2-int8")
     data["router"]["artifact"] = str(ROOT / "artifacts" / "router-default")
+    data["router"]["routing_log"] = str(path.parent / "routing-log.sqlite")
     for tier in data["tiers"]:
         tier["address"] = f"127.0.0.1:{free_port()}"
         tier["model"] = str(MODELS / "smollm2-135m-instruct")

@@ -24,6 +24,7 @@ from tierroute.router.route.flow import (
     read_ahead,
 )
 from tierroute.router.route.judge import Judge
+from tierroute.router.route.routing_log import LogError, RoutingLog
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -94,7 +95,13 @@ class RouterService:
         self.decider = Decider(cfg)
         self.pool = TierPool(cfg)
         self.judge = Judge(cfg)
-        self.flow = RouteFlow(cfg, self.decider, self.pool, self.judge)
+        self.log: RoutingLog | None = None
+        if cfg.router.routing_log is not None:
+            try:
+                self.log = RoutingLog(cfg.router.routing_log, cfg.router.routing_log_prompts)
+            except LogError as error:
+                raise ConfigError(f"invalid configuration: router.routing_log: {error}") from None
+        self.flow = RouteFlow(cfg, self.decider, self.pool, self.judge, self.log)
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RouterServiceServicer_to_server(
@@ -106,6 +113,8 @@ class RouterService:
 
     async def close(self) -> None:
         await asyncio.gather(self.decider.close(), self.pool.close(), self.judge.close())
+        if self.log is not None:
+            await asyncio.to_thread(self.log.close)  # after the last request: every row kept
 
 
 def serving(cfg: Config) -> Serving:

@@ -33,11 +33,13 @@ from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
 from tierroute.core.config import Config, TierConfig
 from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
-from tierroute.core.prompts import check_prompt, routing_text
+from tierroute.core.prompts import check_prompt, normalize, routing_text
 from tierroute.core.sampling import check_sampling
+from tierroute.quality.artifact import prompt_features
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
-from tierroute.router.scoring.decider import Decider
+from tierroute.router.route.routing_log import Entry, RoutingLog
+from tierroute.router.scoring.decider import Decider, Scored
 from tierroute.router.tiers.pool import FirstTokenTimer, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
@@ -114,6 +116,8 @@ class Outcome:
     first_chunk_at: float | None = None
     confidence: float = 0.0
     escalation_reason: pb.EscalationReason = pb.ESCALATION_REASON_UNSPECIFIED
+    # The first verdict on a held-back answer: (tier, verdict, reason, confidence) names.
+    judged: tuple[str, str, str, float | None] | None = None
 
     def summary(self) -> pb.RouteSummary:
         """The summary; before anything was delivered (a partial one), it names no tier."""
@@ -148,11 +152,19 @@ class Outcome:
 
 
 class RouteFlow:
-    def __init__(self, cfg: Config, decider: Decider, pool: TierPool, judge: Judge) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        decider: Decider,
+        pool: TierPool,
+        judge: Judge,
+        log: RoutingLog | None = None,
+    ) -> None:
         self.cfg = cfg
         self.decider = decider
         self.pool = pool
         self.judge = judge
+        self.log = log
         self._tiers = [t.name for t in cfg.tiers]
         # The most tokens any tier can generate, when every tier's context is configured.
         contexts = [int(t.engine_args.get("max_model_len") or 0) for t in cfg.tiers]
@@ -169,45 +181,124 @@ class RouteFlow:
         check_sampling(request.sampling, DEFAULT_TEMPERATURE, self._max_tokens_limit)
         holder = object()  # this request, for the circuit breakers
         span = trace.get_current_span()
-        if request.force_tier:
-            if request.force_tier not in self._tiers:
-                raise InvalidArgument(
-                    f"force_tier {request.force_tier!r} is not a tier "
-                    f"(tiers: {', '.join(self._tiers)})"
-                )
-            decision = pb.RoutingDecision(
-                tier=request.force_tier,
-                confidence=1.0,
-                reason_codes=[pb.REASON_CODE_FORCED_TIER],
-                router_latency_ms=(time.perf_counter() - started) * 1000.0,
-            )
-            tier = request.force_tier
-        else:
-            with telemetry.tracer(__name__).start_as_current_span("score") as score_span:
-                decision, ranking = await self.decider.decide(
-                    routing_text(request.prompt, request.messages), request.bypass_cache
-                )
-                score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
-            ranking = self._without_unjudgeable(ranking, request, decision)
-            tier = self._admit(ranking, holder, decision)
-        span.set_attributes(
-            {
-                "tierroute.decision.tier": decision.tier,
-                "tierroute.decision.score": decision.complexity_score,
-                "tierroute.decision.reason_codes": [
-                    pb.ReasonCode.Name(r) for r in decision.reason_codes
-                ],
-            }
-        )
-        outcome = Outcome(started, score_ms=(time.perf_counter() - started) * 1000.0)
+        text = routing_text(request.prompt, request.messages)
+        outcome = Outcome(started)
+        scored: Scored | None = None
+        decision = pb.RoutingDecision()
+        tier = ""
+        status = "OK"
         try:
+            if request.force_tier:
+                if request.force_tier not in self._tiers:
+                    raise InvalidArgument(
+                        f"force_tier {request.force_tier!r} is not a tier "
+                        f"(tiers: {', '.join(self._tiers)})"
+                    )
+                decision = pb.RoutingDecision(
+                    tier=request.force_tier,
+                    confidence=1.0,
+                    reason_codes=[pb.REASON_CODE_FORCED_TIER],
+                    router_latency_ms=(time.perf_counter() - started) * 1000.0,
+                )
+                tier = request.force_tier
+            else:
+                with telemetry.tracer(__name__).start_as_current_span("score") as score_span:
+                    decision, ranking, scored = await self.decider.decide_scored(
+                        text, request.bypass_cache
+                    )
+                    score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
+                ranking = self._without_unjudgeable(ranking, request, decision)
+                tier = self._admit(ranking, holder, decision)
+            span.set_attributes(
+                {
+                    "tierroute.decision.tier": decision.tier,
+                    "tierroute.decision.score": decision.complexity_score,
+                    "tierroute.decision.reason_codes": [
+                        pb.ReasonCode.Name(r) for r in decision.reason_codes
+                    ],
+                }
+            )
+            outcome.score_ms = (time.perf_counter() - started) * 1000.0
             yield Decided(decision)
             async for event in self._answer(tier, request, deadline, outcome, holder):
                 yield event
+        except ServiceError as error:
+            status = error.code.name
+            raise
+        except (asyncio.CancelledError, GeneratorExit):
+            status = "CANCELLED"  # the client left
+            raise
+        except BaseException:
+            status = "INTERNAL"
+            raise
         finally:
             # Whatever ended the request, a half-open probe it still holds is freed (a no-op
             # once the attempt has been recorded).
-            self.pool.release(tier, holder)
+            if tier:
+                self.pool.release(tier, holder)
+            if self.log is not None and status != "INVALID_ARGUMENT":
+                self.log.record(self._entry(request, text, decision, scored, outcome, status))
+
+    def _entry(
+        self,
+        request: pb.RouteRequest,
+        text: str,
+        decision: pb.RoutingDecision,
+        scored: Scored | None,
+        outcome: Outcome,
+        status: str,
+    ) -> Entry:
+        """The routing log's row for one Route."""
+        summary = outcome.summary()
+        normalized = normalize(text)
+        judged_tier, verdict, reason, confidence = outcome.judged or ("", "", "", None)
+        vector = scored.vector if scored is not None else None
+        return Entry(
+            at=time.time() - (time.perf_counter() - outcome.started),
+            request_id=request.request_id,
+            normalized=normalized,
+            embedding=vector,
+            features=prompt_features([normalized])[0] if vector is not None else None,
+            embedder_version=decision.embedder_version,
+            scorer_version=decision.scorer_version,
+            score=scored.score if scored is not None else None,
+            category=decision.category,
+            forced=bool(request.force_tier),
+            chosen_tier=decision.tier,
+            judged_tier=judged_tier,
+            verdict=verdict,
+            verdict_reason=reason,
+            confidence=confidence,
+            min_confidence=self.cfg.escalation.min_confidence if outcome.judged else None,
+            final_tier=summary.tier,
+            escalated=summary.escalated,
+            escalation_reason=pb.EscalationReason.Name(summary.escalation_reason).removeprefix(
+                "ESCALATION_REASON_"
+            ),
+            status=status,
+            latency_ms=summary.latencies.total_ms,
+            time_to_first_token_ms=(
+                summary.latencies.time_to_first_token_ms if outcome.first_chunk_at else None
+            ),
+            prompt_tokens=summary.usage.prompt_tokens,
+            completion_tokens=summary.usage.completion_tokens,
+            cost_usd=summary.cost_usd,
+            attempts=[
+                {
+                    "tier": a.tier,
+                    "delivered": a.delivered,
+                    "validation": pb.ValidationStatus.Name(a.validation).removeprefix(
+                        "VALIDATION_STATUS_"
+                    ),
+                    "escalation_reason": pb.EscalationReason.Name(a.escalation_reason).removeprefix(
+                        "ESCALATION_REASON_"
+                    ),
+                    "latency_ms": a.latency_ms,
+                    "completion_tokens": a.usage.completion_tokens,
+                }
+                for a in summary.attempts
+            ],
+        )
 
     def _without_unjudgeable(
         self, ranking: list[str], request: pb.RouteRequest, decision: pb.RoutingDecision
@@ -456,6 +547,17 @@ class RouteFlow:
             tier, request, deadline, outcome, answer, logprobs, holder
         )
         outcome.confidence = verdict.confidence
+        if outcome.judged is None:
+            outcome.judged = (
+                tier.name,
+                "" if status == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+                else val_pb.Verdict.Name(verdict.verdict).removeprefix("VERDICT_"),
+                "VALIDATOR_UNAVAILABLE" if status == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE
+                else val_pb.ValidationReason.Name(verdict.reason).removeprefix(
+                    "VALIDATION_REASON_"
+                ),
+                verdict.confidence,
+            )  # fmt: skip
         if verdict.verdict == val_pb.VERDICT_DELIVER:
             outcome.attempts.append(_attempt(tier, complete, True, status))
             outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()

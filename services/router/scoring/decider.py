@@ -7,6 +7,8 @@ import logging
 import time
 from dataclasses import dataclass
 
+import numpy as np
+
 from tierroute.core.config import Config
 from tierroute.core.errors import Unavailable
 from tierroute.core.prompts import normalize
@@ -28,6 +30,8 @@ class Scored:
     score: float
     category: str
     truncated: bool
+    # The prompt's embedding, kept only for the routing log (router.routing_log).
+    vector: np.ndarray | None = None
 
 
 class Decider:
@@ -42,6 +46,7 @@ class Decider:
         self.batcher: MicroBatcher | None = None
         self.operating: OperatingPoint | None = None
         self._routing_version = cfg.routing_version()
+        self._keep_vectors = cfg.router.routing_log is not None
 
     @property
     def ready(self) -> bool:
@@ -90,6 +95,13 @@ class Decider:
     ) -> tuple[pb.RoutingDecision, list[str]]:
         """The decision for `text` and the tiers in the order to try them. When scoring fails
         or runs over `router.score_budget_ms`: the default tier (reason ROUTER_FALLBACK)."""
+        decision, ranking, _ = await self.decide_scored(text, bypass_cache)
+        return decision, ranking
+
+    async def decide_scored(
+        self, text: str, bypass_cache: bool = False
+    ) -> tuple[pb.RoutingDecision, list[str], Scored | None]:
+        """`decide`, and what the scorer made of the prompt (None: the fallback decided)."""
         if self.batcher is None or self.scorer is None or self.embedder is None:
             raise Unavailable(
                 "the router is still loading its embedder; retry when health reports SERVING"
@@ -109,9 +121,9 @@ class Decider:
             try:
                 scored = await asyncio.wait_for(asyncio.shield(scoring), budget)
             except TimeoutError:
-                return self._fallback(started, f"over its {budget * 1000:g} ms budget")
+                return *self._fallback(started, f"over its {budget * 1000:g} ms budget"), None
             except Exception as exc:
-                return self._fallback(started, f"failed: {type(exc).__name__}: {exc}")
+                return *self._fallback(started, f"failed: {type(exc).__name__}: {exc}"), None
         ranking = self.policy.rank(scored.score)
         if self.operating is not None:
             self.operating.observe(scored.score)
@@ -134,13 +146,15 @@ class Decider:
             scorer_version=self.scorer.version,
             tier_max_score=chosen.max_score,
         )
-        return decision, [c.tier for c in ranking]
+        return decision, [c.tier for c in ranking], scored
 
     async def _score(self, normalized: str, key: str) -> Scored:
         assert self.batcher is not None and self.scorer is not None
         vector, truncated = await self.batcher.embed(normalized)
         (score,) = self.scorer.score(vector[None, :], [normalized])
-        scored = Scored(score.value, score.category, truncated)
+        scored = Scored(
+            score.value, score.category, truncated, vector if self._keep_vectors else None
+        )
         self.cache.put(key, scored)
         return scored
 

@@ -114,6 +114,12 @@ class RouterConfig(_Strict):
     operating_point_state: Path | None = None
     # How many requests it takes for a live score's weight in the sketch to halve.
     operating_point_half_life: float = Field(default=2000.0, ge=10)
+    # SQLite file every Route is recorded in (score, tiers, the validator's verdict, latency,
+    # tokens), for `tierroute calibrate --from-log`. Unset: nothing is recorded.
+    routing_log: Path | None = None
+    # Keep each prompt's text in the routing log. Off: its SHA-256, its embedding and a few
+    # numeric features of its text only (enough to calibrate on, not to read the prompt back).
+    routing_log_prompts: bool = False
 
 
 class TierConfig(_Strict):
@@ -431,6 +437,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "anchors_file": resolve(cfg.router.anchors_file),
             "artifact": resolve(cfg.router.artifact),
             "operating_point_state": resolve(cfg.router.operating_point_state),
+            "routing_log": resolve(cfg.router.routing_log),
         }
     )
     tiers = []

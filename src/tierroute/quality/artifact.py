@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -63,8 +64,24 @@ class ArtifactError(ValueError):
     """An artifact that cannot be served; the message says what to do."""
 
 
+class RecordedTexts(list[str]):
+    """Prompts known by a key and their recorded `prompt_features` rather than their text (a
+    routing log that does not keep prompts): `prompt_features` gives the recorded rows back."""
+
+    def __init__(self, keys: Sequence[str], features: np.ndarray) -> None:
+        super().__init__(keys)
+        if len(features) != len(keys):
+            raise ValueError(f"{len(keys)} prompts but {len(features)} rows of features")
+        self.features = np.asarray(features, dtype=np.float32)
+
+    def take(self, keep: np.ndarray) -> RecordedTexts:
+        return RecordedTexts([self[i] for i in keep], self.features[keep])
+
+
 def prompt_features(texts: Sequence[str]) -> np.ndarray:
     """Features of the (whitespace-folded) prompt text that a mean-pooled embedding loses."""
+    if isinstance(texts, RecordedTexts):
+        return texts.features
     rows = []
     for text in texts:
         numbers = _NUMBER.findall(text)
@@ -185,16 +202,35 @@ def artifact_version(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> str
 
 
 def save_artifact(folder: Path, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> str:
-    """Write the artifact; the same inputs give the same bytes. Returns its version."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for stale in folder.glob("*.npy"):
-        stale.unlink()
+    """Write the artifact; the same inputs give the same bytes. Returns its version. The folder
+    is written beside its place and swapped in whole: a failed write leaves the old one."""
     meta = {**meta, "format": ARTIFACT_FORMAT, "arrays": sorted(arrays)}
     version = artifact_version(meta, arrays)
     meta["version"] = version
-    for name, array in arrays.items():
-        np.save(folder / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
-    (folder / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    fresh = folder.with_name(f".{folder.name}.writing")
+    old = folder.with_name(f".{folder.name}.old")
+    for leftover in (fresh, old):
+        if leftover.exists():
+            shutil.rmtree(leftover)
+    fresh.mkdir()
+    try:
+        for name, array in arrays.items():
+            np.save(fresh / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+        (fresh / "router.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
+        # Other files in the folder (a README) are the user's: they stay.
+        if folder.is_dir():
+            for kept in folder.iterdir():
+                if kept.is_file() and kept.suffix != ".npy" and kept.name != "router.json":
+                    shutil.copy2(kept, fresh / kept.name)
+            folder.rename(old)
+        fresh.rename(folder)
+    except BaseException:
+        shutil.rmtree(fresh, ignore_errors=True)
+        if old.exists() and not folder.exists():
+            old.rename(folder)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return version
 
 

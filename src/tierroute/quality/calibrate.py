@@ -20,6 +20,7 @@ from tierroute.quality import apgr
 from tierroute.quality.artifact import (
     MODEL_KINDS,
     QUANTILES,
+    RecordedTexts,
     expected_gain,
     logistic_inputs,
     prompt_features,
@@ -72,9 +73,10 @@ class Labelled:
 
     def subset(self, mask: np.ndarray) -> Labelled:
         keep = np.flatnonzero(mask)
+        texts = self.texts
         return Labelled(
             [self.rows[i] for i in keep],
-            [self.texts[i] for i in keep],
+            texts.take(keep) if isinstance(texts, RecordedTexts) else [texts[i] for i in keep],
             self.embeddings[keep],
             self.large[keep],
             self.small[keep],

@@ -20,7 +20,7 @@ import numpy as np
 
 from tierroute.core.config import RouterConfig, load_config
 from tierroute.quality import apgr
-from tierroute.quality.artifact import load_artifact, raw_scores
+from tierroute.quality.artifact import RecordedTexts, load_artifact, raw_scores
 from tierroute.quality.calibrate import Labelled, auc, calibrate, fit, labelled, to_json
 from tierroute.quality.labelled import (
     CONVERTERS,
@@ -53,6 +53,7 @@ class Context:
     cache_dir: Path | None
     # Cost of a small-tier call relative to a large-tier one, when the data has no costs.
     cost_ratio: float = 0.0
+    tiers: tuple[str, ...] = ()
     _embedder: Any = None
 
     def embedder(self) -> Any:
@@ -191,7 +192,7 @@ def context(config: Path | None, cache_dir: Path | None) -> Context:
     ratio = 0.0
     if len(cfg.tiers) >= 2 and cfg.tiers[-1].price_per_1k_output_usd > 0:
         ratio = cfg.tiers[0].price_per_1k_output_usd / cfg.tiers[-1].price_per_1k_output_usd
-    return Context(cfg.router, cache_dir, ratio)
+    return Context(cfg.router, cache_dir, ratio, tuple(t.name for t in cfg.tiers))
 
 
 def cost_ratio(ctx: Context, data: Labelled, small: str, large: str) -> tuple[float, str]:
@@ -223,6 +224,14 @@ def _target(text: str) -> dict[str, float]:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
+    if bool(args.data) == bool(args.from_log):
+        raise SystemExit(
+            "tierroute calibrate: give labelled JSONL files, or --from-log LOG (not both)"
+        )
+    if args.from_log:
+        return calibrate_from_log(args)
+    if not args.small or not args.large:
+        raise SystemExit("tierroute calibrate: --small and --large name the models in `scores`")
     ctx = context(args.config, args.cache_dir)
     rows = split(load_rows(args.data), args.split)
     data = labelled(rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
@@ -230,7 +239,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     if args.general:
         general_rows = split(load_rows(args.general), args.split)
         general = labelled(general_rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
-    meta = calibrate(
+    source = f"{', '.join(p.name for p in args.data)} ({args.split} half)"
+    meta = _calibrated(
+        source,
         data,
         args.model,
         _target(args.target),
@@ -238,7 +249,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         large=args.large,
         embedder_version=ctx.embedder().version,
         out=args.out,
-        source=f"{', '.join(p.name for p in args.data)} ({args.split} half)",
+        source=source,
         general=general,
         prior=_prior(args.prior, ctx),
         force=args.force,
@@ -248,6 +259,80 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         f"wrote {args.out} ({meta['model']}, version {meta['version']}): on {len(rows)} "
         f"calibration prompts (out of fold) APGR {cv['apgr']:.3f}, CPT(50%) {cv['cpt50']:.1f}%; "
         f"at its threshold {cv['strong_share']:.1%} large calls"
+    )
+    return 0
+
+
+def _calibrated(where: str, data: Labelled, model: str, target: dict[str, float], **kw: Any) -> Any:
+    """`calibrate`, its refusals and data errors naming where the rows came from."""
+    try:
+        return calibrate(data, model, target, **kw)
+    except ValueError as error:
+        raise type(error)(f"{where}: {error}") from error
+
+
+def calibrate_from_log(args: argparse.Namespace) -> int:
+    """Labels from the routing log (the small tier's answers the validator escalated: the
+    large tier was needed; those it delivered as confident: the small one was enough),
+    combined with the prior by the same k-fold blend and refusal as labelled files."""
+    from tierroute.router.route.routing_log import check, read_labels
+
+    check(args.from_log)  # a wrong file is named before anything is loaded
+    ctx = context(args.config, args.cache_dir)
+    small = args.small or (ctx.tiers[0] if ctx.tiers else "")
+    large = args.large or (ctx.tiers[-1] if ctx.tiers else "")
+    prior = _prior(args.prior, ctx)
+    if prior is None:
+        raise SystemExit(
+            f"tierroute calibrate --from-log {args.from_log}: a log teaches only about the "
+            "prompts its router sent to the small tier, so it needs a prior to combine with: "
+            "pass --prior ARTIFACT (the artifact the router served)"
+        )
+    embedder = ctx.embedder()
+    labels = read_labels(args.from_log, small, embedder.version, embedder.dimension)
+    needed = labels.needed_larger
+    rows = [
+        Row(key, {small: 1.0 - n, large: 1.0}, category)
+        for key, n, category in zip(labels.keys, needed, labels.categories, strict=True)
+    ]
+    data = Labelled(
+        rows,
+        RecordedTexts(labels.keys, labels.features),
+        labels.embeddings,
+        np.ones(len(rows)),
+        1.0 - needed,
+    )
+    source = f"routing log {args.from_log} ({len(rows)} judged answers of tier {small!r})"
+    print(
+        f"{args.from_log}: {len(rows)} answers of tier {small!r} judged by the validator: "
+        f"{int(needed.sum())} escalated as not good enough, {int((needed == 0).sum())} "
+        f"delivered as confident; skipped {labels.skipped}"
+    )
+    meta = _calibrated(
+        str(args.from_log),
+        data,
+        args.model,
+        _target(args.target),
+        small=small,
+        large=large,
+        embedder_version=embedder.version,
+        out=args.out,
+        source=source,
+        prior=prior,
+        force=args.force,
+    )
+    # What the new threshold does to all the traffic the log saw, against the prior's.
+    traffic = RecordedTexts(["?"] * len(labels.all_features), labels.all_features)
+    shares = {}
+    for name, folder in (("prior", prior), ("new", args.out)):
+        m, arrays = load_artifact(folder)
+        raw = raw_scores(m["model"], arrays, m.get("params", {}), labels.all_embeddings, traffic)
+        shares[name] = float(np.mean(raw > m["threshold"]))
+    prior_share = meta["cross_validated_apgr"].get("prior", {}).get("share", 0.0)
+    print(
+        f"wrote {args.out} ({meta['model']}, prior's share {prior_share}, version "
+        f"{meta['version']}); of the {len(labels.all_features)} scored requests in the log, "
+        f"{shares['new']:.1%} would go to the large tier ({shares['prior']:.1%} with the prior)"
     )
     return 0
 

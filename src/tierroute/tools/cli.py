@@ -162,10 +162,26 @@ def _offline_commands(commands: Any) -> None:
     convert.add_argument("-o", "--out", type=Path, required=True)
     convert.set_defaults(run=later("cmd_convert"))
 
-    cal = commands.add_parser("calibrate", help="fit a router artifact on labelled data")
-    cal.add_argument("data", type=Path, nargs="+", help="labelled JSONL file(s)")
-    cal.add_argument("--small", required=True, help="the small tier's model name in `scores`")
-    cal.add_argument("--large", required=True, help="the large tier's model name in `scores`")
+    cal = commands.add_parser(
+        "calibrate", help="fit a router artifact on labelled data, or on a routing log"
+    )
+    cal.add_argument("data", type=Path, nargs="*", help="labelled JSONL file(s)")
+    cal.add_argument(
+        "--from-log",
+        type=Path,
+        help="learn from a routing log (router.routing_log) instead: the small tier's "
+        "escalated answers as 'needed the large tier', its confident deliveries as 'small was "
+        "enough', blended with --prior",
+    )
+    cal.add_argument(
+        "--small",
+        help="the small tier's model name in `scores` (with --from-log: the tier whose judged "
+        "answers teach, default the config's first tier)",
+    )
+    cal.add_argument(
+        "--large",
+        help="the large tier's model name in `scores` (with --from-log: default the last tier)",
+    )
     cal.add_argument(
         "--target",
         default="pgr=0.8",

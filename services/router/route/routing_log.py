@@ -1,0 +1,383 @@
+"""The routing log: one SQLite row per Route (router.routing_log), and the labels it teaches.
+
+Each row holds what was decided (score, category, chosen tier), what the validator said of the
+first answer it judged (verdict, reason, confidence), what was finally delivered (tier,
+escalation, status), latency, tokens and cost. The prompt's text is kept only with
+`router.routing_log_prompts`; otherwise its SHA-256, its embedding and the few text features
+the learned scorer reads (`prompt_features`), which is all `tierroute calibrate --from-log`
+needs to fit on it.
+
+Writes never block a request: rows go through a bounded queue to one writer thread, which
+commits them in batches (WAL mode, so a reader can open the log while the router writes). A
+full queue drops rows and says so in the log, at most once a minute.
+
+The schema is versioned by SQLite's `user_version`, and the file is marked as a routing log by
+`application_id`: a log written by another schema version is refused with what to do, never
+half-read or silently rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import queue
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+APPLICATION_ID = 0x74726C67  # "trlg": a tierroute routing log
+QUEUE_MAX = 10_000
+BATCH_MAX = 256
+DROP_WARNING_SECONDS = 60.0
+
+_SCHEMA = """
+CREATE TABLE routes (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,                 -- unix time the request arrived
+    request_id TEXT NOT NULL,
+    prompt_sha256 TEXT NOT NULL,      -- of the whitespace-folded text the router scored
+    prompt TEXT,                      -- only with router.routing_log_prompts
+    embedding BLOB,                   -- float32, unit length; NULL when not scored
+    features BLOB,                    -- float32 prompt_features; NULL when not scored
+    embedder_version TEXT NOT NULL,
+    scorer_version TEXT NOT NULL,
+    score REAL,                       -- 0-10; NULL when not scored (forced, fallback)
+    category TEXT NOT NULL,
+    forced INTEGER NOT NULL,
+    chosen_tier TEXT NOT NULL,
+    judged_tier TEXT NOT NULL,        -- the first tier whose answer the validator judged
+    verdict TEXT NOT NULL,            -- DELIVER, ESCALATE, or '' (not judged)
+    verdict_reason TEXT NOT NULL,     -- the validator's reason, or VALIDATOR_UNAVAILABLE
+    confidence REAL,
+    min_confidence REAL,              -- the threshold the verdict was judged against
+    final_tier TEXT NOT NULL,         -- '' when nothing was delivered
+    escalated INTEGER NOT NULL,
+    escalation_reason TEXT NOT NULL,
+    status TEXT NOT NULL,             -- OK, or the gRPC status the request ended with
+    latency_ms REAL NOT NULL,
+    time_to_first_token_ms REAL,
+    prompt_tokens INTEGER NOT NULL,
+    completion_tokens INTEGER NOT NULL,
+    cost_usd REAL NOT NULL,
+    attempts TEXT NOT NULL            -- JSON: one object per tier attempt
+);
+CREATE INDEX routes_at ON routes (at);
+"""
+COLUMNS = (
+    "at", "request_id", "prompt_sha256", "prompt", "embedding", "features",
+    "embedder_version", "scorer_version", "score", "category", "forced", "chosen_tier",
+    "judged_tier", "verdict", "verdict_reason", "confidence", "min_confidence", "final_tier",
+    "escalated", "escalation_reason", "status", "latency_ms", "time_to_first_token_ms",
+    "prompt_tokens", "completion_tokens", "cost_usd", "attempts",
+)  # fmt: skip
+# Validator reasons that say the answer was not good enough (an escalation that teaches), and
+# the one that says it was.
+NEEDED_LARGER = ("LOW_CONFIDENCE", "EMPTY_ANSWER", "PARSE_FAILURE", "SCHEMA_VIOLATION")
+GOOD_ENOUGH = ("CONFIDENT",)
+# A delivery teaches "the small tier was enough" only when its confidence cleared the
+# threshold by this much: one that barely passed is as likely wrong as right.
+CONFIDENT_MARGIN = 0.1
+
+
+class LogError(ValueError):
+    """A routing log that cannot be used; the message names the file and what to do."""
+
+
+def prompt_sha256(normalized: str) -> str:
+    return hashlib.sha256(normalized.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One Route, as the flow saw it (the writer turns it into a row)."""
+
+    at: float
+    request_id: str
+    normalized: str
+    embedding: np.ndarray | None
+    features: np.ndarray | None
+    embedder_version: str
+    scorer_version: str
+    score: float | None
+    category: str
+    forced: bool
+    chosen_tier: str
+    judged_tier: str
+    verdict: str
+    verdict_reason: str
+    confidence: float | None
+    min_confidence: float | None
+    final_tier: str
+    escalated: bool
+    escalation_reason: str
+    status: str
+    latency_ms: float
+    time_to_first_token_ms: float | None
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float
+    attempts: list[dict[str, Any]]
+
+    def row(self, keep_prompt: bool) -> tuple[Any, ...]:
+        def blob(v: np.ndarray | None) -> bytes | None:
+            return None if v is None else np.asarray(v, dtype="<f4").tobytes()
+
+        values = {
+            **{k: getattr(self, k) for k in COLUMNS if hasattr(self, k)},
+            "prompt_sha256": prompt_sha256(self.normalized),
+            "prompt": self.normalized if keep_prompt else None,
+            "embedding": blob(self.embedding),
+            "features": blob(self.features),
+            "forced": int(self.forced),
+            "escalated": int(self.escalated),
+            "attempts": json.dumps(self.attempts, sort_keys=True),
+        }
+        return tuple(values[k] for k in COLUMNS)
+
+
+def _connect(path: Path, create: bool) -> sqlite3.Connection:
+    """An open routing log of this schema version; created (with `create`) when missing."""
+    if not create and not path.is_file():
+        raise LogError(f"{path}: no such routing log (router.routing_log names where it is)")
+    if create:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        app, version = (
+            db.execute("PRAGMA application_id").fetchone()[0],
+            db.execute("PRAGMA user_version").fetchone()[0],
+        )
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        raise LogError(f"{path}: not a SQLite routing log ({exc})") from exc
+    if not tables and create:
+        db.execute("PRAGMA journal_mode=WAL")
+        # One transaction: a crash leaves no half-made schema.
+        db.executescript(
+            f"BEGIN; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
+            f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
+        )
+        return db
+    if app != APPLICATION_ID or "routes" not in tables:
+        db.close()
+        raise LogError(
+            f"{path}: not a tierroute routing log (application_id {app:#x}, tables "
+            f"{sorted(tables) or 'none'}): point router.routing_log at a new file"
+        )
+    if version != SCHEMA_VERSION:
+        db.close()
+        older = version < SCHEMA_VERSION
+        raise LogError(
+            f"{path}: routing-log schema version {version} was written by "
+            f"{'an older' if older else 'a newer'} tierroute; this one reads and writes version "
+            f"{SCHEMA_VERSION}. "
+            + (
+                "Keep the file for that version's tools, and point router.routing_log at a new "
+                "file to record with this one"
+                if older
+                else "Use the tierroute that wrote it, or point router.routing_log at a new file"
+            )
+        )
+    return db
+
+
+class RoutingLog:
+    """Appends entries from the event loop without blocking it (a writer thread commits)."""
+
+    def __init__(self, path: Path, keep_prompts: bool) -> None:
+        self.path = path
+        self.keep_prompts = keep_prompts
+        self._db = _connect(path, create=True)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._queue: queue.Queue[Entry | None] = queue.Queue(QUEUE_MAX)
+        self.written = 0
+        self.dropped = 0
+        self._warned_at = -DROP_WARNING_SECONDS
+        self._closed = False
+        self._thread = threading.Thread(target=self._write, name="routing-log", daemon=True)
+        self._thread.start()
+
+    def record(self, entry: Entry) -> None:
+        if self._closed:
+            logger.debug("routing log %s closed: row of %s not kept", self.path, entry.request_id)
+            return
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            now = time.monotonic()
+            if now - self._warned_at >= DROP_WARNING_SECONDS:
+                self._warned_at = now
+                logger.warning(
+                    "routing log %s is %d rows behind: %d rows dropped so far (the disk is too "
+                    "slow for this traffic)",
+                    self.path,
+                    QUEUE_MAX,
+                    self.dropped,
+                )
+
+    def _write(self) -> None:
+        columns, marks = ", ".join(COLUMNS), ", ".join("?" * len(COLUMNS))
+        insert = f"INSERT INTO routes ({columns}) VALUES ({marks})"
+        done = False
+        while not done:
+            batch = [self._queue.get()]
+            while len(batch) < BATCH_MAX:
+                try:
+                    batch.append(self._queue.get_nowait())
+                except queue.Empty:
+                    break
+            done = None in batch
+            rows = [e.row(self.keep_prompts) for e in batch if e is not None]
+            try:
+                if rows:
+                    with self._db:
+                        self._db.execute("BEGIN")
+                        self._db.executemany(insert, rows)
+                    self.written += len(rows)
+            except sqlite3.Error as exc:  # a full disk, a removed file: the router keeps serving
+                self.dropped += len(rows)
+                logger.error("routing log %s: %d rows not written: %s", self.path, len(rows), exc)
+            finally:
+                for _ in batch:
+                    self._queue.task_done()
+
+    def flush(self) -> None:
+        """Block until every entry recorded so far is committed."""
+        self._queue.join()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the file."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join()
+        self._db.close()
+
+
+# --- reading: the labels a log teaches ---
+
+
+@dataclass(frozen=True)
+class Labels:
+    """Rows of a log where the small tier's answer was judged: `needed_larger` is 1 where the
+    validator escalated it as not good enough, 0 where it delivered it as confident."""
+
+    ids: np.ndarray  # the log's row ids
+    keys: list[str]  # the prompt text when the log kept it, else "sha256:<hex>"
+    embeddings: np.ndarray
+    features: np.ndarray
+    needed_larger: np.ndarray
+    categories: list[str]
+    # Every scored row of the log (labelled or not): the traffic the threshold is applied to.
+    all_embeddings: np.ndarray
+    all_features: np.ndarray
+    skipped: dict[str, int]
+
+
+def check(path: Path) -> None:
+    """Raise LogError unless `path` is a routing log of this schema version."""
+    _connect(path, create=False).close()
+
+
+def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -> Labels:
+    """The labels in `path` for tier `small`: its answers the validator escalated as not good
+    enough (needed a larger tier) and those it delivered as confident, by CONFIDENT_MARGIN
+    over the threshold (the small tier was enough). Rows scored by another
+    embedder, or judged for another reason (validator down, a tier failure), teach nothing and
+    are counted in `skipped`."""
+    db = _connect(path, create=False)
+    try:
+        tiers = dict(
+            db.execute(
+                "SELECT judged_tier, COUNT(*) FROM routes WHERE judged_tier != '' "
+                "GROUP BY judged_tier"
+            ).fetchall()
+        )
+        cursor = db.execute(
+            "SELECT id, prompt_sha256, prompt, embedding, features, embedder_version, "
+            "judged_tier, verdict, verdict_reason, confidence, min_confidence, category "
+            "FROM routes "
+            "WHERE embedding IS NOT NULL ORDER BY id"
+        )
+        ids, keys, vectors, feats, needed, categories = [], [], [], [], [], []
+        all_vectors, all_feats = [], []
+        skipped = {
+            "other embedder": 0,
+            "not judged on this tier": 0,
+            "verdict teaches nothing": 0,
+            "delivered without a margin": 0,
+        }
+        for row in cursor:
+            row_id, sha, prompt, emb, feat, version, judged, verdict, reason = row[:9]
+            confidence, threshold, category = row[9:]
+            if version != embedder_version:
+                skipped["other embedder"] += 1
+                continue
+            vector = np.frombuffer(emb, dtype="<f4")
+            features = np.frombuffer(feat, dtype="<f4") if feat is not None else None
+            if vector.shape != (dimension,) or features is None:
+                raise LogError(
+                    f"{path}: row {row_id}: an embedding of {vector.size} values (the embedder "
+                    f"gives {dimension}) or no features: the row is damaged; delete it "
+                    f"(DELETE FROM routes WHERE id = {row_id}) and run again"
+                )
+            all_vectors.append(vector)
+            all_feats.append(features)
+            if judged != small:
+                skipped["not judged on this tier"] += 1
+                continue
+            if verdict == "ESCALATE" and reason in NEEDED_LARGER:
+                label = 1
+            elif verdict == "DELIVER" and reason in GOOD_ENOUGH:
+                if confidence < (threshold or 0.0) + CONFIDENT_MARGIN:
+                    skipped["delivered without a margin"] += 1
+                    continue
+                label = 0
+            else:
+                skipped["verdict teaches nothing"] += 1
+                continue
+            ids.append(row_id)
+            keys.append(prompt if prompt is not None else f"sha256:{sha}")
+            vectors.append(vector)
+            feats.append(features)
+            needed.append(label)
+            categories.append(category)
+    except sqlite3.DatabaseError as exc:
+        raise LogError(f"{path}: cannot read the routing log ({exc})") from exc
+    finally:
+        db.close()
+    if small not in tiers:
+        judged_on = ", ".join(f"{t} ({n} rows)" for t, n in sorted(tiers.items())) or "none"
+        raise LogError(
+            f"{path}: no answer of tier {small!r} was judged by the validator; tiers judged in "
+            f"this log: {judged_on}. Pass --small with one of them"
+        )
+    if not ids:
+        raise LogError(
+            f"{path}: none of the {tiers[small]} answers of tier {small!r} the validator judged "
+            f"teaches a label (skipped: {skipped}): record more traffic with this embedder "
+            f"({embedder_version}) first"
+        )
+    return Labels(
+        np.array(ids),
+        keys,
+        np.stack(vectors).astype(np.float32),
+        np.stack(feats).astype(np.float32),
+        np.array(needed, dtype=np.float64),
+        categories,
+        np.stack(all_vectors).astype(np.float32),
+        np.stack(all_feats).astype(np.float32),
+        skipped,
+    )

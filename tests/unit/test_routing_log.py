@@ -1,0 +1,208 @@
+"""The routing log: rows written off the event loop, the labels a log teaches, and the logs it
+refuses (another schema version, not a routing log, a tier it never judged)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tierroute.quality.artifact import load_artifact, prompt_features, save_artifact
+from tierroute.router.route.routing_log import (
+    SCHEMA_VERSION,
+    Entry,
+    LogError,
+    RoutingLog,
+    prompt_sha256,
+    read_labels,
+)
+
+DIM = 8
+
+
+def entry(text: str, verdict: str = "DELIVER", reason: str = "CONFIDENT", **fields: Any) -> Entry:
+    vector = np.random.default_rng(len(text)).normal(size=DIM).astype(np.float32)
+    values: dict[str, Any] = {
+        "at": 1.0,
+        "request_id": "r",
+        "normalized": text,
+        "embedding": vector / np.linalg.norm(vector),
+        "features": prompt_features([text])[0],
+        "embedder_version": "emb",
+        "scorer_version": "sc",
+        "score": 1.5,
+        "category": "general",
+        "forced": False,
+        "chosen_tier": "small",
+        "judged_tier": "small",
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "confidence": 0.9,
+        "min_confidence": 0.7,
+        "final_tier": "small" if verdict == "DELIVER" else "large",
+        "escalated": verdict == "ESCALATE",
+        "escalation_reason": "LOW_CONFIDENCE" if verdict == "ESCALATE" else "UNSPECIFIED",
+        "status": "OK",
+        "latency_ms": 10.0,
+        "time_to_first_token_ms": 5.0,
+        "prompt_tokens": 3,
+        "completion_tokens": 4,
+        "cost_usd": 0.001,
+        "attempts": [{"tier": "small", "delivered": verdict == "DELIVER"}],
+    }
+    return Entry(**(values | fields))
+
+
+def written(path: Path, entries: list[Entry], keep_prompts: bool = False) -> Path:
+    log = RoutingLog(path, keep_prompts)
+    for e in entries:
+        log.record(e)
+    log.close()
+    return path
+
+
+def test_rows_keep_a_hash_and_the_embedding_and_the_text_only_when_asked(tmp_path: Path) -> None:
+    e = entry("What is 2 + 2?")
+    plain = written(tmp_path / "plain.sqlite", [e])
+    kept = written(tmp_path / "kept.sqlite", [e], keep_prompts=True)
+    for path, text in ((plain, None), (kept, "What is 2 + 2?")):
+        with sqlite3.connect(path) as db:
+            db.row_factory = sqlite3.Row
+            (row,) = db.execute("SELECT * FROM routes").fetchall()
+            assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+        assert row["prompt"] == text
+        assert row["prompt_sha256"] == prompt_sha256("What is 2 + 2?")
+        assert np.frombuffer(row["embedding"], dtype="<f4") == pytest.approx(e.embedding)
+        assert (row["verdict"], row["verdict_reason"], row["final_tier"]) == (
+            "DELIVER",
+            "CONFIDENT",
+            "small",
+        )
+        assert row["completion_tokens"] == 4 and row["status"] == "OK"
+
+
+def test_a_log_is_appended_to_across_restarts(tmp_path: Path) -> None:
+    path = written(tmp_path / "log.sqlite", [entry("one")])
+    written(path, [entry("two"), entry("three")])
+    with sqlite3.connect(path) as db:
+        assert db.execute("SELECT COUNT(*) FROM routes").fetchone()[0] == 3
+
+
+def test_escalations_teach_needed_larger_and_confident_deliveries_small_enough(
+    tmp_path: Path,
+) -> None:
+    path = written(
+        tmp_path / "log.sqlite",
+        [
+            entry("hard one", "ESCALATE", "LOW_CONFIDENCE"),
+            entry("easy one"),
+            entry("barely passed", confidence=0.75),
+            entry("validator was down", "", "VALIDATOR_UNAVAILABLE"),
+            entry("judged elsewhere", judged_tier="medium"),
+            entry("another embedder", embedder_version="old"),
+            entry("forced, not scored", embedding=None, features=None, score=None),
+        ],
+        keep_prompts=True,
+    )
+    labels = read_labels(path, "small", "emb", DIM)
+    assert labels.keys == ["hard one", "easy one"]
+    assert list(labels.needed_larger) == [1.0, 0.0]
+    assert labels.features == pytest.approx(prompt_features(["hard one", "easy one"]))
+    assert labels.skipped == {
+        "other embedder": 1,
+        "not judged on this tier": 1,
+        "verdict teaches nothing": 1,
+        "delivered without a margin": 1,
+    }
+    # Every scored row of this embedder is traffic the threshold is applied to.
+    assert len(labels.all_embeddings) == 5
+
+
+def test_without_prompts_the_key_is_the_hash(tmp_path: Path) -> None:
+    path = written(tmp_path / "log.sqlite", [entry("secret prompt")])
+    assert read_labels(path, "small", "emb", DIM).keys == [
+        f"sha256:{prompt_sha256('secret prompt')}"
+    ]
+
+
+def test_a_tier_the_log_never_judged_is_named_with_the_ones_it_did(tmp_path: Path) -> None:
+    path = written(tmp_path / "log.sqlite", [entry("x"), entry("y")])
+    with pytest.raises(LogError) as caught:
+        read_labels(path, "tiny", "emb", DIM)
+    assert str(path) in str(caught.value)
+    assert "'tiny'" in str(caught.value) and "small (2 rows)" in str(caught.value)
+
+
+def test_a_log_of_another_embedder_teaches_nothing_and_says_so(tmp_path: Path) -> None:
+    path = written(tmp_path / "log.sqlite", [entry("x")])
+    with pytest.raises(LogError, match="record more traffic with this embedder"):
+        read_labels(path, "small", "new-embedder", DIM)
+
+
+@pytest.mark.parametrize("version", [0, SCHEMA_VERSION + 1])
+def test_a_log_of_another_schema_version_is_refused_by_reader_and_writer(
+    tmp_path: Path, version: int
+) -> None:
+    path = written(tmp_path / "log.sqlite", [entry("x")])
+    with sqlite3.connect(path) as db:
+        db.execute(f"PRAGMA user_version={version}")
+    before = path.read_bytes()
+    for attempt in (
+        lambda: read_labels(path, "small", "emb", DIM),
+        lambda: RoutingLog(path, False),
+    ):
+        with pytest.raises(LogError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert str(path) in message and f"schema version {version}" in message
+        assert "older" in message if version == 0 else "newer" in message
+        assert "new file" in message  # what to do
+    assert path.read_bytes() == before  # neither rewrote it
+
+
+def test_files_that_are_not_routing_logs_are_refused(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a database at all, but long enough to have a header " * 10)
+    other = tmp_path / "other.sqlite"
+    with sqlite3.connect(other) as db:
+        db.execute("CREATE TABLE users (name TEXT)")
+    with pytest.raises(LogError, match="not a SQLite routing log"):
+        read_labels(text, "small", "emb", DIM)
+    with pytest.raises(LogError, match="not a tierroute routing log"):
+        RoutingLog(other, False)
+    with pytest.raises(LogError, match="no such routing log"):
+        read_labels(tmp_path / "missing.sqlite", "small", "emb", DIM)
+
+
+def test_a_row_recorded_after_close_is_not_kept_and_nothing_raises(tmp_path: Path) -> None:
+    log = RoutingLog(tmp_path / "log.sqlite", False)
+    log.record(entry("before"))
+    log.close()
+    log.record(entry("after"))
+    assert log.written == 1
+
+
+def test_a_failed_artifact_write_leaves_the_old_artifact_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "artifact"
+    old = save_artifact(folder, {"model": "centroid"}, {"a": np.zeros(3), "b": np.ones(3)})
+    calls = []
+
+    def failing_save(path: Path, array: np.ndarray, allow_pickle: bool) -> None:
+        calls.append(path)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        with open(path, "wb") as f:
+            np.lib.format.write_array(f, array)
+
+    monkeypatch.setattr(np, "save", failing_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_artifact(folder, {"model": "centroid"}, {"a": np.ones(3), "b": np.zeros(3)})
+    monkeypatch.undo()
+    meta, arrays = load_artifact(folder)
+    assert meta["version"] == old and list(arrays["a"]) == [0, 0, 0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
