@@ -3,6 +3,7 @@ refuses (another schema version, not a routing log, a tier it never judged)."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -206,3 +207,31 @@ def test_a_failed_artifact_write_leaves_the_old_artifact_whole(
     meta, arrays = load_artifact(folder)
     assert meta["version"] == old and list(arrays["a"]) == [0, 0, 0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["artifact"]
+
+
+def test_log_summary_counts_requests_escalations_and_statuses(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from tierroute.tools.cli import main
+
+    path = written(
+        tmp_path / "log.sqlite",
+        [
+            entry("a"),
+            entry("b", "ESCALATE", "LOW_CONFIDENCE"),
+            entry("c", "", "", chosen_tier="large", judged_tier="", status="CANCELLED"),
+        ],
+    )
+    assert main(["--json", "log", "summary", str(path)]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["rows"] == 3 and summary["statuses"] == {"OK": 2, "CANCELLED": 1}
+    small = summary["by_chosen_tier"]["small"]
+    assert (small["requests"], small["escalated"], small["verdicts"]) == (
+        2,
+        1,
+        {"DELIVER": 1, "ESCALATE": 1},
+    )
+    assert main(["log", "summary", str(path)]) == 0
+    assert "3 requests" in capsys.readouterr().out
+    assert main(["log", "summary", str(tmp_path / "missing.sqlite")]) == 2
+    assert "no such routing log" in capsys.readouterr().err

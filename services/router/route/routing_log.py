@@ -381,3 +381,40 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
         np.stack(all_feats).astype(np.float32),
         skipped,
     )
+
+
+def summarize(path: Path) -> dict[str, Any]:
+    """What a log holds: its span, and per chosen tier the requests, escalations, verdicts and
+    final statuses (`tierroute log summary`)."""
+    db = _connect(path, create=False)
+    try:
+        first, last, rows = db.execute("SELECT MIN(at), MAX(at), COUNT(*) FROM routes").fetchone()
+        tiers: dict[str, dict[str, Any]] = {}
+        query = (
+            "SELECT chosen_tier, COUNT(*), SUM(escalated), AVG(latency_ms), SUM(cost_usd), "
+            "SUM(verdict = 'DELIVER'), SUM(verdict = 'ESCALATE'), SUM(embedding IS NOT NULL) "
+            "FROM routes GROUP BY chosen_tier ORDER BY chosen_tier"
+        )
+        for tier, n, escalated, latency, cost, delivered, escalate, scored in db.execute(query):
+            tiers[tier or "(none)"] = {
+                "requests": n,
+                "escalated": escalated,
+                "verdicts": {"DELIVER": delivered, "ESCALATE": escalate},
+                "scored": scored,
+                "mean_latency_ms": latency,
+                "cost_usd": cost,
+            }
+        statuses = dict(db.execute("SELECT status, COUNT(*) FROM routes GROUP BY status"))
+    except sqlite3.DatabaseError as exc:
+        raise LogError(f"{path}: cannot read the routing log ({exc})") from exc
+    finally:
+        db.close()
+    return {
+        "path": str(path),
+        "schema_version": SCHEMA_VERSION,
+        "rows": rows,
+        "first_at": first,
+        "last_at": last,
+        "statuses": statuses,
+        "by_chosen_tier": tiers,
+    }

@@ -115,7 +115,8 @@ class RouterConfig(_Strict):
     # How many requests it takes for a live score's weight in the sketch to halve.
     operating_point_half_life: float = Field(default=2000.0, ge=10)
     # SQLite file every Route is recorded in (score, tiers, the validator's verdict, latency,
-    # tokens), for `tierroute calibrate --from-log`. Unset: nothing is recorded.
+    # tokens), for `tierroute calibrate --from-log`. Unset: nothing is recorded. While set,
+    # each routing-cache entry also keeps its prompt's embedding (1.5 KB with MiniLM).
     routing_log: Path | None = None
     # Keep each prompt's text in the routing log. Off: its SHA-256, its embedding and a few
     # numeric features of its text only (enough to calibrate on, not to read the prompt back).

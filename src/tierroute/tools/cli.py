@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,35 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def log_summary(args: argparse.Namespace) -> int:
+    from tierroute.router.route.routing_log import summarize
+
+    s = summarize(args.path)
+    if args.json:
+        print(json.dumps(s))
+        return 0
+    span = ""
+    if s["rows"]:
+        when = [
+            time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t))
+            for t in (s["first_at"], s["last_at"])
+        ]
+        span = f", {when[0]} to {when[1]} UTC"
+    print(f"{s['path']}: {s['rows']} requests (schema {s['schema_version']}{span})")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(s["statuses"].items()))
+    print(f"  statuses: {statuses or 'none'}")
+    print(
+        f"  {'chosen tier':<14}{'requests':>9}{'escalated':>11}{'delivered':>11}"
+        f"{'mean ms':>9}{'cost $':>10}"
+    )
+    for tier, t in s["by_chosen_tier"].items():
+        print(
+            f"  {tier:<14}{t['requests']:>9}{t['escalated']:>11}{t['verdicts']['DELIVER']:>11}"
+            f"{t['mean_latency_ms']:>9.0f}{t['cost_usd']:>10.4f}"
+        )
+    return 0
+
+
 def _offline_commands(commands: Any) -> None:
     """Commands that work on labelled data, without a running suite."""
 
@@ -161,6 +191,14 @@ def _offline_commands(commands: Any) -> None:
     )
     convert.add_argument("-o", "--out", type=Path, required=True)
     convert.set_defaults(run=later("cmd_convert"))
+
+    log = commands.add_parser("log", help="the routing log (router.routing_log)")
+    log_commands = log.add_subparsers(dest="log_command", required=True)
+    summary = log_commands.add_parser(
+        "summary", help="what a routing log holds: requests, escalations, verdicts per tier"
+    )
+    summary.add_argument("path", type=Path, help="e.g. var/routing-log.sqlite")
+    summary.set_defaults(run=log_summary)
 
     cal = commands.add_parser(
         "calibrate", help="fit a router artifact on labelled data, or on a routing log"
