@@ -26,11 +26,13 @@ from tierroute.quality.labelled import (
     STRONG,
     WEAK,
     DataError,
+    Row,
     half,
     read_rows,
     split,
 )
 from tierroute.router.scoring.decider import Decider
+from tierroute.router.v1 import router_service_pb2 as pb
 
 ROUTELLM = ROOT.parent / "shared" / "data" / "routellm"
 pytestmark = pytest.mark.skipif(not ROUTELLM.is_dir(), reason=f"{ROUTELLM} is not here")
@@ -282,26 +284,33 @@ def test_eval_beats_random_and_the_seed_on_the_held_out_half(
     assert png.startswith(b"\x89PNG") and len(png) > 20_000
 
 
-async def test_the_router_serves_the_artifact_with_evals_decisions(
-    calibrated: dict[str, Path],
-) -> None:
-    meta, arrays = load_artifact(calibrated["artifact"])
-    held = split(read_rows(calibrated["data"]), "eval")[:80]
+async def served_and_evaluated(
+    artifact: Path, rows: list[Row]
+) -> tuple[list[pb.RoutingDecision], np.ndarray]:
+    """The router's decisions on `rows` with `artifact`, and the raw scores `eval`'s arithmetic
+    gives the same prompts."""
+    meta, arrays = load_artifact(artifact)
     # The decisions themselves, not the budget: a loaded machine must not turn a late decision
     # into the fallback here (the fallback has its own tests in test_score.py).
-    core = Decider(
-        router_config(scorer="learned", artifact=calibrated["artifact"], score_budget_ms=600_000)
-    )
+    core = Decider(router_config(scorer="learned", artifact=artifact, score_budget_ms=600_000))
     await core.load()
     try:
         assert core.embedder is not None
-        decisions = [(await core.decide(r.prompt, bypass_cache=True))[0] for r in held]
+        decisions = [(await core.decide(r.prompt, bypass_cache=True))[0] for r in rows]
         # One at a time, as eval embeds them: int8 scales depend on a run's batch-mates.
-        texts = [normalize(r.prompt) for r in held]
+        texts = [normalize(r.prompt) for r in rows]
         vectors = np.concatenate([core.embedder.embed([t]) for t in texts])
-        raw = raw_scores(meta["model"], arrays, meta["params"], vectors, texts)
     finally:
         await core.close()
+    return decisions, raw_scores(meta["model"], arrays, meta["params"], vectors, texts)
+
+
+async def test_the_router_serves_the_artifact_with_evals_decisions(
+    calibrated: dict[str, Path],
+) -> None:
+    meta, _ = load_artifact(calibrated["artifact"])
+    held = split(read_rows(calibrated["data"]), "eval")[:80]
+    decisions, raw = await served_and_evaluated(calibrated["artifact"], held)
     expected = ["large" if r > meta["threshold"] else "small" for r in raw]
     assert [d.tier for d in decisions] == expected
     assert {"small", "large"} == set(expected)
@@ -328,21 +337,10 @@ async def test_a_stacked_artifact_tells_everyday_requests_apart_and_is_served_as
         *args, "--model", "stacked", "--general", everyday, "-o", work / "stacked", *common
     )
     assert done.returncode == 0, done.stderr
-    meta, arrays = load_artifact(work / "stacked")
+    meta, _ = load_artifact(work / "stacked")
     assert meta["model"] == "stacked" and meta["params"]["general_weight"] > 0
     held = split(read_rows(everyday), "eval")
-    core = Decider(
-        router_config(scorer="learned", artifact=work / "stacked", score_budget_ms=600_000)
-    )
-    await core.load()
-    try:
-        assert core.embedder is not None
-        decisions = [(await core.decide(r.prompt, bypass_cache=True))[0] for r in held]
-        texts = [normalize(r.prompt) for r in held]
-        vectors = np.concatenate([core.embedder.embed([t]) for t in texts])
-    finally:
-        await core.close()
-    raw = raw_scores(meta["model"], arrays, meta["params"], vectors, texts)
+    decisions, raw = await served_and_evaluated(work / "stacked", held)
     complex_ = np.array([r.scores[WEAK] == 0.0 for r in held])
     # Exam data alone does not teach this: the previous default (MMLU + GSM8K) scored 0.47.
     assert auc(raw, complex_) > 0.9

@@ -160,7 +160,6 @@ def _connect(path: Path, create: bool) -> sqlite3.Connection:
     except sqlite3.DatabaseError as exc:
         raise LogError(f"{path}: not a SQLite routing log ({exc})") from exc
     if not tables and create:
-        db.execute("PRAGMA journal_mode=WAL")
         # One transaction: a crash leaves no half-made schema.
         db.executescript(
             f"BEGIN; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
