@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from tierroute.core.sqlitefile import FileError, Kind, connect
+
 logger = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
@@ -72,6 +74,7 @@ CREATE TABLE routes (
 );
 CREATE INDEX routes_at ON routes (at);
 """
+KIND = Kind("routing log", "router.routing_log", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, "routes")
 COLUMNS = (
     "at", "request_id", "prompt_sha256", "prompt", "embedding", "features",
     "embedder_version", "scorer_version", "score", "category", "forced", "chosen_tier",
@@ -88,7 +91,7 @@ GOOD_ENOUGH = ("CONFIDENT",)
 CONFIDENT_MARGIN = 0.1
 
 
-class LogError(ValueError):
+class LogError(FileError):
     """A routing log that cannot be used; the message names the file and what to do."""
 
 
@@ -146,47 +149,10 @@ class Entry:
 
 def _connect(path: Path, create: bool) -> sqlite3.Connection:
     """An open routing log of this schema version; created (with `create`) when missing."""
-    if not create and not path.is_file():
-        raise LogError(f"{path}: no such routing log (router.routing_log names where it is)")
-    if create:
-        path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        app, version = (
-            db.execute("PRAGMA application_id").fetchone()[0],
-            db.execute("PRAGMA user_version").fetchone()[0],
-        )
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    except sqlite3.DatabaseError as exc:
-        raise LogError(f"{path}: not a SQLite routing log ({exc})") from exc
-    if not tables and create:
-        # One transaction: a crash leaves no half-made schema.
-        db.executescript(
-            f"BEGIN; {_SCHEMA} PRAGMA application_id={APPLICATION_ID}; "
-            f"PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
-        )
-        return db
-    if app != APPLICATION_ID or "routes" not in tables:
-        db.close()
-        raise LogError(
-            f"{path}: not a tierroute routing log (application_id {app:#x}, tables "
-            f"{sorted(tables) or 'none'}): point router.routing_log at a new file"
-        )
-    if version != SCHEMA_VERSION:
-        db.close()
-        older = version < SCHEMA_VERSION
-        raise LogError(
-            f"{path}: routing-log schema version {version} was written by "
-            f"{'an older' if older else 'a newer'} tierroute; this one reads and writes version "
-            f"{SCHEMA_VERSION}. "
-            + (
-                "Keep the file for that version's tools, and point router.routing_log at a new "
-                "file to record with this one"
-                if older
-                else "Use the tierroute that wrote it, or point router.routing_log at a new file"
-            )
-        )
-    return db
+        return connect(path, KIND, create)
+    except FileError as error:
+        raise LogError(str(error)) from None
 
 
 class RoutingLog:
