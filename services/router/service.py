@@ -26,6 +26,7 @@ from tierroute.router.route.flow import (
 from tierroute.router.route.judge import Judge
 from tierroute.router.route.routing_log import LogError, RoutingLog
 from tierroute.router.scoring.decider import Decider
+from tierroute.router.tiers.measured import Measurements, StoreError, open_store
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -44,8 +45,14 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreResponse:
         check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        ask = self.decider.ask(
+            request.prompt,
+            request.messages,
+            request.max_tokens,
+            request.slo if request.HasField("slo") else None,
+        )
         decision, _ = await self.decider.decide(
-            routing_text(request.prompt, request.messages), request.bypass_cache
+            routing_text(request.prompt, request.messages), request.bypass_cache, ask
         )
         return pb.ScoreResponse(decision=decision)
 
@@ -92,7 +99,15 @@ class RouterService:
         if not cfg.tiers:
             raise ConfigError("invalid configuration: tiers: the router needs at least one tier")
         self.cfg = cfg
-        self.decider = Decider(cfg)
+        r = cfg.router
+        store = None
+        if r.metrics_store is not None:
+            try:
+                store = open_store(r.metrics_store)
+            except StoreError as error:
+                raise ConfigError(f"invalid configuration: router.metrics_store: {error}") from None
+        self.measurements = Measurements(r.metrics_half_life_seconds, store, r.metrics_sync_seconds)
+        self.decider = Decider(cfg, self.measurements)
         self.pool = TierPool(cfg)
         self.judge = Judge(cfg)
         self.log: RoutingLog | None = None
@@ -109,10 +124,12 @@ class RouterService:
         )
 
     async def load(self, host: Host) -> None:
+        await asyncio.to_thread(self.measurements.start)
         await self.decider.load()
 
     async def close(self) -> None:
         await asyncio.gather(self.decider.close(), self.pool.close(), self.judge.close())
+        await asyncio.to_thread(self.measurements.close)
         if self.log is not None:
             await asyncio.to_thread(self.log.close)  # after the last request: every row kept
 

@@ -40,6 +40,8 @@ from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
 from tierroute.router.route.routing_log import Entry, RoutingLog
 from tierroute.router.scoring.decider import Decider, Scored
+from tierroute.router.selection.policy import BELOW_QUALITY_BAR, SKIP_REASONS
+from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS
 from tierroute.router.tiers.pool import FirstTokenTimer, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
@@ -118,6 +120,10 @@ class Outcome:
     escalation_reason: pb.EscalationReason = pb.ESCALATION_REASON_UNSPECIFIED
     # The first verdict on a held-back answer: (tier, verdict, reason, confidence) names.
     judged: tuple[str, str, str, float | None] | None = None
+    # The prompt's category, for the tiers' measured figures.
+    category: str = ""
+    # Tiers an escalation may go to (the selection's: within the request's SLO, fitting it).
+    usable: frozenset[str] = frozenset()
 
     def summary(self) -> pb.RouteSummary:
         """The summary; before anything was delivered (a partial one), it names no tier."""
@@ -166,6 +172,7 @@ class RouteFlow:
         self.judge = judge
         self.log = log
         self._tiers = [t.name for t in cfg.tiers]
+        self._measured = decider.measurements
         # The most tokens any tier can generate, when every tier's context is configured.
         contexts = [int(t.engine_args.get("max_model_len") or 0) for t in cfg.tiers]
         self._max_tokens_limit = max(contexts) if contexts and all(contexts) else None
@@ -182,7 +189,7 @@ class RouteFlow:
         holder = object()  # this request, for the circuit breakers
         span = trace.get_current_span()
         text = routing_text(request.prompt, request.messages)
-        outcome = Outcome(started)
+        outcome = Outcome(started, usable=frozenset(self._tiers))
         scored: Scored | None = None
         decision = pb.RoutingDecision()
         tier = ""
@@ -202,13 +209,22 @@ class RouteFlow:
                 )
                 tier = request.force_tier
             else:
+                # A forced tier is the caller's choice: it checks its own context window.
+                ask = self.decider.ask(
+                    request.prompt,
+                    request.messages,
+                    request.sampling.max_tokens,
+                    request.slo if request.HasField("slo") else None,
+                )
                 with telemetry.tracer(__name__).start_as_current_span("score") as score_span:
-                    decision, ranking, scored = await self.decider.decide_scored(
-                        text, request.bypass_cache
+                    decision, selection, scored = await self.decider.decide_scored(
+                        text, request.bypass_cache, ask
                     )
                     score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
-                ranking = self._without_unjudgeable(ranking, request, decision)
+                outcome.usable = selection.usable
+                ranking = self._without_unjudgeable(selection.tiers, request, decision)
                 tier = self._admit(ranking, holder, decision)
+            outcome.category = decision.category
             span.set_attributes(
                 {
                     "tierroute.decision.tier": decision.tier,
@@ -216,8 +232,16 @@ class RouteFlow:
                     "tierroute.decision.reason_codes": [
                         pb.ReasonCode.Name(r) for r in decision.reason_codes
                     ],
+                    "tierroute.decision.reasons": list(decision.reasons),
                 }
             )
+            if any(not r.startswith(BELOW_QUALITY_BAR) for r in decision.reasons):
+                logger.info(
+                    "request %s: %s serves (%s)",
+                    request.request_id or "-",
+                    decision.tier,
+                    ", ".join(decision.reasons),
+                )
             outcome.score_ms = (time.perf_counter() - started) * 1000.0
             yield Decided(decision)
             async for event in self._answer(tier, request, deadline, outcome, holder):
@@ -316,6 +340,11 @@ class RouteFlow:
         kept = [t for t in ranking if t == last or self.cfg.tier(t).validation == "none"]
         if kept[:1] != ranking[:1]:
             decision.reason_codes.append(pb.REASON_CODE_VALIDATOR_UNAVAILABLE)
+            decision.reasons.extend(
+                f"{SKIP_REASONS[pb.REASON_CODE_VALIDATOR_UNAVAILABLE]}:{t}"
+                for t in ranking
+                if t not in kept
+            )
             logger.warning(
                 "the validator is down: passing over %s, whose answers it would judge",
                 ", ".join(t for t in ranking if t not in kept),
@@ -326,9 +355,10 @@ class RouteFlow:
         """The first tier of the ranking that can take the request; the decision's reason
         codes say why any was passed over. UNAVAILABLE if none can."""
         tier, skipped = self.pool.first_available(ranking, holder)
-        for _, reason in skipped:
+        for name, reason in skipped:
             if reason not in decision.reason_codes:
                 decision.reason_codes.append(reason)
+            decision.reasons.append(f"{SKIP_REASONS[reason]}:{name}")
         if tier is None:
             raise Unavailable(
                 "no tier can take the request: "
@@ -341,8 +371,9 @@ class RouteFlow:
         decision.tier = tier
         return tier
 
-    def _larger(self, tier: str) -> list[str]:
-        return self._tiers[self._tiers.index(tier) + 1 :]
+    def _larger(self, tier: str, outcome: Outcome) -> list[str]:
+        """The tiers an escalation from `tier` may go to, in order."""
+        return [t for t in self._tiers[self._tiers.index(tier) + 1 :] if t in outcome.usable]
 
     async def _answer(
         self,
@@ -358,7 +389,7 @@ class RouteFlow:
             tier = self.cfg.tier(tier_name)
             following = None
             if escalations_left > 0:
-                following, _ = self.pool.first_available(self._larger(tier_name), None)
+                following, _ = self.pool.first_available(self._larger(tier_name, outcome), None)
             tier_started = time.perf_counter()
             hold = tier.validation != "none" and following is not None
             try:
@@ -368,6 +399,7 @@ class RouteFlow:
             except TierFailed as failure:
                 if failure.tier_fault:
                     self.pool.record(tier_name, False, holder)
+                    self._measured.observe(tier_name, outcome.category, ERROR_RATE, 1.0)
                 else:
                     self.pool.release(tier_name, holder)
                 outcome.attempts.append(
@@ -387,6 +419,7 @@ class RouteFlow:
                 raise
             else:
                 self.pool.record(tier_name, True, holder)
+                self._measured.observe(tier_name, outcome.category, ERROR_RATE, 0.0)
             finally:
                 elapsed = (time.perf_counter() - tier_started) * 1000.0
                 if first:
@@ -400,7 +433,7 @@ class RouteFlow:
             escalations_left -= 1
             first = False
             previous = tier_name
-            nxt, _ = self.pool.first_available(self._larger(previous), holder)
+            nxt, _ = self.pool.first_available(self._larger(previous, outcome), holder)
             if nxt is None:
                 raise Unavailable(
                     f"tier {previous!r} could not answer "
@@ -468,6 +501,7 @@ class RouteFlow:
         generate: tier_pb.GenerateRequest,
         deadline: Deadline,
         first: bool,
+        category: str,
     ) -> AsyncGenerator[tier_pb.GenerateResponse, None]:
         """One Generate call in a CLIENT span; gRPC errors become TierFailed."""
         escalation = self.cfg.escalation
@@ -491,7 +525,9 @@ class RouteFlow:
                     return
                 except TimeoutError:
                     raise TierFailed(tier.name, _stalled(timer), True) from None
-                span.set_attribute("tierroute.time_to_first_token_ms", timer.samples[-1] * 1000.0)
+                ttft_ms = timer.samples[-1] * 1000.0
+                span.set_attribute("tierroute.time_to_first_token_ms", ttft_ms)
+                self._measured.observe(tier.name, category, TTFT_MS, ttft_ms)
                 async for response in _prepend(first_response, responses):
                     timer.heard(time.monotonic())
                     if response.HasField("complete"):
@@ -499,6 +535,11 @@ class RouteFlow:
                         span.set_attribute("tierroute.completion_tokens", c.completion_tokens)
                         span.set_attribute("tierroute.prompt_tokens", c.prompt_tokens)
                         span.set_attribute("tierroute.cost_usd", c.cost_usd)
+                        if c.completion_tokens > 1:
+                            per_token = (c.total_time_ms - c.time_to_first_token_ms) / (
+                                c.completion_tokens - 1
+                            )
+                            self._measured.observe(tier.name, category, TPOT_MS, per_token)
                     yield response
             except grpc.aio.AioRpcError as error:
                 raise TierFailed(tier.name, error, budget) from error
@@ -524,7 +565,7 @@ class RouteFlow:
         sent_chars = 0
         try:
             generate = self._generate_request(tier, request, validation)
-            async for response in self._call(tier, generate, deadline, first):
+            async for response in self._call(tier, generate, deadline, first, outcome.category):
                 if response.HasField("complete"):
                     complete = response.complete
                 elif hold:

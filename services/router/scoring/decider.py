@@ -4,23 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 
 from tierroute.core.config import Config
-from tierroute.core.errors import Unavailable
+from tierroute.core.errors import InvalidArgument, Unavailable
 from tierroute.core.prompts import normalize
 from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scorers import Scorer, build_scorer
+from tierroute.router.selection.fit import Fit, Need
 from tierroute.router.selection.operating import OperatingPoint
-from tierroute.router.selection.policy import Policy
+from tierroute.router.selection.policy import Bounds, Policy, Selection, select
+from tierroute.router.tiers.measured import TTFT_MS, Measurements
 from tierroute.router.v1 import router_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
+
+
+class Message(Protocol):
+    role: str
+    content: str
 
 
 @dataclass(frozen=True)
@@ -34,10 +44,20 @@ class Scored:
     vector: np.ndarray | None = None
 
 
+@dataclass(frozen=True)
+class Ask:
+    """What one request asks of the tiers beyond quality: what it needs of each, its SLO."""
+
+    needs: dict[str, Need]
+    bounds: Bounds
+
+
 class Decider:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, measurements: Measurements | None = None) -> None:
         self.cfg = cfg
         self.policy = Policy(cfg)
+        self.fit = Fit(cfg)
+        self.measurements = measurements or Measurements(cfg.router.metrics_half_life_seconds)
         self.cache: TTLCache[Scored] = TTLCache(
             cfg.router.cache_max_entries, cfg.router.cache_ttl_seconds
         )
@@ -90,18 +110,48 @@ class Decider:
         if self.batcher is not None:
             await self.batcher.close()
 
+    def ask(
+        self,
+        prompt: str,
+        messages: Sequence[Message],
+        max_tokens: int = 0,
+        slo: pb.Slo | None = None,
+    ) -> Ask:
+        """What a request asks of the tiers. InvalidArgument for an SLO bound that is not a
+        positive number (a cost bound may be 0), or a request that fits no tier."""
+        needs = self.fit.needs(prompt, messages, max_tokens)
+        self.fit.check_any(needs)
+        ttft = cost = None
+        if slo is not None and slo.HasField("max_ttft_ms"):
+            ttft = slo.max_ttft_ms
+            if not math.isfinite(ttft) or ttft <= 0:
+                raise InvalidArgument(
+                    f"slo.max_ttft_ms is {ttft}; set it to the most milliseconds the first "
+                    "token may take (> 0), or leave it unset"
+                )
+        if slo is not None and slo.HasField("max_cost_per_1k"):
+            cost = slo.max_cost_per_1k
+            if not math.isfinite(cost) or cost < 0:
+                raise InvalidArgument(
+                    f"slo.max_cost_per_1k is {cost}; set it to the most USD per 1,000 tokens "
+                    "the request may cost (>= 0), or leave it unset"
+                )
+        fits = frozenset(name for name, need in needs.items() if need.fits)
+        return Ask(needs, Bounds(fits, ttft, cost))
+
     async def decide(
-        self, text: str, bypass_cache: bool = False
+        self, text: str, bypass_cache: bool = False, ask: Ask | None = None
     ) -> tuple[pb.RoutingDecision, list[str]]:
         """The decision for `text` and the tiers in the order to try them. When scoring fails
         or runs over `router.score_budget_ms`: the default tier (reason ROUTER_FALLBACK)."""
-        decision, ranking, _ = await self.decide_scored(text, bypass_cache)
-        return decision, ranking
+        decision, selection, _ = await self.decide_scored(text, bypass_cache, ask)
+        return decision, selection.tiers
 
     async def decide_scored(
-        self, text: str, bypass_cache: bool = False
-    ) -> tuple[pb.RoutingDecision, list[str], Scored | None]:
-        """`decide`, and what the scorer made of the prompt (None: the fallback decided)."""
+        self, text: str, bypass_cache: bool = False, ask: Ask | None = None
+    ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
+        """`decide` with the whole selection, and what the scorer made of the prompt (None:
+        the fallback decided). Without `ask`: a request that fits every tier, with no SLO."""
         if self.batcher is None or self.scorer is None or self.embedder is None:
             raise Unavailable(
                 "the router is still loading its embedder; retry when health reports SERVING"
@@ -121,15 +171,18 @@ class Decider:
             try:
                 scored = await asyncio.wait_for(asyncio.shield(scoring), budget)
             except TimeoutError:
-                return *self._fallback(started, f"over its {budget * 1000:g} ms budget"), None
+                why = f"over its {budget * 1000:g} ms budget"
+                return *self._fallback(started, why, ask), None
             except Exception as exc:
-                return *self._fallback(started, f"failed: {type(exc).__name__}: {exc}"), None
+                why = f"failed: {type(exc).__name__}: {exc}"
+                return *self._fallback(started, why, ask), None
         ranking = self.policy.rank(scored.score)
         if self.operating is not None:
             self.operating.observe(scored.score)
             self.policy.shift(self.operating.offset)
-        chosen = ranking[0]
-        reasons = list(chosen.reasons)
+        selection = self._select([c.tier for c in ranking], ranking[0].tier, ask, scored.category)
+        chosen = next(c for c in ranking if c.tier == selection.tiers[0])
+        reasons = list(ranking[0].reasons)
         if scored.truncated:
             reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
         if hit:
@@ -145,8 +198,26 @@ class Decider:
             embedder_version=self.embedder.version,
             scorer_version=self.scorer.version,
             tier_max_score=chosen.max_score,
+            reasons=selection.reasons,
         )
-        return decision, [c.tier for c in ranking], scored
+        return decision, selection, scored
+
+    def _select(self, ranked: list[str], band: str, ask: Ask | None, category: str) -> Selection:
+        """The score's ranking, narrowed to what the request fits and its SLO allows."""
+        names = self.policy.tiers
+        if ask is None:
+            ask = Ask({}, Bounds(frozenset(names)))
+        bounds = ask.bounds
+        ttft: dict[str, float | None] = {}
+        if bounds.max_ttft_ms is not None:
+            ttft = {t: self.measurements.figure(t, TTFT_MS, category) for t in names}
+        cost: dict[str, float] = {}
+        if bounds.max_cost_per_1k is not None:
+            cost = {
+                t: self.cfg.tier(t).cost_per_1k(ask.needs[t].prompt_tokens, ask.needs[t].max_tokens)
+                for t in names
+            }
+        return select(ranked, band, names, bounds, ttft, cost)
 
     async def _score(self, normalized: str, key: str) -> Scored:
         assert self.batcher is not None and self.scorer is not None
@@ -158,18 +229,24 @@ class Decider:
         self.cache.put(key, scored)
         return scored
 
-    def _fallback(self, started: float, why: str) -> tuple[pb.RoutingDecision, list[str]]:
-        tier = self.cfg.fallback_tier()
-        logger.warning("scoring %s: routing to the default tier %r", why, tier)
+    def _fallback(
+        self, started: float, why: str, ask: Ask | None
+    ) -> tuple[pb.RoutingDecision, Selection]:
+        """The default tier, as if the score had chosen it."""
+        band = self.cfg.fallback_tier()
+        names = self.policy.tiers
+        i = names.index(band)
+        selection = self._select([*names[i:], *reversed(names[:i])], band, ask, "")
+        tier = selection.tiers[0]
+        logger.warning("scoring %s: routing to the default tier %r (%s serves)", why, band, tier)
         decision = pb.RoutingDecision(
             tier=tier,
             reason_codes=[pb.REASON_CODE_ROUTER_FALLBACK],
             router_latency_ms=(time.perf_counter() - started) * 1000.0,
             tier_max_score=self.policy.bound(tier),
+            reasons=selection.reasons,
         )
-        names = self.policy.tiers
-        i = names.index(tier)
-        return decision, [*names[i:], *reversed(names[:i])]
+        return decision, selection
 
 
 def _log_late_failure(task: asyncio.Future[Scored]) -> None:

@@ -87,3 +87,81 @@ class Policy:
         else:
             distance, farthest = min(upper - score, score - lower), (upper - lower) / 2
         return float(min(max(distance / max(farthest, 1e-9), 0.0), 1.0))
+
+
+# Machine-readable reasons, as `<reason>:<tier>` (RoutingDecision.reasons).
+BELOW_QUALITY_BAR = "below_quality_bar"
+CONTEXT_WINDOW_EXCLUDED = "context_window_excluded"
+SLO_TTFT_EXCLUDED = "slo_ttft_excluded"
+SLO_COST_EXCLUDED = "slo_cost_excluded"
+SLO_FALLBACK = "slo_fallback_highest_quality"
+SLO_UNMET = "slo_unmet"
+# Set by the flow when it admits the request (pool.py, flow.py).
+SKIP_REASONS = {
+    pb.REASON_CODE_CIRCUIT_OPEN: "circuit_open",
+    pb.REASON_CODE_TIER_UNAVAILABLE: "tier_unavailable",
+    pb.REASON_CODE_VALIDATOR_UNAVAILABLE: "validator_unavailable",
+}
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """What a request asks of a tier beyond quality: tiers it fits, and its SLO."""
+
+    fits: frozenset[str]
+    max_ttft_ms: float | None = None
+    max_cost_per_1k: float | None = None
+
+
+@dataclass(frozen=True)
+class Selection:
+    # The tiers to try, in order (the flow passes over any whose breaker is open).
+    tiers: list[str]
+    # Why: `<reason>:<tier>`, and SLO_FALLBACK when it applied.
+    reasons: list[str]
+    # Tiers an escalation may go to: those within every bound (all that fit, in a fallback).
+    usable: frozenset[str]
+
+
+def select(
+    ranked: list[str],
+    band: str,
+    order: list[str],
+    bounds: Bounds,
+    ttft_ms: dict[str, float | None],
+    cost_per_1k: dict[str, float],
+) -> Selection:
+    """The tiers to try for a request.
+
+    1. Tiers the request does not fit, or whose measured time to first token or cost misses
+       its SLO, are excluded (a tier not measured yet is not excluded for its speed).
+    2. Among the rest, the cheapest whose predicted quality meets the bar (`band`, the tier the
+       score chose, or a tier above it in `order`) serves; the others follow in the score's
+       `ranked` order (failover). With no bounds this is `ranked` unchanged.
+    3. None meets the bar: the highest-quality tier within the bounds serves, then the others
+       within them, largest first (SLO_FALLBACK).
+    4. No tier is within the bounds: the highest-quality tier the request fits, then the others
+       it fits, largest first (SLO_FALLBACK and SLO_UNMET)."""
+    bar = order.index(band)
+    reasons = [f"{BELOW_QUALITY_BAR}:{t}" for t in order[:bar]]
+    excluded: dict[str, str] = {}
+    for t in order:
+        measured = ttft_ms.get(t)
+        if t not in bounds.fits:
+            excluded[t] = CONTEXT_WINDOW_EXCLUDED
+        elif (
+            bounds.max_ttft_ms is not None
+            and measured is not None
+            and measured > bounds.max_ttft_ms
+        ):
+            excluded[t] = SLO_TTFT_EXCLUDED
+        elif bounds.max_cost_per_1k is not None and cost_per_1k[t] > bounds.max_cost_per_1k:
+            excluded[t] = SLO_COST_EXCLUDED
+    reasons += [f"{why}:{t}" for t, why in excluded.items()]
+    within = [t for t in reversed(order) if t not in excluded]
+    if any(t not in excluded for t in order[bar:]):
+        return Selection([t for t in ranked if t not in excluded], reasons, frozenset(within))
+    if within:
+        return Selection(within, [*reasons, SLO_FALLBACK], frozenset(within))
+    fitting = [t for t in reversed(order) if t in bounds.fits]
+    return Selection(fitting, [*reasons, SLO_FALLBACK, SLO_UNMET], frozenset(fitting))

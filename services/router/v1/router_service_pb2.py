@@ -25,39 +25,41 @@ _sym_db = _symbol_database.Default()
 from tierroute.common.v1 import common_pb2 as tierroute_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(tierroute/router/v1/router_service.proto\x12\x13tierroute.router.v1\x1a tierroute/common/v1/common.proto\"|\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .tierroute.common.v1.ChatMessage\x12\x14\n\x0c\x62ypass_cache\x18\x04 \x01(\x08\"\x8e\x02\n\x0fRoutingDecision\x12\x18\n\x10\x63omplexity_score\x18\x01 \x01(\x01\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x35\n\x0creason_codes\x18\x05 \x03(\x0e\x32\x1f.tierroute.router.v1.ReasonCode\x12\x19\n\x11router_latency_ms\x18\x06 \x01(\x01\x12\x11\n\tcache_hit\x18\x07 \x01(\x08\x12\x18\n\x10\x65mbedder_version\x18\x08 \x01(\t\x12\x16\n\x0escorer_version\x18\t \x01(\t\x12\x16\n\x0etier_max_score\x18\n \x01(\x01\"G\n\rScoreResponse\x12\x36\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32$.tierroute.router.v1.RoutingDecision\"\xe3\x01\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .tierroute.common.v1.ChatMessage\x12\x35\n\x08sampling\x18\x04 \x01(\x0b\x32#.tierroute.common.v1.SamplingParams\x12\x1a\n\x12\x64isable_escalation\x18\x05 \x01(\x08\x12\x12\n\nforce_tier\x18\x06 \x01(\t\x12\x14\n\x0c\x62ypass_cache\x18\x07 \x01(\x08\"(\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\"{\n\nEscalation\x12\x11\n\tfrom_tier\x18\x01 \x01(\t\x12\x0f\n\x07to_tier\x18\x02 \x01(\t\x12\x35\n\x06reason\x18\x03 \x01(\x0e\x32%.tierroute.router.v1.EscalationReason\x12\x12\n\nconfidence\x18\x04 \x01(\x01\"\x95\x01\n\x0eStageLatencies\x12\x10\n\x08score_ms\x18\x01 \x01(\x01\x12\x13\n\x0bgenerate_ms\x18\x02 \x01(\x01\x12\x13\n\x0bvalidate_ms\x18\x03 \x01(\x01\x12\x15\n\rescalation_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x06 \x01(\x01\"\xb6\x02\n\x0bTierAttempt\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.tierroute.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\x38\n\rfinish_reason\x18\x04 \x01(\x0e\x32!.tierroute.common.v1.FinishReason\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12\x11\n\tdelivered\x18\x06 \x01(\x08\x12@\n\x11\x65scalation_reason\x18\x07 \x01(\x0e\x32%.tierroute.router.v1.EscalationReason\x12\x39\n\nvalidation\x18\x08 \x01(\x0e\x32%.tierroute.router.v1.ValidationStatus\"\xa3\x03\n\x0cRouteSummary\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x11\n\tescalated\x18\x02 \x01(\x08\x12@\n\x11\x65scalation_reason\x18\x03 \x01(\x0e\x32%.tierroute.router.v1.EscalationReason\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.tierroute.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x36\n\tlatencies\x18\x06 \x01(\x0b\x32#.tierroute.router.v1.StageLatencies\x12\x38\n\rfinish_reason\x18\x07 \x01(\x0e\x32!.tierroute.common.v1.FinishReason\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12\x32\n\x08\x61ttempts\x18\t \x03(\x0b\x32 .tierroute.router.v1.TierAttempt\x12\x39\n\nvalidation\x18\n \x01(\x0e\x32%.tierroute.router.v1.ValidationStatus\"\xf1\x01\n\rRouteResponse\x12\x38\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32$.tierroute.router.v1.RoutingDecisionH\x00\x12\x30\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1f.tierroute.router.v1.TokenChunkH\x00\x12\x35\n\nescalation\x18\x03 \x01(\x0b\x32\x1f.tierroute.router.v1.EscalationH\x00\x12\x34\n\x07summary\x18\x04 \x01(\x0b\x32!.tierroute.router.v1.RouteSummaryH\x00\x42\x07\n\x05\x65vent*\xd9\x02\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12%\n!REASON_CODE_SCORE_BELOW_THRESHOLD\x10\x01\x12%\n!REASON_CODE_SCORE_ABOVE_THRESHOLD\x10\x02\x12\x19\n\x15REASON_CODE_CACHE_HIT\x10\x03\x12\x1f\n\x1bREASON_CODE_ROUTER_FALLBACK\x10\x04\x12 \n\x1cREASON_CODE_TIER_UNAVAILABLE\x10\x05\x12\x1c\n\x18REASON_CODE_CIRCUIT_OPEN\x10\x06\x12 \n\x1cREASON_CODE_PROMPT_TRUNCATED\x10\x07\x12\x1b\n\x17REASON_CODE_FORCED_TIER\x10\x08\x12%\n!REASON_CODE_VALIDATOR_UNAVAILABLE\x10\t*\x9d\x02\n\x10\x45scalationReason\x12!\n\x1d\x45SCALATION_REASON_UNSPECIFIED\x10\x00\x12$\n ESCALATION_REASON_LOW_CONFIDENCE\x10\x01\x12#\n\x1f\x45SCALATION_REASON_PARSE_FAILURE\x10\x02\x12&\n\"ESCALATION_REASON_SCHEMA_VIOLATION\x10\x03\x12\"\n\x1e\x45SCALATION_REASON_EMPTY_ANSWER\x10\x04\x12\"\n\x1e\x45SCALATION_REASON_TIER_FAILURE\x10\x05\x12+\n\'ESCALATION_REASON_VALIDATOR_UNAVAILABLE\x10\x06*\xc3\x01\n\x10ValidationStatus\x12!\n\x1dVALIDATION_STATUS_UNSPECIFIED\x10\x00\x12#\n\x1fVALIDATION_STATUS_NOT_VALIDATED\x10\x01\x12\x1c\n\x18VALIDATION_STATUS_PASSED\x10\x02\x12\x1c\n\x18VALIDATION_STATUS_FAILED\x10\x03\x12+\n\'VALIDATION_STATUS_VALIDATOR_UNAVAILABLE\x10\x04\x32\xb1\x01\n\rRouterService\x12N\n\x05Score\x12!.tierroute.router.v1.ScoreRequest\x1a\".tierroute.router.v1.ScoreResponse\x12P\n\x05Route\x12!.tierroute.router.v1.RouteRequest\x1a\".tierroute.router.v1.RouteResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(tierroute/router/v1/router_service.proto\x12\x13tierroute.router.v1\x1a tierroute/common/v1/common.proto\"\xb7\x01\n\x0cScoreRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .tierroute.common.v1.ChatMessage\x12\x14\n\x0c\x62ypass_cache\x18\x04 \x01(\x08\x12%\n\x03slo\x18\x05 \x01(\x0b\x32\x18.tierroute.router.v1.Slo\x12\x12\n\nmax_tokens\x18\x06 \x01(\r\"a\n\x03Slo\x12\x18\n\x0bmax_ttft_ms\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x1c\n\x0fmax_cost_per_1k\x18\x02 \x01(\x01H\x01\x88\x01\x01\x42\x0e\n\x0c_max_ttft_msB\x12\n\x10_max_cost_per_1k\"\x9f\x02\n\x0fRoutingDecision\x12\x18\n\x10\x63omplexity_score\x18\x01 \x01(\x01\x12\x0c\n\x04tier\x18\x02 \x01(\t\x12\x12\n\nconfidence\x18\x03 \x01(\x01\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\x35\n\x0creason_codes\x18\x05 \x03(\x0e\x32\x1f.tierroute.router.v1.ReasonCode\x12\x19\n\x11router_latency_ms\x18\x06 \x01(\x01\x12\x11\n\tcache_hit\x18\x07 \x01(\x08\x12\x18\n\x10\x65mbedder_version\x18\x08 \x01(\t\x12\x16\n\x0escorer_version\x18\t \x01(\t\x12\x16\n\x0etier_max_score\x18\n \x01(\x01\x12\x0f\n\x07reasons\x18\x0b \x03(\t\"G\n\rScoreResponse\x12\x36\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32$.tierroute.router.v1.RoutingDecision\"\x8a\x02\n\x0cRouteRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .tierroute.common.v1.ChatMessage\x12\x35\n\x08sampling\x18\x04 \x01(\x0b\x32#.tierroute.common.v1.SamplingParams\x12\x1a\n\x12\x64isable_escalation\x18\x05 \x01(\x08\x12\x12\n\nforce_tier\x18\x06 \x01(\t\x12\x14\n\x0c\x62ypass_cache\x18\x07 \x01(\x08\x12%\n\x03slo\x18\x08 \x01(\x0b\x32\x18.tierroute.router.v1.Slo\"(\n\nTokenChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x0c\n\x04tier\x18\x02 \x01(\t\"{\n\nEscalation\x12\x11\n\tfrom_tier\x18\x01 \x01(\t\x12\x0f\n\x07to_tier\x18\x02 \x01(\t\x12\x35\n\x06reason\x18\x03 \x01(\x0e\x32%.tierroute.router.v1.EscalationReason\x12\x12\n\nconfidence\x18\x04 \x01(\x01\"\x95\x01\n\x0eStageLatencies\x12\x10\n\x08score_ms\x18\x01 \x01(\x01\x12\x13\n\x0bgenerate_ms\x18\x02 \x01(\x01\x12\x13\n\x0bvalidate_ms\x18\x03 \x01(\x01\x12\x15\n\rescalation_ms\x18\x04 \x01(\x01\x12\x10\n\x08total_ms\x18\x05 \x01(\x01\x12\x1e\n\x16time_to_first_token_ms\x18\x06 \x01(\x01\"\xb6\x02\n\x0bTierAttempt\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12)\n\x05usage\x18\x02 \x01(\x0b\x32\x1a.tierroute.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\x38\n\rfinish_reason\x18\x04 \x01(\x0e\x32!.tierroute.common.v1.FinishReason\x12\x12\n\nlatency_ms\x18\x05 \x01(\x01\x12\x11\n\tdelivered\x18\x06 \x01(\x08\x12@\n\x11\x65scalation_reason\x18\x07 \x01(\x0e\x32%.tierroute.router.v1.EscalationReason\x12\x39\n\nvalidation\x18\x08 \x01(\x0e\x32%.tierroute.router.v1.ValidationStatus\"\xa3\x03\n\x0cRouteSummary\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\x11\n\tescalated\x18\x02 \x01(\x08\x12@\n\x11\x65scalation_reason\x18\x03 \x01(\x0e\x32%.tierroute.router.v1.EscalationReason\x12)\n\x05usage\x18\x04 \x01(\x0b\x32\x1a.tierroute.common.v1.Usage\x12\x10\n\x08\x63ost_usd\x18\x05 \x01(\x01\x12\x36\n\tlatencies\x18\x06 \x01(\x0b\x32#.tierroute.router.v1.StageLatencies\x12\x38\n\rfinish_reason\x18\x07 \x01(\x0e\x32!.tierroute.common.v1.FinishReason\x12\x12\n\nconfidence\x18\x08 \x01(\x01\x12\x32\n\x08\x61ttempts\x18\t \x03(\x0b\x32 .tierroute.router.v1.TierAttempt\x12\x39\n\nvalidation\x18\n \x01(\x0e\x32%.tierroute.router.v1.ValidationStatus\"\xf1\x01\n\rRouteResponse\x12\x38\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32$.tierroute.router.v1.RoutingDecisionH\x00\x12\x30\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x1f.tierroute.router.v1.TokenChunkH\x00\x12\x35\n\nescalation\x18\x03 \x01(\x0b\x32\x1f.tierroute.router.v1.EscalationH\x00\x12\x34\n\x07summary\x18\x04 \x01(\x0b\x32!.tierroute.router.v1.RouteSummaryH\x00\x42\x07\n\x05\x65vent*\xd9\x02\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12%\n!REASON_CODE_SCORE_BELOW_THRESHOLD\x10\x01\x12%\n!REASON_CODE_SCORE_ABOVE_THRESHOLD\x10\x02\x12\x19\n\x15REASON_CODE_CACHE_HIT\x10\x03\x12\x1f\n\x1bREASON_CODE_ROUTER_FALLBACK\x10\x04\x12 \n\x1cREASON_CODE_TIER_UNAVAILABLE\x10\x05\x12\x1c\n\x18REASON_CODE_CIRCUIT_OPEN\x10\x06\x12 \n\x1cREASON_CODE_PROMPT_TRUNCATED\x10\x07\x12\x1b\n\x17REASON_CODE_FORCED_TIER\x10\x08\x12%\n!REASON_CODE_VALIDATOR_UNAVAILABLE\x10\t*\x9d\x02\n\x10\x45scalationReason\x12!\n\x1d\x45SCALATION_REASON_UNSPECIFIED\x10\x00\x12$\n ESCALATION_REASON_LOW_CONFIDENCE\x10\x01\x12#\n\x1f\x45SCALATION_REASON_PARSE_FAILURE\x10\x02\x12&\n\"ESCALATION_REASON_SCHEMA_VIOLATION\x10\x03\x12\"\n\x1e\x45SCALATION_REASON_EMPTY_ANSWER\x10\x04\x12\"\n\x1e\x45SCALATION_REASON_TIER_FAILURE\x10\x05\x12+\n\'ESCALATION_REASON_VALIDATOR_UNAVAILABLE\x10\x06*\xc3\x01\n\x10ValidationStatus\x12!\n\x1dVALIDATION_STATUS_UNSPECIFIED\x10\x00\x12#\n\x1fVALIDATION_STATUS_NOT_VALIDATED\x10\x01\x12\x1c\n\x18VALIDATION_STATUS_PASSED\x10\x02\x12\x1c\n\x18VALIDATION_STATUS_FAILED\x10\x03\x12+\n\'VALIDATION_STATUS_VALIDATOR_UNAVAILABLE\x10\x04\x32\xb1\x01\n\rRouterService\x12N\n\x05Score\x12!.tierroute.router.v1.ScoreRequest\x1a\".tierroute.router.v1.ScoreResponse\x12P\n\x05Route\x12!.tierroute.router.v1.RouteRequest\x1a\".tierroute.router.v1.RouteResponse0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tierroute.router.v1.router_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_REASONCODE']._serialized_start=2100
-  _globals['_REASONCODE']._serialized_end=2445
-  _globals['_ESCALATIONREASON']._serialized_start=2448
-  _globals['_ESCALATIONREASON']._serialized_end=2733
-  _globals['_VALIDATIONSTATUS']._serialized_start=2736
-  _globals['_VALIDATIONSTATUS']._serialized_end=2931
-  _globals['_SCOREREQUEST']._serialized_start=99
-  _globals['_SCOREREQUEST']._serialized_end=223
-  _globals['_ROUTINGDECISION']._serialized_start=226
-  _globals['_ROUTINGDECISION']._serialized_end=496
-  _globals['_SCORERESPONSE']._serialized_start=498
-  _globals['_SCORERESPONSE']._serialized_end=569
-  _globals['_ROUTEREQUEST']._serialized_start=572
-  _globals['_ROUTEREQUEST']._serialized_end=799
-  _globals['_TOKENCHUNK']._serialized_start=801
-  _globals['_TOKENCHUNK']._serialized_end=841
-  _globals['_ESCALATION']._serialized_start=843
-  _globals['_ESCALATION']._serialized_end=966
-  _globals['_STAGELATENCIES']._serialized_start=969
-  _globals['_STAGELATENCIES']._serialized_end=1118
-  _globals['_TIERATTEMPT']._serialized_start=1121
-  _globals['_TIERATTEMPT']._serialized_end=1431
-  _globals['_ROUTESUMMARY']._serialized_start=1434
-  _globals['_ROUTESUMMARY']._serialized_end=1853
-  _globals['_ROUTERESPONSE']._serialized_start=1856
-  _globals['_ROUTERESPONSE']._serialized_end=2097
-  _globals['_ROUTERSERVICE']._serialized_start=2934
-  _globals['_ROUTERSERVICE']._serialized_end=3111
+  _globals['_REASONCODE']._serialized_start=2315
+  _globals['_REASONCODE']._serialized_end=2660
+  _globals['_ESCALATIONREASON']._serialized_start=2663
+  _globals['_ESCALATIONREASON']._serialized_end=2948
+  _globals['_VALIDATIONSTATUS']._serialized_start=2951
+  _globals['_VALIDATIONSTATUS']._serialized_end=3146
+  _globals['_SCOREREQUEST']._serialized_start=100
+  _globals['_SCOREREQUEST']._serialized_end=283
+  _globals['_SLO']._serialized_start=285
+  _globals['_SLO']._serialized_end=382
+  _globals['_ROUTINGDECISION']._serialized_start=385
+  _globals['_ROUTINGDECISION']._serialized_end=672
+  _globals['_SCORERESPONSE']._serialized_start=674
+  _globals['_SCORERESPONSE']._serialized_end=745
+  _globals['_ROUTEREQUEST']._serialized_start=748
+  _globals['_ROUTEREQUEST']._serialized_end=1014
+  _globals['_TOKENCHUNK']._serialized_start=1016
+  _globals['_TOKENCHUNK']._serialized_end=1056
+  _globals['_ESCALATION']._serialized_start=1058
+  _globals['_ESCALATION']._serialized_end=1181
+  _globals['_STAGELATENCIES']._serialized_start=1184
+  _globals['_STAGELATENCIES']._serialized_end=1333
+  _globals['_TIERATTEMPT']._serialized_start=1336
+  _globals['_TIERATTEMPT']._serialized_end=1646
+  _globals['_ROUTESUMMARY']._serialized_start=1649
+  _globals['_ROUTESUMMARY']._serialized_end=2068
+  _globals['_ROUTERESPONSE']._serialized_start=2071
+  _globals['_ROUTERESPONSE']._serialized_end=2312
+  _globals['_ROUTERSERVICE']._serialized_start=3149
+  _globals['_ROUTERSERVICE']._serialized_end=3326
 # @@protoc_insertion_point(module_scope)

@@ -62,19 +62,31 @@ VALIDATION_STATUS_FAILED: ValidationStatus
 VALIDATION_STATUS_VALIDATOR_UNAVAILABLE: ValidationStatus
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "bypass_cache")
+    __slots__ = ("request_id", "prompt", "messages", "bypass_cache", "slo", "max_tokens")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
+    MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
     bypass_cache: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    slo: Slo
+    max_tokens: int
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., bypass_cache: _Optional[bool] = ..., slo: _Optional[_Union[Slo, _Mapping]] = ..., max_tokens: _Optional[int] = ...) -> None: ...
+
+class Slo(_message.Message):
+    __slots__ = ("max_ttft_ms", "max_cost_per_1k")
+    MAX_TTFT_MS_FIELD_NUMBER: _ClassVar[int]
+    MAX_COST_PER_1K_FIELD_NUMBER: _ClassVar[int]
+    max_ttft_ms: float
+    max_cost_per_1k: float
+    def __init__(self, max_ttft_ms: _Optional[float] = ..., max_cost_per_1k: _Optional[float] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
-    __slots__ = ("complexity_score", "tier", "confidence", "category", "reason_codes", "router_latency_ms", "cache_hit", "embedder_version", "scorer_version", "tier_max_score")
+    __slots__ = ("complexity_score", "tier", "confidence", "category", "reason_codes", "router_latency_ms", "cache_hit", "embedder_version", "scorer_version", "tier_max_score", "reasons")
     COMPLEXITY_SCORE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
@@ -85,6 +97,7 @@ class RoutingDecision(_message.Message):
     EMBEDDER_VERSION_FIELD_NUMBER: _ClassVar[int]
     SCORER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIER_MAX_SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
     complexity_score: float
     tier: str
     confidence: float
@@ -95,7 +108,8 @@ class RoutingDecision(_message.Message):
     embedder_version: str
     scorer_version: str
     tier_max_score: float
-    def __init__(self, complexity_score: _Optional[float] = ..., tier: _Optional[str] = ..., confidence: _Optional[float] = ..., category: _Optional[str] = ..., reason_codes: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., router_latency_ms: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., embedder_version: _Optional[str] = ..., scorer_version: _Optional[str] = ..., tier_max_score: _Optional[float] = ...) -> None: ...
+    reasons: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, complexity_score: _Optional[float] = ..., tier: _Optional[str] = ..., confidence: _Optional[float] = ..., category: _Optional[str] = ..., reason_codes: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., router_latency_ms: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., embedder_version: _Optional[str] = ..., scorer_version: _Optional[str] = ..., tier_max_score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("decision",)
@@ -104,7 +118,7 @@ class ScoreResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[RoutingDecision, _Mapping]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "sampling", "disable_escalation", "force_tier", "bypass_cache")
+    __slots__ = ("request_id", "prompt", "messages", "sampling", "disable_escalation", "force_tier", "bypass_cache", "slo")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -112,6 +126,7 @@ class RouteRequest(_message.Message):
     DISABLE_ESCALATION_FIELD_NUMBER: _ClassVar[int]
     FORCE_TIER_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
+    SLO_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
@@ -119,7 +134,8 @@ class RouteRequest(_message.Message):
     disable_escalation: bool
     force_tier: str
     bypass_cache: bool
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ...) -> None: ...
+    slo: Slo
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ..., slo: _Optional[_Union[Slo, _Mapping]] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("text", "tier")

@@ -121,6 +121,17 @@ class RouterConfig(_Strict):
     # Keep each prompt's text in the routing log. Off: its SHA-256, its embedding and a few
     # numeric features of its text only (enough to calibrate on, not to read the prompt back).
     routing_log_prompts: bool = False
+    # Where the tiers' measured figures (time to first token, time per output token, error
+    # rate; per tier and per prompt category) are kept, read at start and shared with every
+    # router that names the same file. Unset: measured in memory only, from this router's own
+    # traffic. Requests with an SLO are routed on these figures.
+    metrics_store: Path | None = None
+    # Seconds it takes for an observation's weight in a measured figure to halve: a tier that
+    # turns slow or starts failing shows in its figures within about this long.
+    metrics_half_life_seconds: float = Field(default=30.0, gt=0)
+    # How often this router writes what it observed to the metrics store and reads what other
+    # routers wrote, in seconds (off the request path).
+    metrics_sync_seconds: float = Field(default=1.0, gt=0)
 
 
 class TierConfig(_Strict):
@@ -152,6 +163,10 @@ class TierConfig(_Strict):
     # Prices in USD per 1,000 tokens, for cost reporting and cost-aware routing.
     price_per_1k_input_usd: float = Field(default=0.0, ge=0)
     price_per_1k_output_usd: float = Field(default=0.0, ge=0)
+    # The most tokens (prompt, chat template and answer) one request may take on this tier.
+    # Unset: engine_args.max_model_len, if set; else unbounded. A request that does not fit
+    # is not sent here (reason context_window_excluded:<tier>).
+    context_window: int | None = Field(default=None, ge=1)
     # vLLM engine arguments, passed to AsyncEngineArgs unchanged (the tier service reads them).
     engine_args: dict[str, Any] = Field(default_factory=dict)
     # Environment variables set in the tier process before the engine starts (for example
@@ -182,6 +197,23 @@ class TierConfig(_Strict):
     def bind(self) -> str:
         """Where the tier process binds."""
         return self.listen or self.address
+
+    def window(self) -> int | None:
+        """The tier's context window in tokens (None: unbounded)."""
+        if self.context_window is not None:
+            return self.context_window
+        configured = self.engine_args.get("max_model_len")
+        return int(configured) if configured else None
+
+    def cost_per_1k(self, prompt_tokens: int, max_tokens: int) -> float:
+        """USD per 1,000 tokens of a request of `prompt_tokens` that may generate
+        `max_tokens`: the input and output prices weighted by the two counts."""
+        total = prompt_tokens + max_tokens
+        if total <= 0:
+            return self.price_per_1k_output_usd
+        return (
+            prompt_tokens * self.price_per_1k_input_usd + max_tokens * self.price_per_1k_output_usd
+        ) / total
 
 
 class EscalationConfig(_Strict):
@@ -439,6 +471,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "artifact": resolve(cfg.router.artifact),
             "operating_point_state": resolve(cfg.router.operating_point_state),
             "routing_log": resolve(cfg.router.routing_log),
+            "metrics_store": resolve(cfg.router.metrics_store),
         }
     )
     tiers = []

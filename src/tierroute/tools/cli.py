@@ -38,11 +38,28 @@ def _explain(error: grpc.RpcError, address: str) -> str:
     return f"{code.name}: {error.details()}"
 
 
+def _slo(args: argparse.Namespace) -> pb.Slo | None:
+    if args.max_ttft_ms is None and args.max_cost_per_1k is None:
+        return None
+    slo = pb.Slo()
+    if args.max_ttft_ms is not None:
+        slo.max_ttft_ms = args.max_ttft_ms
+    if args.max_cost_per_1k is not None:
+        slo.max_cost_per_1k = args.max_cost_per_1k
+    return slo
+
+
+def _why(d: pb.RoutingDecision) -> str:
+    """The decision's selection reasons, for a human."""
+    return f"; {', '.join(d.reasons)}" if d.reasons else ""
+
+
 def score(args: argparse.Namespace) -> int:
+    request = pb.ScoreRequest(
+        prompt=args.prompt, bypass_cache=args.no_cache, max_tokens=args.max_tokens, slo=_slo(args)
+    )
     with grpc.insecure_channel(args.address) as channel:
-        response = pb_grpc.RouterServiceStub(channel).Score(
-            pb.ScoreRequest(prompt=args.prompt, bypass_cache=args.no_cache), timeout=args.timeout
-        )
+        response = pb_grpc.RouterServiceStub(channel).Score(request, timeout=args.timeout)
     d = response.decision
     if args.json:
         print(json.dumps(_as_dict(d)))
@@ -52,7 +69,7 @@ def score(args: argparse.Namespace) -> int:
         )
         print(
             f"tier {d.tier}  score {d.complexity_score:.2f}  confidence {d.confidence:.2f}  "
-            f"category {d.category}  ({reasons}; {d.router_latency_ms:.1f} ms"
+            f"category {d.category}  ({reasons}{_why(d)}; {d.router_latency_ms:.1f} ms"
             f"{', cached' if d.cache_hit else ''})"
         )
     return 0
@@ -68,6 +85,7 @@ def route(args: argparse.Namespace) -> int:
         disable_escalation=args.no_escalation,
         force_tier=args.force_tier or "",
         bypass_cache=args.no_cache,
+        slo=_slo(args),
     )
     out = sys.stdout
     with grpc.insecure_channel(args.address) as channel:
@@ -78,7 +96,7 @@ def route(args: argparse.Namespace) -> int:
             elif kind == "decision":
                 d = event.decision
                 print(
-                    f"[routed to {d.tier}: score {d.complexity_score:.2f}, {d.category}]",
+                    f"[routed to {d.tier}: score {d.complexity_score:.2f}, {d.category}{_why(d)}]",
                     file=sys.stderr,
                 )
             elif kind == "chunk":
@@ -118,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     s = commands.add_parser("score", help="which tier would answer a prompt")
     s.add_argument("prompt")
     s.add_argument("--no-cache", action="store_true", help="bypass the routing cache")
+    s.add_argument(
+        "--max-tokens", type=int, default=0, help="answer budget for the context-window check"
+    )
     s.set_defaults(run=score)
     r = commands.add_parser("route", help="answer a prompt through the cheapest good tier")
     r.add_argument("prompt")
@@ -126,6 +147,13 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--force-tier", help="skip scoring and use this tier")
     r.add_argument("--no-escalation", action="store_true", help="strict-latency mode")
     r.add_argument("--no-cache", action="store_true", help="bypass the routing cache")
+    for p in (s, r):
+        p.add_argument(
+            "--max-ttft-ms", type=float, help="SLO: pass over tiers measured slower to first token"
+        )
+        p.add_argument(
+            "--max-cost-per-1k", type=float, help="SLO: pass over tiers dearer per 1,000 tokens"
+        )
     r.set_defaults(run=route)
     _offline_commands(commands)
     args = parser.parse_args(argv)
