@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint test test-unit run bench-router bench-tier bench-route \
+.PHONY: setup deps constraints models gen lint redis test test-unit run bench-router bench-tier bench-tiers bench-route \
 	bench-calibration bench-escalation chaos eval calibrate-default clean
 
 setup: deps models
@@ -69,7 +69,14 @@ lint: deps $(BUF)
 	if git rev-parse -q --verify HEAD~1:protos >/dev/null; then \
 		$(BUF) breaking --against '.git#ref=HEAD~1'; fi
 
-test: setup $(BUF)
+# Debian's redis-server, which the metrics store's tests run against (the router needs no
+# Redis unless router.metrics_store names one).
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+redis:
+	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq redis-server; }
+
+test: setup $(BUF) redis
 	$(BUF) lint
 	$(VENV)/bin/pytest -q tests/unit tests/integration
 
@@ -85,6 +92,11 @@ bench-router: setup
 
 bench-tier: setup
 	$(PY) benchmarks/bench_tier.py --config $(CONFIG)
+
+# Every tier of the running suite (`make run` first) measured on the default sample, into the
+# metrics store the router routes on; the table also goes to benchmarks/results/tiers.json.
+bench-tiers: setup
+	$(VENV)/bin/tierroute bench-tiers --config $(CONFIG) --out benchmarks/results/tiers.json
 
 # Routing quality on RouteLLM's data: the README's table, benchmarks/results/quality.json and
 # the quality-*.png plots.

@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+import redis
 
 from tests.helpers.otlp import OTLPReceiver
+from tests.helpers.redis import RedisServer
 from tests.helpers.services import (
     DEFAULT_CONFIG,
     PROMPTS,
@@ -69,3 +71,20 @@ def small_tier(
     )
     yield svc
     assert svc.stop() == 0, f"tier did not stop cleanly:\n{log.read_text()[-3000:]}"
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A real redis-server for the session (tests that stop it start their own)."""
+    server = RedisServer(tmp_path_factory.mktemp("redis")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fresh_redis(redis_server: RedisServer) -> RedisServer:
+    """The session's redis-server, emptied."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    return redis_server

@@ -4,7 +4,6 @@ SQLite store several routers share, and routing that carries on while the store 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -18,6 +17,7 @@ from tierroute.router.tiers.measured import (
     Key,
     Measurements,
     SqliteStore,
+    StoreDown,
     StoreError,
 )
 
@@ -119,7 +119,7 @@ class FlakyStore:
     def exchange(self, observed: Mapping[Key, Figure], half_life: float) -> dict[Key, Figure]:
         self.exchanges += 1
         if self.down:
-            raise sqlite3.OperationalError("disk I/O error")
+            raise StoreDown("OperationalError: disk I/O error")
         return self.inner.exchange(observed, half_life)
 
     def close(self) -> None:

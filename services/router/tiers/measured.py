@@ -16,15 +16,17 @@ sync with nothing observed lost meanwhile.
 
 from __future__ import annotations
 
+import json
 import logging
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
+from tierroute.core.config import REDIS_SCHEMES
 from tierroute.core.sqlitefile import FileError, Kind, connect
 
 logger = logging.getLogger(__name__)
@@ -70,14 +72,27 @@ class Store(Protocol):
         """Merge `observed` into what is kept; return everything kept."""
         ...
 
+    def record_benchmark(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        """Keep a benchmark run's table (`tierroute bench-tiers`): one row per tier and
+        category, with `at`, `tier`, `model` and `category` among its fields."""
+        ...
+
+    def benchmarks(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest benchmark rows, newest first."""
+        ...
+
     def close(self) -> None: ...
 
 
 class StoreError(FileError):
-    """A metrics store that cannot be used; the message says which and what to do."""
+    """A metrics store that cannot be used at start; the message says which and what to do."""
 
 
-SCHEMA_VERSION = 1
+class StoreDown(Exception):
+    """The store failed an exchange (a disk error, Redis gone): retried at the next sync."""
+
+
+SCHEMA_VERSION = 2
 KIND = Kind(
     "metrics store",
     "router.metrics_store",
@@ -93,6 +108,14 @@ CREATE TABLE figures (
     at REAL NOT NULL,           -- unix time of the last observation
     PRIMARY KEY (tier, category, metric)
 );
+CREATE TABLE benchmarks (
+    at REAL NOT NULL,           -- unix time of the run
+    tier TEXT NOT NULL,
+    model TEXT NOT NULL,        -- the tier's model identity, as its Describe reported it
+    category TEXT NOT NULL,     -- '' for the tier over every category
+    row TEXT NOT NULL           -- JSON: every figure of the run for this tier and category
+);
+CREATE INDEX benchmarks_at ON benchmarks (at);
 """,
     "figures",
 )
@@ -112,6 +135,12 @@ class SqliteStore:
         self._db.execute("PRAGMA busy_timeout=5000")
 
     def exchange(self, observed: Mapping[Key, Figure], half_life: float) -> dict[Key, Figure]:
+        try:
+            return self._exchange(observed, half_life)
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
+
+    def _exchange(self, observed: Mapping[Key, Figure], half_life: float) -> dict[Key, Figure]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -131,17 +160,139 @@ class SqliteStore:
             kept = {(r[0], r[1], r[2]): Figure(r[3], r[4], r[5]) for r in rows}
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            if db.in_transaction:
+                db.execute("ROLLBACK")
             raise
         return kept
+
+    def record_benchmark(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.executemany(
+                    "INSERT INTO benchmarks VALUES (?, ?, ?, ?, ?)",
+                    [
+                        (r["at"], r["tier"], r["model"], r["category"], json.dumps(dict(r)))
+                        for r in rows
+                    ],
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
+
+    def benchmarks(self, limit: int = 100) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT row FROM benchmarks ORDER BY at DESC, rowid LIMIT ?", (limit,)
+        )
+        return [json.loads(r[0]) for r in rows]
 
     def close(self) -> None:
         self._db.close()
 
 
-def open_store(location: Path) -> Store:
-    """The store `router.metrics_store` names."""
-    return SqliteStore(location)
+# One Redis hash holds every figure: field "tier<US>category<US>metric", value
+# "value weight at". The script merges a batch of observed figures into it as Figure.merge
+# does, atomically (Redis runs one script at a time), and returns the whole hash.
+REDIS_KEY = f"tierroute:metrics:v{SCHEMA_VERSION}"
+REDIS_BENCHMARKS = f"tierroute:benchmarks:v{SCHEMA_VERSION}"  # a list, newest first
+REDIS_BENCHMARKS_KEPT = 10_000
+FIELD_SEPARATOR = "\x1f"
+_MERGE = """
+local half_life = tonumber(ARGV[1])
+for i = 2, #ARGV, 4 do
+  local field = ARGV[i]
+  local v, w, at = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2]), tonumber(ARGV[i + 3])
+  local old = redis.call('HGET', KEYS[1], field)
+  if old then
+    local ov, ow, oat = string.match(old, '^(%S+) (%S+) (%S+)$')
+    ov, ow, oat = tonumber(ov), tonumber(ow), tonumber(oat)
+    local now = math.max(at, oat)
+    local a = ow * math.pow(0.5, (now - oat) / half_life)
+    local b = w * math.pow(0.5, (now - at) / half_life)
+    if a + b > 0 then
+      v, w, at = (ov * a + v * b) / (a + b), a + b, now
+    elseif oat > at then
+      v, w, at = ov, ow, oat
+    end
+  end
+  redis.call('HSET', KEYS[1], field, string.format('%.17g %.17g %.17g', v, w, at))
+end
+return redis.call('HGETALL', KEYS[1])
+"""
+
+
+class RedisStore:
+    """The store for routers on several machines: one Redis (`redis://host:port/db`)."""
+
+    def __init__(self, url: str, timeout: float = 2.0) -> None:
+        import redis
+
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self.path = _redacted(url)
+        try:
+            self._client = redis.Redis.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+            self._client.ping()
+            kind = self._client.type(REDIS_KEY)
+        except (ValueError, *self._errors) as exc:
+            raise StoreError(
+                f"{self.path}: cannot reach Redis ({type(exc).__name__}: {exc}): start it, or "
+                "point router.metrics_store at one that runs (or at a SQLite file)"
+            ) from None
+        kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+        if kind not in ("none", "hash"):
+            raise StoreError(
+                f"{self.path}: key {REDIS_KEY!r} holds a {kind}, not tierroute's metrics: "
+                "use another Redis database (redis://host:port/N)"
+            )
+        self._merge = self._client.register_script(_MERGE)
+
+    def exchange(self, observed: Mapping[Key, Figure], half_life: float) -> dict[Key, Figure]:
+        args: list[str] = [repr(half_life)]
+        for key, f in observed.items():
+            args += [FIELD_SEPARATOR.join(key), repr(f.value), repr(f.weight), repr(f.at)]
+        try:
+            flat = self._merge(keys=[REDIS_KEY], args=args)
+        except self._errors as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
+        kept: dict[Key, Figure] = {}
+        for field, value in zip(flat[::2], flat[1::2], strict=True):
+            tier, category, metric = field.decode().split(FIELD_SEPARATOR)
+            v, w, at = (float(x) for x in value.decode().split())
+            kept[(tier, category, metric)] = Figure(v, w, at)
+        return kept
+
+    def record_benchmark(self, rows: Sequence[Mapping[str, Any]]) -> None:
+        try:
+            pipe = self._client.pipeline()
+            pipe.lpush(REDIS_BENCHMARKS, *[json.dumps(dict(r)) for r in reversed(rows)])
+            pipe.ltrim(REDIS_BENCHMARKS, 0, REDIS_BENCHMARKS_KEPT - 1)
+            pipe.execute()
+        except self._errors as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
+
+    def benchmarks(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(r) for r in self._client.lrange(REDIS_BENCHMARKS, 0, limit - 1)]
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def _redacted(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    credentials, at, host = rest.rpartition("@")
+    if not at:
+        return url
+    user = credentials.split(":", 1)[0]
+    return f"{scheme}{sep}{user}:***@{host}" if user else f"{scheme}{sep}***@{host}"
+
+
+def open_store(location: str) -> Store:
+    """The store `router.metrics_store` names: a Redis URL, or a SQLite file's path."""
+    if location.startswith(REDIS_SCHEMES):
+        return RedisStore(location)
+    return SqliteStore(Path(location))
 
 
 class Measurements:
@@ -180,6 +331,12 @@ class Measurements:
                     old = figures.get(key)
                     figures[key] = point if old is None else old.merge(point, self.half_life)
 
+    def absorb(self, figures: Mapping[Key, Figure]) -> None:
+        """Figures measured elsewhere (a benchmark run), merged in as observations are."""
+        with self._lock:
+            self._view = _merged(self._view, figures, self.half_life)
+            self._pending = _merged(self._pending, figures, self.half_life)
+
     def figure(self, tier: str, metric: str, category: str = "") -> float | None:
         """The measured `metric` of `tier` for prompts of `category` (its own figure once it
         has weight enough, else the tier's over every category); None if never measured."""
@@ -217,7 +374,7 @@ class Measurements:
             observed, self._pending = self._pending, {}
         try:
             kept = self.store.exchange(observed, self.half_life)
-        except (sqlite3.Error, OSError) as exc:
+        except StoreDown as exc:
             with self._lock:  # keep what was observed for the next try
                 self._pending = _merged(observed, self._pending, self.half_life)
             now = time.monotonic()

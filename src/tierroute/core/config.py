@@ -26,12 +26,24 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 logger = logging.getLogger(__name__)
 
 ENV_PREFIX = "TIERROUTE__"
 _VERBATIM = {"env", "engine_args"}
+
+
+# URL schemes of a Redis metrics store (router.metrics_store).
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
 class ConfigError(ValueError):
@@ -123,9 +135,10 @@ class RouterConfig(_Strict):
     routing_log_prompts: bool = False
     # Where the tiers' measured figures (time to first token, time per output token, error
     # rate; per tier and per prompt category) are kept, read at start and shared with every
-    # router that names the same file. Unset: measured in memory only, from this router's own
-    # traffic. Requests with an SLO are routed on these figures.
-    metrics_store: Path | None = None
+    # router that names the same store: a SQLite file's path (routers on one machine), or a
+    # Redis URL, redis://[:password@]host:port/db (routers on several). Unset: measured in
+    # memory only, from this router's own traffic. Requests with an SLO are routed on these.
+    metrics_store: str | None = None
     # Seconds it takes for an observation's weight in a measured figure to halve: a tier that
     # turns slow or starts failing shows in its figures within about this long.
     metrics_half_life_seconds: float = Field(default=30.0, gt=0)
@@ -133,12 +146,36 @@ class RouterConfig(_Strict):
     # routers wrote, in seconds (off the request path).
     metrics_sync_seconds: float = Field(default=1.0, gt=0)
 
+    # Benchmark every tier from inside the router this often, in seconds (as `tierroute
+    # bench-tiers` does, once through the sample, at most `bench_concurrency` calls in flight so
+    # live traffic is not disturbed), into the measured figures and the metrics store. 0: off.
+    bench_interval_seconds: float = Field(default=0.0, ge=0)
+    bench_concurrency: int = Field(default=1, ge=1)
+    bench_max_tokens: int = Field(default=32, ge=1)
+    # The prompts (JSONL: prompt and category per line). Unset: the router's own sample.
+    bench_sample: Path | None = None
+
+    @field_validator("metrics_store")
+    @classmethod
+    def _store(cls, store: str | None) -> str | None:
+        if store is not None and "://" in store and not store.startswith(REDIS_SCHEMES):
+            raise ValueError(
+                f"{store!r}: a URL must be redis://, rediss:// or unix:// (Redis); for the "
+                "embedded store give a SQLite file's path"
+            )
+        return store
+
 
 class TierConfig(_Strict):
     # Unique name, used in decisions and metrics (for example "small").
     name: str = Field(min_length=1)
     # host:port where the router reaches the tier service.
     address: str = Field(min_length=1)
+    # More replicas of the same model (host:port each), started elsewhere: the router spreads
+    # requests over `address` and these by fewest in flight, ejects one that keeps failing
+    # (circuit_breaker.replica_ejection_*), and retries a call that failed before answering
+    # anything on another. `make run` starts only `address`.
+    replicas: list[str] = Field(default_factory=list)
     # host:port the tier service binds (read by the tier process). Empty: `address`. Differs
     # from `address` behind a proxy or in a container (bind 0.0.0.0:50061, dial tier-small:50061).
     listen: str = ""
@@ -163,6 +200,9 @@ class TierConfig(_Strict):
     # Prices in USD per 1,000 tokens, for cost reporting and cost-aware routing.
     price_per_1k_input_usd: float = Field(default=0.0, ge=0)
     price_per_1k_output_usd: float = Field(default=0.0, ge=0)
+    # For a tier paid by the hour (a reserved GPU): USD per hour. `tierroute bench-tiers` then
+    # reports its cost per 1,000 tokens as this over the throughput it measured.
+    price_per_hour_usd: float = Field(default=0.0, ge=0)
     # The most tokens (prompt, chat template and answer) one request may take on this tier.
     # Unset: engine_args.max_model_len, if set; else unbounded. A request that does not fit
     # is not sent here (reason context_window_excluded:<tier>).
@@ -197,6 +237,22 @@ class TierConfig(_Strict):
     def bind(self) -> str:
         """Where the tier process binds."""
         return self.listen or self.address
+
+    @model_validator(mode="after")
+    def _check_replicas(self) -> TierConfig:
+        addresses = self.dial_addresses()
+        if any(not a.strip() for a in addresses):
+            raise ValueError(f"tier {self.name!r}: replicas: an address is empty")
+        repeated = sorted({a for a in addresses if addresses.count(a) > 1})
+        if repeated:
+            raise ValueError(
+                f"tier {self.name!r}: each replica is dialled once; repeated: {', '.join(repeated)}"
+            )
+        return self
+
+    def dial_addresses(self) -> list[str]:
+        """Every replica the router dials: `address`, then `replicas`."""
+        return [self.address, *self.replicas]
 
     def window(self) -> int | None:
         """The tier's context window in tokens (None: unbounded)."""
@@ -270,6 +326,11 @@ class BreakerConfig(_Strict):
     window_seconds: float = Field(default=30.0, gt=0)
     # Seconds an open breaker waits before letting one probe request through (half-open).
     cooldown_seconds: float = Field(default=10.0, ge=0)
+    # A tier's replica that fails this many calls in a row is ejected (the others serve) for
+    # replica_ejection_seconds, doubled at each ejection that follows a failed probe.
+    replica_ejection_failures: int = Field(default=3, ge=1)
+    replica_ejection_seconds: float = Field(default=10.0, gt=0)
+    replica_ejection_max_seconds: float = Field(default=300.0, gt=0)
 
 
 class ValidatorConfig(_Strict):
@@ -460,6 +521,13 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     return sorted(model.model_fields)
 
 
+def _resolve_store(location: str | None, base: Path) -> str | None:
+    """A metrics store's path relative to the config file; a URL as it is."""
+    if location is None or "://" in location or Path(location).is_absolute():
+        return location
+    return str((base / location).resolve())
+
+
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     def resolve(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else (base / p).resolve()
@@ -471,7 +539,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "artifact": resolve(cfg.router.artifact),
             "operating_point_state": resolve(cfg.router.operating_point_state),
             "routing_log": resolve(cfg.router.routing_log),
-            "metrics_store": resolve(cfg.router.metrics_store),
+            "bench_sample": resolve(cfg.router.bench_sample),
+            "metrics_store": _resolve_store(cfg.router.metrics_store, base),
         }
     )
     tiers = []
