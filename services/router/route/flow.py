@@ -14,7 +14,8 @@ error's trailing metadata `tierroute-partial-summary-bin`.
 
 Failover lives in one place: the request walks the selection's ranking (`_admit`), at the
 start and after every failed or rejected attempt, passing over tiers whose breaker is open or
-whose channel is down.
+whose channel is down. Within a tier, a call that fails on one replica before anything reached
+the client is retried on another (`_attempt`); the tier's breaker sees only the final result.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from tierroute.router.route.routing_log import Entry, RoutingLog
 from tierroute.router.scoring.decider import Decider, Scored
 from tierroute.router.selection.policy import BELOW_QUALITY_BAR, SKIP_REASONS
 from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS
-from tierroute.router.tiers.pool import FirstTokenTimer, TierPool
+from tierroute.router.tiers.pool import FirstTokenTimer, Replica, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
@@ -498,6 +499,7 @@ class RouteFlow:
     async def _call(
         self,
         tier: TierConfig,
+        replica: Replica,
         generate: tier_pb.GenerateRequest,
         deadline: Deadline,
         first: bool,
@@ -511,11 +513,12 @@ class RouteFlow:
         )
         attributes: dict[str, str | int | float | bool] = {
             "tierroute.tier": tier.name,
+            "tierroute.replica": replica.address,
             "tierroute.escalation": not first,
         }
         timer = self.pool.first_token[tier.name]
         with telemetry.client_span(GENERATE_METHOD, __name__, attributes) as (span, metadata):
-            call = self.pool.stub(tier.name).Generate(generate, timeout=timeout, metadata=metadata)
+            call = replica.stub.Generate(generate, timeout=timeout, metadata=metadata)
             called = time.monotonic()
             try:
                 responses = aiter(call)
@@ -559,25 +562,44 @@ class RouteFlow:
         """One tier's answer: streamed live, or (`hold`) held back until the validator has
         judged it. Appends the attempt to `outcome`."""
         validation = tier.validation if hold else "none"
-        parts: list[str] = []
-        logprobs: list[common_pb.TokenLogprob] = []
-        complete = None
-        sent_chars = 0
-        try:
-            generate = self._generate_request(tier, request, validation)
-            async for response in self._call(tier, generate, deadline, first, outcome.category):
-                if response.HasField("complete"):
-                    complete = response.complete
-                elif hold:
-                    parts.append(response.chunk.text)
-                    logprobs.extend(response.chunk.logprobs)
-                elif response.chunk.text:
-                    outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
-                    sent_chars += len(response.chunk.text)
-                    yield Token(response.chunk.text, tier.name)
-        except TierFailed as failure:
-            failure.sent_chars = sent_chars
-            raise
+        generate = self._generate_request(tier, request, validation)
+        tried: list[Replica] = []
+        while True:  # over the tier's replicas, while none has sent the client anything
+            replica = self.pool.pick(tier.name, tried)
+            if replica is None:  # every replica ejected, yet the breaker let the tier through
+                replica = self.pool.replicas[tier.name][0]
+            tried.append(replica)
+            parts: list[str] = []
+            logprobs: list[common_pb.TokenLogprob] = []
+            complete = None
+            sent_chars = 0
+            replica.in_flight += 1
+            try:
+                calling = self._call(tier, replica, generate, deadline, first, outcome.category)
+                async for response in calling:
+                    if response.HasField("complete"):
+                        complete = response.complete
+                    elif hold:
+                        parts.append(response.chunk.text)
+                        logprobs.extend(response.chunk.logprobs)
+                    elif response.chunk.text:
+                        outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
+                        sent_chars += len(response.chunk.text)
+                        yield Token(response.chunk.text, tier.name)
+            except TierFailed as failure:
+                failure.sent_chars = sent_chars
+                self.pool.replica_result(tier.name, replica, not failure.tier_fault)
+                if not self._retry_on_another(failure, tier, tried):
+                    raise
+                logger.warning(
+                    "%s (replica %s): retrying on another replica", failure, replica.address
+                )
+                continue
+            else:
+                self.pool.replica_result(tier.name, replica, True)
+                break
+            finally:
+                replica.in_flight -= 1
         if not hold:
             outcome.attempts.append(
                 _attempt(tier, complete, True, pb.VALIDATION_STATUS_NOT_VALIDATED)
@@ -606,6 +628,19 @@ class RouteFlow:
             return
         outcome.escalation_reason = reason
         outcome.attempts.append(_attempt(tier, complete, False, status, reason))
+
+    def _retry_on_another(
+        self, failure: TierFailed, tier: TierConfig, tried: list[Replica]
+    ) -> bool:
+        """Whether a failed call is retried on another replica of its tier: the replica's fault
+        (not the request's, not a spent budget), nothing of it reached the client, and another
+        replica that is not ejected is left."""
+        return (
+            failure.tier_fault
+            and failure.sent_chars == 0
+            and failure.error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
+            and self.pool.pick(tier.name, tried) is not None
+        )
 
     async def _judge(
         self,

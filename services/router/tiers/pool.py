@@ -1,17 +1,26 @@
-"""The tier pool: a channel and a circuit breaker per tier, and which tier can take a request.
+"""The tier pool: a tier's replicas (a channel each) and its circuit breaker, and which tier
+and which replica can take a request.
 
-A tier whose breaker is open, or whose channel is in TRANSIENT_FAILURE, is passed over. Each
+A tier whose breaker is open, or none of whose replicas can be reached, is passed over. Each
 request passes a `holder` (an object of its own): in half-open, the breaker's one probe belongs
 to the request that took it (breaker.py). The pool also measures each tier's time to first
 token, from which a stalled tier is told from a busy one (`first_token_timeout`).
+
+Within a tier, a request goes to the replica with the fewest requests in flight. A replica that
+fails `replica_ejection_failures` times in a row is ejected for `replica_ejection_seconds`,
+doubled at each ejection that follows a failed probe, up to `replica_ejection_max_seconds`
+(outlier ejection, as Envoy does); once that time has passed it takes requests again, and its
+first success clears its record. The flow retries a call on another replica when the tier
+failed before answering anything (flow.py).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -25,13 +34,21 @@ from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(eq=False)
 class Replica:
-    """One process serving a tier: where it is dialled, and the channel to it."""
+    """One process serving a tier: where it is dialled, the channel to it, and its record."""
 
     address: str
     channel: grpc.aio.Channel
     stub: tier_grpc.TierServiceStub
+    in_flight: int = 0
+    failures: int = 0  # in a row
+    ejections: int = 0  # in a row, without a success between
+    ejected_until: float = -math.inf  # time.monotonic()
+
+    def reachable(self) -> bool:
+        state = self.channel.get_state(try_to_connect=True)
+        return state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
 
 
 class FirstTokenTimer:
@@ -81,15 +98,17 @@ class FirstTokenTimer:
 
 
 class TierPool:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clock: Callable[[], float] = time.monotonic) -> None:
         self.cfg = cfg
-        # Every tier is a list of replicas; today each tier has one (its `address`).
+        self.clock = clock
+        # Every tier is a list of replicas: its `address`, then its `replicas`.
         self.replicas: dict[str, list[Replica]] = {}
         for t in cfg.tiers:
-            channel = grpc.aio.insecure_channel(t.address, options=CHANNEL_OPTIONS)
-            self.replicas[t.name] = [
-                Replica(t.address, channel, tier_grpc.TierServiceStub(channel))
-            ]
+            self.replicas[t.name] = []
+            for address in t.dial_addresses():
+                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                replica = Replica(address, channel, tier_grpc.TierServiceStub(channel))
+                self.replicas[t.name].append(replica)
         self.breakers = {
             t.name: CircuitBreaker(f"tier {t.name!r}", cfg.circuit_breaker) for t in cfg.tiers
         }
@@ -100,12 +119,38 @@ class TierPool:
             for replica in replicas:
                 await replica.channel.close()
 
-    def pick(self, tier: str) -> Replica:
-        """The replica of `tier` a request goes to."""
-        return self.replicas[tier][0]
+    def pick(self, tier: str, tried: Collection[Replica] = ()) -> Replica | None:
+        """The replica of `tier` the next call goes to: of those not `tried` and not ejected,
+        the one with the fewest calls in flight (reachable ones first); None if none is left."""
+        now = self.clock()
+        candidates = [r for r in self.replicas[tier] if r not in tried and r.ejected_until <= now]
+        if len(candidates) <= 1:
+            return candidates[0] if candidates else None
+        return min(candidates, key=lambda r: (not r.reachable(), r.in_flight))
 
-    def stub(self, tier: str) -> tier_grpc.TierServiceStub:
-        return self.pick(tier).stub
+    def replica_result(self, tier: str, replica: Replica, success: bool) -> None:
+        """How a call to `replica` ended (a tier fault, or not)."""
+        if success:
+            replica.failures = replica.ejections = 0
+            return
+        replica.failures += 1
+        b = self.cfg.circuit_breaker
+        if replica.failures < b.replica_ejection_failures or len(self.replicas[tier]) == 1:
+            return
+        seconds = min(
+            b.replica_ejection_seconds * 2**replica.ejections, b.replica_ejection_max_seconds
+        )
+        replica.ejections += 1
+        replica.failures = 0
+        replica.ejected_until = self.clock() + seconds
+        logger.warning(
+            "tier %s: replica %s failed %d times in a row: ejected for %g s (ejection %d)",
+            tier,
+            replica.address,
+            b.replica_ejection_failures,
+            seconds,
+            replica.ejections,
+        )
 
     def skip_reason(self, tier: str, holder: object | None) -> pb.ReasonCode | None:
         """Why `tier` cannot take a request now (None: it can). With a `holder` (the request)
@@ -113,8 +158,8 @@ class TierPool:
         breaker = self.breakers[tier]
         if not (breaker.would_allow() if holder is None else breaker.allow(holder)):
             return pb.REASON_CODE_CIRCUIT_OPEN
-        state = self.pick(tier).channel.get_state(try_to_connect=True)
-        if state == grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+        replica = self.pick(tier)
+        if replica is None or not replica.reachable():
             if holder is not None:
                 breaker.release(holder)
             return pb.REASON_CODE_TIER_UNAVAILABLE
