@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator, Sequence
 
 import grpc
@@ -26,11 +28,14 @@ from tierroute.router.route.flow import (
 from tierroute.router.route.judge import Judge
 from tierroute.router.route.routing_log import LogError, RoutingLog
 from tierroute.router.scoring.decider import Decider
-from tierroute.router.tiers.measured import Measurements, StoreError, open_store
+from tierroute.router.tiers import bench
+from tierroute.router.tiers.measured import Measurements, StoreDown, StoreError, open_store
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.host import Host, Serving, Spec, run_service
+
+logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 
@@ -107,6 +112,14 @@ class RouterService:
             except StoreError as error:
                 raise ConfigError(f"invalid configuration: router.metrics_store: {error}") from None
         self.measurements = Measurements(r.metrics_half_life_seconds, store, r.metrics_sync_seconds)
+        if r.bench_interval_seconds > 0:  # refuse a bad sample at start, not at the first run
+            try:
+                bench.read_sample(r.bench_sample or bench.DEFAULT_SAMPLE)
+            except (OSError, ValueError) as error:
+                raise ConfigError(f"invalid configuration: router.bench_sample: {error}") from None
+        self._bench_task: asyncio.Task[None] | None = None
+        self.bench_runs = 0
+        self.benched = asyncio.Event()  # set after each scheduled benchmark run
         self.decider = Decider(cfg, self.measurements)
         self.pool = TierPool(cfg)
         self.judge = Judge(cfg)
@@ -126,8 +139,38 @@ class RouterService:
     async def load(self, host: Host) -> None:
         await asyncio.to_thread(self.measurements.start)
         await self.decider.load()
+        if self.cfg.router.bench_interval_seconds > 0:
+            self._bench_task = asyncio.create_task(self._bench_every())
+
+    async def _bench_every(self) -> None:
+        """Benchmark the tiers on a schedule (router.bench_interval_seconds), in the background
+        at bounded concurrency; a failed run is logged and the next one comes on time."""
+        r = self.cfg.router
+        prompts = bench.read_sample(r.bench_sample or bench.DEFAULT_SAMPLE)
+        while True:
+            await asyncio.sleep(r.bench_interval_seconds)  # a schedule, not a wait for an event
+            try:
+                rows = await bench.run(
+                    self.cfg, prompts, 1, r.bench_concurrency, r.bench_max_tokens, 120.0
+                )
+            except bench.TierUnreachable as error:
+                logger.warning("scheduled tier benchmark skipped: %s", error)
+                continue
+            self.measurements.absorb(bench.observations(rows))
+            store = self.measurements.store
+            if store is not None:
+                try:
+                    await asyncio.to_thread(store.record_benchmark, rows)
+                except StoreDown as error:
+                    logger.warning("scheduled tier benchmark not kept: the store failed: %s", error)
+            self.bench_runs += 1
+            self.benched.set()
 
     async def close(self) -> None:
+        if self._bench_task is not None:
+            self._bench_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._bench_task
         await asyncio.gather(self.decider.close(), self.pool.close(), self.judge.close())
         await asyncio.to_thread(self.measurements.close)
         if self.log is not None:

@@ -18,6 +18,7 @@ import grpc
 from google.protobuf import json_format
 
 from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.router.tiers.bench import DEFAULT_SAMPLE
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -167,6 +168,65 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+def bench_tiers(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from tierroute.core.config import load_config
+    from tierroute.router.tiers import bench as benchtiers
+    from tierroute.router.tiers.measured import StoreDown, open_store
+
+    cfg = load_config(args.config, part="router")
+    names = [t.name for t in cfg.tiers]
+    unknown = [t for t in args.tier or [] if t not in names]
+    if unknown:
+        raise ValueError(
+            f"--tier {', '.join(unknown)}: not a tier of {args.config} ({', '.join(names)})"
+        )
+    for flag in ("runs", "concurrency", "max_tokens"):
+        if getattr(args, flag) < 1:
+            raise ValueError(f"--{flag.replace('_', '-')} must be at least 1")
+    prompts = benchtiers.read_sample(args.sample)
+    location = args.store or cfg.router.metrics_store
+    store = open_store(location) if location else None  # refused before anything is sent
+    chosen = args.tier or names
+    progress = benchtiers.Progress(len(prompts) * args.runs * len(chosen))
+    try:
+        rows = asyncio.run(
+            benchtiers.run(
+                cfg,
+                prompts,
+                args.runs,
+                args.concurrency,
+                args.max_tokens,
+                args.timeout,
+                args.tier,
+                progress,
+            )
+        )
+    except benchtiers.TierUnreachable as error:
+        print(f"tierroute bench-tiers: {error}", file=sys.stderr)
+        if store is not None:
+            store.close()
+        return 1
+    print(benchtiers.table(rows))
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"rows": rows}, indent=2) + "\n")
+    if store is None:
+        print("not stored: router.metrics_store is unset (or pass --store)", file=sys.stderr)
+        return 0
+    try:
+        store.exchange(benchtiers.observations(rows), cfg.router.metrics_half_life_seconds)
+        store.record_benchmark(rows)
+    except StoreDown as error:
+        print(f"tierroute bench-tiers: the metrics store failed: {error}", file=sys.stderr)
+        return 1
+    finally:
+        store.close()
+    print(f"stored in {getattr(store, 'path', location)}", file=sys.stderr)
+    return 0
+
+
 def log_summary(args: argparse.Namespace) -> int:
     from tierroute.router.route.routing_log import summarize
 
@@ -219,6 +279,21 @@ def _offline_commands(commands: Any) -> None:
     )
     convert.add_argument("-o", "--out", type=Path, required=True)
     convert.set_defaults(run=later("cmd_convert"))
+
+    bt = commands.add_parser(
+        "bench-tiers", help="measure every tier's speed, errors and cost into the metrics store"
+    )
+    bt.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    bt.add_argument(
+        "--sample", type=Path, default=DEFAULT_SAMPLE, help="JSONL: prompt and category per line"
+    )
+    bt.add_argument("--runs", type=int, default=2, help="times each prompt is sent to each tier")
+    bt.add_argument("--concurrency", type=int, default=2, help="calls in flight over all tiers")
+    bt.add_argument("--max-tokens", type=int, default=48, help="answer budget per call")
+    bt.add_argument("--tier", action="append", help="only this tier (repeatable)")
+    bt.add_argument("--store", help="metrics store (default: the config's router.metrics_store)")
+    bt.add_argument("--out", type=Path, help="also write the table as JSON here")
+    bt.set_defaults(run=bench_tiers)
 
     log = commands.add_parser("log", help="the routing log (router.routing_log)")
     log_commands = log.add_subparsers(dest="log_command", required=True)

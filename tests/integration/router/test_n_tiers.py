@@ -7,6 +7,7 @@ with the model's own tokenizer."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -22,7 +23,7 @@ from tests.integration.router.test_route import Routed, route
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import config_from_dict
 from tierroute.router.service import RouterService, host
-from tierroute.router.tiers.measured import TTFT_MS, Figure, SqliteStore
+from tierroute.router.tiers.measured import TTFT_MS, Figure, SqliteStore, open_store
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.host import Host
@@ -38,7 +39,7 @@ PRICES = {"small": (0.0001, 0.0002), "medium": (0.001, 0.002), "large": (0.003, 
 
 
 def three_tiers(
-    small: str, large: str, store: Path, bands: tuple[float, float], **router: Any
+    small: str, large: str, store: Path | str, bands: tuple[float, float], **router: Any
 ) -> dict[str, Any]:
     """small and large on their own processes; medium shares the large one's engine."""
     addresses = {"small": small, "medium": large, "large": large}
@@ -88,7 +89,7 @@ async def start_router(
     hosts: list[Host] = []
 
     async def start(
-        store: Path, bands: tuple[float, float], **router: Any
+        store: Path | str, bands: tuple[float, float], **router: Any
     ) -> tuple[str, RouterService]:
         cfg = three_tiers(small_tier.address, large_tier.address, store, bands, **router)
         server, address = await started_host(host(config_from_dict(cfg)))
@@ -178,17 +179,22 @@ async def test_a_cost_bound_sends_a_hard_request_to_the_best_tier_within_it(
     assert r.summary.cost_usd > 0
 
 
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
 async def test_routers_share_measured_speed_and_a_bound_nothing_meets_falls_back(
-    start_router: Start, tmp_path: Path
+    start_router: Start, tmp_path: Path, request: pytest.FixtureRequest, kind: str
 ) -> None:
-    store = tmp_path / "metrics.sqlite"
+    store = (
+        str(tmp_path / "metrics.sqlite")
+        if kind == "sqlite"
+        else request.getfixturevalue("fresh_redis").url
+    )
     first, first_service = await start_router(store, LARGE_FIRST)
     # Real traffic on every tier: the first router measures each one's time to first token.
     for tier in ("small", "medium", "large"):
         r = await route(first, prompt=SHORT, force_tier=tier)
         assert r.summary is not None and r.summary.tier == tier
     first_service.measurements.sync()
-    kept = SqliteStore(store).exchange({}, 30.0)
+    kept = open_store(store).exchange({}, 30.0)
     measured = {tier: kept[(tier, "", TTFT_MS)].value for tier in ("small", "medium", "large")}
     assert all(v > 0 for v in measured.values()), measured
 
@@ -216,3 +222,31 @@ async def test_a_time_to_first_token_bound_excludes_a_slow_tier(
     assert "slo_ttft_excluded:large" in r.decision.reasons
     assert r.decision.reasons[-1] == "slo_fallback_highest_quality"
     assert r.summary is not None and r.summary.tier == "medium" and r.text
+
+
+async def test_the_router_benchmarks_its_tiers_on_a_schedule(
+    start_router: Start, tmp_path: Path
+) -> None:
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text(
+        '{"prompt": "Say hi.", "category": "chit_chat"}\n'
+        '{"prompt": "Spell cat backwards.", "category": "formatting"}\n'
+    )
+    store = tmp_path / "metrics.sqlite"
+    _, service = await start_router(
+        store,
+        SMALL_FIRST,
+        bench_interval_seconds=0.1,
+        bench_sample=str(sample),
+        bench_max_tokens=4,
+    )
+    await asyncio.wait_for(service.benched.wait(), 300)
+    for tier in ("small", "medium", "large"):
+        ttft = service.measurements.figure(tier, TTFT_MS, "chit_chat")
+        assert ttft is not None and ttft > 0
+    kept = SqliteStore(store)
+    runs = kept.benchmarks()
+    kept.close()
+    assert {(r["tier"], r["category"]) for r in runs} >= {
+        (t, c) for t in ("small", "medium", "large") for c in ("chit_chat", "formatting", "")
+    }
