@@ -89,6 +89,7 @@ run: setup
 
 bench-router: setup
 	$(PY) benchmarks/bench_router.py --config $(CONFIG)
+	$(PY) benchmarks/bench_selection.py --config $(CONFIG)
 
 bench-tier: setup
 	$(PY) benchmarks/bench_tier.py --config $(CONFIG)
