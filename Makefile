@@ -12,7 +12,7 @@ PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
 .PHONY: setup deps constraints models gen lint redis test test-unit run bench-router bench-tier bench-tiers bench-route \
-	bench-calibration bench-escalation chaos eval calibrate-default clean
+	bench-calibration bench-escalation chaos eval eval-n calibrate-default clean
 
 setup: deps models
 
@@ -103,6 +103,23 @@ bench-tiers: setup
 # the quality-*.png plots.
 eval: setup
 	$(PY) -m tierroute.quality.evaluate --config $(CONFIG)
+
+# The N-model quality router on RouterDC's seven models (needs ../shared/data/routerdc7): fitted
+# on the train splits, measured on the test splits and three unseen tasks, with a cost/quality
+# curve at the prices below (illustrative: the Llama-3-8B models at twice the Mistral-7B ones);
+# writes benchmarks/results/quality-n.json and quality-n.png.
+RDC := ../shared/data/routerdc7
+eval-n: setup
+	$(VENV)/bin/tierroute eval-n --config $(CONFIG) --cache-dir models/embeddings-cache \
+		--train $(RDC)/mmlu.train.jsonl $(RDC)/gsm8k.train.jsonl $(RDC)/cmmlu.train.jsonl $(RDC)/humaneval.train.jsonl \
+		--test $(RDC)/mmlu.test.jsonl $(RDC)/gsm8k.test.jsonl $(RDC)/cmmlu.test.jsonl $(RDC)/humaneval.test.jsonl \
+		--unseen $(RDC)/math_prealgebra.all.jsonl $(RDC)/ceval.all.jsonl $(RDC)/javascript.all.jsonl \
+		--price mistralai/Mistral-7B-v0.1=0.05 --price meta-math/MetaMath-Mistral-7B=0.05 \
+		--price itpossible/Chinese-Mistral-7B-v0.1=0.05 --price HuggingFaceH4/zephyr-7b-beta=0.05 \
+		--price cognitivecomputations/dolphin-2.6-mistral-7b=0.05 --price meta-llama/Meta-Llama-3-8B=0.10 \
+		--price cognitivecomputations/dolphin-2.9-llama3-8b=0.10 \
+		--artifact-out build/quality/routerdc7-quality \
+		--out benchmarks/results/quality-n.json --plot benchmarks/results/quality-n.png
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)

@@ -11,7 +11,7 @@ from tierroute.core.config import Config, config_from_dict
 from tierroute.core.errors import InvalidArgument
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.selection.fit import BYTES_PER_TOKEN_ESTIMATE, Fit
-from tierroute.router.selection.policy import Bounds, Policy, select
+from tierroute.router.selection.policy import Bounds, Policy, above, select
 from tierroute.router.tiers.measured import TTFT_MS
 from tierroute.router.v1 import router_service_pb2 as pb
 
@@ -51,7 +51,7 @@ def ranked(score: float, cfg: Config | None = None) -> tuple[list[str], str]:
 @pytest.mark.parametrize("score", [0.0, 2.9, 3.0, 4.5, 6.0, 6.1, 10.0])
 def test_without_bounds_the_selection_is_the_score_ranking(score: float) -> None:
     order, band = ranked(score)
-    selection = select(order, band, NAMES, Bounds(ALL), NO_TTFT, NO_COST)
+    selection = select(order, above(NAMES, band), NAMES, Bounds(ALL), NO_TTFT, NO_COST)
     assert selection.tiers == order
     assert selection.usable == ALL
     assert selection.reasons == [f"below_quality_bar:{t}" for t in NAMES[: NAMES.index(band)]]
@@ -74,14 +74,21 @@ def test_two_tiers_and_one_threshold_are_todays_router() -> None:
     ]:
         order, band = ranked(score, two)
         selection = select(
-            order, band, ["small", "large"], Bounds(frozenset(["small", "large"])), NO_TTFT, NO_COST
+            order,
+            above(["small", "large"], band),
+            ["small", "large"],
+            Bounds(frozenset(["small", "large"])),
+            NO_TTFT,
+            NO_COST,
         )
         assert selection.tiers == expected
 
 
 def test_a_tier_the_request_does_not_fit_is_passed_over_for_the_next_larger() -> None:
     order, band = ranked(1.0)
-    selection = select(order, band, NAMES, Bounds(frozenset({"medium", "large"})), NO_TTFT, NO_COST)
+    selection = select(
+        order, above(NAMES, band), NAMES, Bounds(frozenset({"medium", "large"})), NO_TTFT, NO_COST
+    )
     assert selection.tiers == ["medium", "large"]
     assert selection.reasons == ["context_window_excluded:small"]
     assert "small" not in selection.usable
@@ -90,7 +97,9 @@ def test_a_tier_the_request_does_not_fit_is_passed_over_for_the_next_larger() ->
 def test_a_slow_tier_is_excluded_by_a_time_to_first_token_bound() -> None:
     order, band = ranked(4.5)  # medium's band
     ttft = {"small": 80.0, "medium": 900.0, "large": 300.0}
-    selection = select(order, band, NAMES, Bounds(ALL, max_ttft_ms=500.0), ttft, NO_COST)
+    selection = select(
+        order, above(NAMES, band), NAMES, Bounds(ALL, max_ttft_ms=500.0), ttft, NO_COST
+    )
     assert selection.tiers == ["large", "small"]
     assert selection.reasons == ["below_quality_bar:small", "slo_ttft_excluded:medium"]
     assert selection.usable == {"small", "large"}
@@ -98,14 +107,18 @@ def test_a_slow_tier_is_excluded_by_a_time_to_first_token_bound() -> None:
 
 def test_a_tier_never_measured_is_not_excluded_for_its_speed() -> None:
     order, band = ranked(1.0)
-    selection = select(order, band, NAMES, Bounds(ALL, max_ttft_ms=1.0), {"small": None}, NO_COST)
+    selection = select(
+        order, above(NAMES, band), NAMES, Bounds(ALL, max_ttft_ms=1.0), {"small": None}, NO_COST
+    )
     assert selection.tiers[0] == "small"
 
 
 def test_a_cost_bound_that_excludes_the_tier_the_score_wants_picks_the_best_cheaper_one() -> None:
     order, band = ranked(9.0)  # large's band
     cost = {"small": 0.0002, "medium": 0.002, "large": 0.006}
-    selection = select(order, band, NAMES, Bounds(ALL, max_cost_per_1k=0.0025), NO_TTFT, cost)
+    selection = select(
+        order, above(NAMES, band), NAMES, Bounds(ALL, max_cost_per_1k=0.0025), NO_TTFT, cost
+    )
     assert selection.tiers == ["medium", "small"]
     assert selection.reasons == [
         "below_quality_bar:small",
@@ -120,7 +133,9 @@ def test_nothing_within_the_bounds_falls_back_to_the_best_tier_the_request_fits(
     order, band = ranked(1.0)
     ttft = {"small": 80.0, "medium": 90.0, "large": 300.0}
     fits = frozenset({"small", "medium"})
-    selection = select(order, band, NAMES, Bounds(fits, max_ttft_ms=10.0), ttft, NO_COST)
+    selection = select(
+        order, above(NAMES, band), NAMES, Bounds(fits, max_ttft_ms=10.0), ttft, NO_COST
+    )
     assert selection.tiers == ["medium", "small"]
     assert selection.reasons[-2:] == ["slo_fallback_highest_quality", "slo_unmet"]
     assert "context_window_excluded:large" in selection.reasons

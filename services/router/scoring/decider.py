@@ -15,13 +15,21 @@ import numpy as np
 from tierroute.core.config import Config
 from tierroute.core.errors import InvalidArgument, Unavailable
 from tierroute.core.prompts import normalize
+from tierroute.quality.multi import QualityModel
 from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scorers import Scorer, build_scorer
 from tierroute.router.selection.fit import Fit, Need
 from tierroute.router.selection.operating import OperatingPoint
-from tierroute.router.selection.policy import Bounds, Policy, Selection, select
+from tierroute.router.selection.policy import (
+    Bounds,
+    Policy,
+    Selection,
+    above,
+    by_predicted_quality,
+    select,
+)
 from tierroute.router.tiers.measured import TTFT_MS, Measurements
 from tierroute.router.v1 import router_service_pb2 as pb
 
@@ -42,6 +50,8 @@ class Scored:
     truncated: bool
     # The prompt's embedding, kept only for the routing log (router.routing_log).
     vector: np.ndarray | None = None
+    # Predicted quality per tier (router.quality_artifact), or None.
+    quality: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,6 +75,7 @@ class Decider:
         self.scorer: Scorer | None = None
         self.batcher: MicroBatcher | None = None
         self.operating: OperatingPoint | None = None
+        self.quality: QualityModel | None = None
         self._routing_version = cfg.routing_version()
         self._keep_vectors = cfg.router.routing_log is not None
 
@@ -76,7 +87,7 @@ class Decider:
         """Load the embedder and embed the scorer's reference prompts (off the event loop)."""
         cfg = self.cfg.router
 
-        def _load() -> tuple[Embedder, Scorer]:
+        def _load() -> tuple[Embedder, Scorer, QualityModel | None]:
             embedder = Embedder(
                 cfg.model,
                 max_tokens=cfg.embed_max_tokens,
@@ -85,10 +96,17 @@ class Decider:
             )
             first_bound = self.cfg.tier_bounds()[0] if self.cfg.tiers else None
             scorer = build_scorer(cfg, embedder.embed, embedder.version, first_bound)
+            quality = None
+            if cfg.quality_artifact is not None:
+                quality = QualityModel(
+                    cfg.quality_artifact,
+                    embedder.version,
+                    {t.name: t.quality_model or t.name for t in self.cfg.tiers},
+                )
             embedder.embed(["warm-up run, so the first request does not pay for it"])
-            return embedder, scorer
+            return embedder, scorer, quality
 
-        embedder, scorer = await asyncio.to_thread(_load)
+        embedder, scorer, self.quality = await asyncio.to_thread(_load)
         if cfg.target_large_share is not None:
             prior = getattr(scorer, "prior_scores", lambda: None)()
             self.operating = OperatingPoint(
@@ -104,7 +122,12 @@ class Decider:
         )
         batcher.start()
         self.embedder, self.scorer, self.batcher = embedder, scorer, batcher
-        logger.info("scorer %s ready (embedder %s)", scorer.version, embedder.version)
+        logger.info(
+            "scorer %s ready (embedder %s%s)",
+            scorer.version,
+            embedder.version,
+            f", {self.quality.version}" if self.quality else "",
+        )
 
     async def close(self) -> None:
         if self.batcher is not None:
@@ -158,9 +181,8 @@ class Decider:
             )
         started = time.perf_counter()
         normalized = normalize(text)
-        key = cache_key(
-            normalized, self.embedder.version, self.scorer.version, self._routing_version
-        )
+        scorer_version = self.scorer.version + (f"+{self.quality.version}" if self.quality else "")
+        key = cache_key(normalized, self.embedder.version, scorer_version, self._routing_version)
         scored = None if bypass_cache else self.cache.get(key)
         hit = scored is not None
         if scored is None:
@@ -180,7 +202,9 @@ class Decider:
         if self.operating is not None:
             self.operating.observe(scored.score)
             self.policy.shift(self.operating.offset)
-        selection = self._select([c.tier for c in ranking], ranking[0].tier, ask, scored.category)
+        selection = self._select(
+            [c.tier for c in ranking], ranking[0].tier, ask, scored.category, scored.quality
+        )
         chosen = next(c for c in ranking if c.tier == selection.tiers[0])
         reasons = list(ranking[0].reasons)
         if scored.truncated:
@@ -199,32 +223,60 @@ class Decider:
             scorer_version=self.scorer.version,
             tier_max_score=chosen.max_score,
             reasons=selection.reasons,
+            predicted_quality={t: round(q, 4) for t, q in (scored.quality or {}).items()},
         )
         return decision, selection, scored
 
-    def _select(self, ranked: list[str], band: str, ask: Ask | None, category: str) -> Selection:
-        """The score's ranking, narrowed to what the request fits and its SLO allows."""
+    def _select(
+        self,
+        ranked: list[str],
+        band: str,
+        ask: Ask | None,
+        category: str,
+        quality: dict[str, float] | None = None,
+    ) -> Selection:
+        """The tiers that meet the quality bar (the score's band and above, or by predicted
+        quality), narrowed to what the request fits and its SLO allows."""
         names = self.policy.tiers
         if ask is None:
             ask = Ask({}, Bounds(frozenset(names)))
         bounds = ask.bounds
         ttft: dict[str, float | None] = {}
-        if bounds.max_ttft_ms is not None:
+        if bounds.max_ttft_ms is not None or (quality and self.cfg.router.latency_weight):
             ttft = {t: self.measurements.figure(t, TTFT_MS, category) for t in names}
         cost: dict[str, float] = {}
-        if bounds.max_cost_per_1k is not None:
-            cost = {
-                t: self.cfg.tier(t).cost_per_1k(ask.needs[t].prompt_tokens, ask.needs[t].max_tokens)
-                for t in names
-            }
-        return select(ranked, band, names, bounds, ttft, cost)
+        if bounds.max_cost_per_1k is not None or quality:
+            cost = {t: self._cost(t, ask) for t in names}
+        if not quality:
+            return select(ranked, above(names, band), names, bounds, ttft, cost)
+        router = self.cfg.router
+        tie_break = {
+            t: router.quality_weight * quality[t]
+            - router.latency_weight * (ttft.get(t) or 0.0) / 1000.0
+            for t in names
+        }
+        ranked, meets, by_quality = by_predicted_quality(
+            quality, cost, names, router.quality_tolerance, tie_break
+        )
+        return select(ranked, meets, names, bounds, ttft, cost, by_quality)
+
+    def _cost(self, tier: str, ask: Ask) -> float:
+        """USD per 1k tokens of this request on `tier` (its output price, without a request)."""
+        need = ask.needs.get(tier)
+        if need is None:
+            return self.cfg.tier(tier).cost_per_1k(0, 0)
+        return self.cfg.tier(tier).cost_per_1k(need.prompt_tokens, need.max_tokens)
 
     async def _score(self, normalized: str, key: str) -> Scored:
         assert self.batcher is not None and self.scorer is not None
         vector, truncated = await self.batcher.embed(normalized)
         (score,) = self.scorer.score(vector[None, :], [normalized])
         scored = Scored(
-            score.value, score.category, truncated, vector if self._keep_vectors else None
+            score.value,
+            score.category,
+            truncated,
+            vector if self._keep_vectors else None,
+            self.quality.predict(vector) if self.quality is not None else None,
         )
         self.cache.put(key, scored)
         return scored

@@ -123,27 +123,53 @@ class Selection:
     usable: frozenset[str]
 
 
+def above(order: list[str], band: str) -> frozenset[str]:
+    """The tiers that meet the score's bar: the band tier and every tier above it."""
+    return frozenset(order[order.index(band) :])
+
+
+def by_predicted_quality(
+    quality: dict[str, float],
+    cost: dict[str, float],
+    order: list[str],
+    tolerance: float,
+    tie_break: dict[str, float],
+) -> tuple[list[str], frozenset[str], list[str]]:
+    """With predicted quality per tier (router.quality_artifact): the tiers that meet the bar
+    (within `tolerance` of the best), the order to try them (those, cheapest first, ties by
+    the higher `tie_break`, then config order; then the rest, best predicted first), and every
+    tier by predicted quality, best first."""
+    best = max(quality.values())
+    meets = frozenset(t for t in order if quality[t] >= best - tolerance)
+    by_quality = sorted(order, key=lambda t: (-quality[t], order.index(t)))
+    cheapest = sorted(meets, key=lambda t: (cost[t], -tie_break[t], order.index(t)))
+    return [*cheapest, *(t for t in by_quality if t not in meets)], meets, by_quality
+
+
 def select(
     ranked: list[str],
-    band: str,
+    meets: frozenset[str],
     order: list[str],
     bounds: Bounds,
     ttft_ms: dict[str, float | None],
     cost_per_1k: dict[str, float],
+    by_quality: list[str] | None = None,
 ) -> Selection:
     """The tiers to try for a request.
 
     1. Tiers the request does not fit, or whose measured time to first token or cost misses
        its SLO, are excluded (a tier not measured yet is not excluded for its speed).
-    2. Among the rest, the cheapest whose predicted quality meets the bar (`band`, the tier the
-       score chose, or a tier above it in `order`) serves; the others follow in the score's
-       `ranked` order (failover). With no bounds this is `ranked` unchanged.
+    2. Among the rest, the first in `ranked` order that meets the quality bar (`meets`: the
+       band tier and those above it, or the tiers whose predicted quality is within tolerance
+       of the best) serves, the cheapest such tier; the others follow in `ranked` order
+       (failover). With no bounds this is `ranked` unchanged.
     3. None meets the bar: the highest-quality tier within the bounds serves, then the others
-       within them, largest first (SLO_FALLBACK).
+       within them (SLO_FALLBACK). Quality is `by_quality`, best first; by default the last
+       tier in `order` is the best.
     4. No tier is within the bounds: the highest-quality tier the request fits, then the others
-       it fits, largest first (SLO_FALLBACK and SLO_UNMET)."""
-    bar = order.index(band)
-    reasons = [f"{BELOW_QUALITY_BAR}:{t}" for t in order[:bar]]
+       it fits (SLO_FALLBACK and SLO_UNMET)."""
+    by_quality = by_quality or list(reversed(order))
+    reasons = [f"{BELOW_QUALITY_BAR}:{t}" for t in order if t not in meets]
     excluded: dict[str, str] = {}
     for t in order:
         measured = ttft_ms.get(t)
@@ -158,10 +184,10 @@ def select(
         elif bounds.max_cost_per_1k is not None and cost_per_1k[t] > bounds.max_cost_per_1k:
             excluded[t] = SLO_COST_EXCLUDED
     reasons += [f"{why}:{t}" for t, why in excluded.items()]
-    within = [t for t in reversed(order) if t not in excluded]
-    if any(t not in excluded for t in order[bar:]):
+    within = [t for t in by_quality if t not in excluded]
+    if any(t not in excluded for t in meets):
         return Selection([t for t in ranked if t not in excluded], reasons, frozenset(within))
     if within:
         return Selection(within, [*reasons, SLO_FALLBACK], frozenset(within))
-    fitting = [t for t in reversed(order) if t in bounds.fits]
+    fitting = [t for t in by_quality if t in bounds.fits]
     return Selection(fitting, [*reasons, SLO_FALLBACK, SLO_UNMET], frozenset(fitting))

@@ -86,7 +86,14 @@ class Slo(_message.Message):
     def __init__(self, max_ttft_ms: _Optional[float] = ..., max_cost_per_1k: _Optional[float] = ...) -> None: ...
 
 class RoutingDecision(_message.Message):
-    __slots__ = ("complexity_score", "tier", "confidence", "category", "reason_codes", "router_latency_ms", "cache_hit", "embedder_version", "scorer_version", "tier_max_score", "reasons")
+    __slots__ = ("complexity_score", "tier", "confidence", "category", "reason_codes", "router_latency_ms", "cache_hit", "embedder_version", "scorer_version", "tier_max_score", "reasons", "predicted_quality")
+    class PredictedQualityEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     COMPLEXITY_SCORE_FIELD_NUMBER: _ClassVar[int]
     TIER_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
@@ -98,6 +105,7 @@ class RoutingDecision(_message.Message):
     SCORER_VERSION_FIELD_NUMBER: _ClassVar[int]
     TIER_MAX_SCORE_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
+    PREDICTED_QUALITY_FIELD_NUMBER: _ClassVar[int]
     complexity_score: float
     tier: str
     confidence: float
@@ -109,7 +117,8 @@ class RoutingDecision(_message.Message):
     scorer_version: str
     tier_max_score: float
     reasons: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, complexity_score: _Optional[float] = ..., tier: _Optional[str] = ..., confidence: _Optional[float] = ..., category: _Optional[str] = ..., reason_codes: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., router_latency_ms: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., embedder_version: _Optional[str] = ..., scorer_version: _Optional[str] = ..., tier_max_score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ...) -> None: ...
+    predicted_quality: _containers.ScalarMap[str, float]
+    def __init__(self, complexity_score: _Optional[float] = ..., tier: _Optional[str] = ..., confidence: _Optional[float] = ..., category: _Optional[str] = ..., reason_codes: _Optional[_Iterable[_Union[ReasonCode, str]]] = ..., router_latency_ms: _Optional[float] = ..., cache_hit: _Optional[bool] = ..., embedder_version: _Optional[str] = ..., scorer_version: _Optional[str] = ..., tier_max_score: _Optional[float] = ..., reasons: _Optional[_Iterable[str]] = ..., predicted_quality: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("decision",)

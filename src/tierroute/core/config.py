@@ -146,6 +146,20 @@ class RouterConfig(_Strict):
     # routers wrote, in seconds (off the request path).
     metrics_sync_seconds: float = Field(default=1.0, gt=0)
 
+    # An N-model quality artifact (`tierroute eval-n --artifact-out`): predicted quality per
+    # tier for each prompt (each tier's `quality_model` names its model there). Set: a tier meets
+    # the quality bar when its predicted quality is within `quality_tolerance` of the best
+    # tier's, and the cheapest such tier serves (the score's bands no longer choose). Unset:
+    # the complexity score's bands set the bar.
+    quality_artifact: Path | None = None
+    # How much predicted quality (0-1, the artifact's scale) a tier may give up against the best
+    # tier and still meet the bar. 0: only the best (ties included).
+    quality_tolerance: float = Field(default=0.0, ge=0, le=1)
+    # Among tiers that meet the bar at the same price, which serves first: the highest of
+    # quality_weight * predicted quality - latency_weight * measured TTFT (seconds).
+    quality_weight: float = Field(default=1.0, ge=0)
+    latency_weight: float = Field(default=0.0, ge=0)
+
     # Benchmark every tier from inside the router this often, in seconds (as `tierroute
     # bench-tiers` does, once through the sample, at most `bench_concurrency` calls in flight so
     # live traffic is not disturbed), into the measured figures and the metrics store. 0: off.
@@ -197,6 +211,9 @@ class TierConfig(_Strict):
     # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
     # first tier, 10 for the last; tiers in between must set it.
     max_score: float | None = Field(default=None, ge=0, le=10)
+    # The model this tier serves as the quality artifact (router.quality_artifact) names it.
+    # Unset: the tier's name.
+    quality_model: str | None = None
     # Prices in USD per 1,000 tokens, for cost reporting and cost-aware routing.
     price_per_1k_input_usd: float = Field(default=0.0, ge=0)
     price_per_1k_output_usd: float = Field(default=0.0, ge=0)
@@ -537,6 +554,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "model": resolve(cfg.router.model),
             "anchors_file": resolve(cfg.router.anchors_file),
             "artifact": resolve(cfg.router.artifact),
+            "quality_artifact": resolve(cfg.router.quality_artifact),
             "operating_point_state": resolve(cfg.router.operating_point_state),
             "routing_log": resolve(cfg.router.routing_log),
             "bench_sample": resolve(cfg.router.bench_sample),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -52,7 +53,11 @@ def _slo(args: argparse.Namespace) -> pb.Slo | None:
 
 def _why(d: pb.RoutingDecision) -> str:
     """The decision's selection reasons, for a human."""
-    return f"; {', '.join(d.reasons)}" if d.reasons else ""
+    why = f"; {', '.join(d.reasons)}" if d.reasons else ""
+    if d.predicted_quality:
+        ranked = sorted(d.predicted_quality.items(), key=lambda kv: -kv[1])
+        why += "; predicted quality " + ", ".join(f"{t} {q:.3f}" for t, q in ranked)
+    return why
 
 
 def score(args: argparse.Namespace) -> int:
@@ -158,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(run=route)
     _offline_commands(commands)
     args = parser.parse_args(argv)
+    args.command_line = "tierroute " + shlex.join(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.run(args))
     except grpc.RpcError as error:
@@ -377,6 +383,38 @@ def _offline_commands(commands: Any) -> None:
     ev.add_argument("--config", type=Path, help=config_help)
     ev.add_argument("--cache-dir", type=Path, help="cache embeddings here")
     ev.set_defaults(run=later("cmd_eval"))
+
+    def eval_n(args: argparse.Namespace) -> int:
+        from tierroute.quality import evaluate_n  # numpy/scikit-learn work: only when asked
+
+        return evaluate_n.cmd_eval_n(args)
+
+    en = commands.add_parser(
+        "eval-n",
+        help="fit the N-model quality router on training files; measure it on test and unseen "
+        "files against every single model and the random router",
+    )
+    en.add_argument("--train", type=Path, nargs="+", required=True, help="labelled JSONL")
+    en.add_argument("--test", type=Path, nargs="*", default=[], help="held-out labelled JSONL")
+    en.add_argument(
+        "--unseen", type=Path, nargs="*", default=[], help="labelled JSONL of tasks not trained on"
+    )
+    en.add_argument("--goal", type=float, default=3.0, help="points over the best single model")
+    en.add_argument("--goal-unseen", type=float, default=2.0)
+    en.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        metavar="MODEL=USD",
+        help="price per 1k tokens of a model (every model, for the cost/quality curve)",
+    )
+    en.add_argument("--artifact-out", type=Path, help="write the fitted artifact here")
+    en.add_argument("--work", type=Path, default=Path("build/quality"))
+    en.add_argument("--out", type=Path, help="write the results as JSON here")
+    en.add_argument("--plot", type=Path, help="write the cost/quality PNG here (needs --price)")
+    en.add_argument("--config", type=Path, help=config_help)
+    en.add_argument("--cache-dir", type=Path, help="cache embeddings here")
+    en.set_defaults(run=eval_n)
 
 
 if __name__ == "__main__":
