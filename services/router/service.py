@@ -8,9 +8,10 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
+from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
 from tierroute.core.config import Config, ConfigError
@@ -38,6 +39,9 @@ from tierroute.runtime.host import Host, Serving, Spec, run_service
 logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
+# The metrics store's health, a detail beside the router's own (grpc.health.v1 service name):
+# NOT_SERVING while router.metrics_store fails, when routing goes on with its last figures.
+STORE_HEALTH = "tierroute.router.v1.MetricsStore"
 
 
 class RouterServicer(pb_grpc.RouterServiceServicer):
@@ -137,10 +141,33 @@ class RouterService:
         )
 
     async def load(self, host: Host) -> None:
+        if self.measurements.store is not None:
+            await host.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+            self.measurements.on_store_state = self._store_state_reporter(host)
         await asyncio.to_thread(self.measurements.start)
         await self.decider.load()
         if self.cfg.router.bench_interval_seconds > 0:
             self._bench_task = asyncio.create_task(self._bench_every())
+
+    @staticmethod
+    def _store_state_reporter(host: Host) -> Callable[[bool], None]:
+        """The metrics store's health detail (health service name STORE_HEALTH): NOT_SERVING
+        while the store fails (routing goes on), SERVING when it is back. Called from the
+        store's sync thread."""
+        loop = asyncio.get_running_loop()
+
+        def report(ok: bool) -> None:
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if ok
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody to tell
+                loop.call_soon_threadsafe(
+                    lambda: loop.create_task(host.health.set(STORE_HEALTH, status))
+                )
+
+        return report
 
     async def _bench_every(self) -> None:
         """Benchmark the tiers on a schedule (router.bench_interval_seconds), in the background

@@ -5,17 +5,20 @@ that cannot be used stops the router at start with what to do."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from pathlib import Path
 
+import grpc
 import pytest
 import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.helpers.redis import RedisServer
-from tests.helpers.services import router_config
+from tests.helpers.services import router_config, started
 from tierroute.core.config import ConfigError
-from tierroute.router.service import RouterService
+from tierroute.router.service import SERVICE_NAME, STORE_HEALTH, RouterService, host
 from tierroute.router.tiers.measured import (
     ERROR_RATE,
     REDIS_KEY,
@@ -29,6 +32,8 @@ from tierroute.router.tiers.measured import (
 )
 
 HALF_LIFE = 30.0
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def test_sqlite_and_redis_keep_the_same_figures_for_the_same_writes(
@@ -136,3 +141,36 @@ def test_a_redis_key_holding_something_else_is_refused(fresh_redis: RedisServer)
     client.close()
     with pytest.raises(StoreError, match="holds a string, not tierroute's metrics"):
         RedisStore(fresh_redis.url)
+
+
+async def test_the_router_s_health_tells_when_its_store_fails_and_when_it_is_back(
+    tmp_path: Path,
+) -> None:
+    server = RedisServer(tmp_path).start()
+    # Syncs only when the test asks (an hour between the sync thread's own).
+    cfg = router_config(metrics_store=server.url, metrics_sync_seconds=3600)
+    router, address = await started(host(cfg))
+    measurements = router.service.measurements  # type: ignore[attr-defined]
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            watch = health.Watch(health_pb2.HealthCheckRequest(service=STORE_HEALTH))
+            statuses = aiter(watch)
+
+            async def next_status() -> int:
+                return (await asyncio.wait_for(anext(statuses), 30)).status
+
+            assert await next_status() == SERVING
+            server.stop()
+            await asyncio.to_thread(measurements.sync)
+            assert await next_status() == NOT_SERVING
+            # The router itself still serves: it routes on the figures it has.
+            check = await health.Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME))
+            assert check.status == SERVING
+            server.start()
+            await asyncio.to_thread(measurements.sync)
+            assert await next_status() == SERVING
+            watch.cancel()
+    finally:
+        await router.stop(0)
+        server.stop()

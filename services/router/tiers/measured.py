@@ -317,6 +317,9 @@ class Measurements:
         self._thread: threading.Thread | None = None
         self._failing_since: float | None = None
         self._warned_at = -FAILURE_WARNING_SECONDS
+        # Called (from the sync thread) with False when the store starts failing, True when it
+        # is back: the router's health detail.
+        self.on_store_state: Callable[[bool], None] | None = None
 
     # --- the request path: memory only ---
 
@@ -380,6 +383,8 @@ class Measurements:
             now = time.monotonic()
             if self._failing_since is None:
                 self._failing_since = now
+                if self.on_store_state is not None:
+                    self.on_store_state(False)
             if now - self._warned_at >= FAILURE_WARNING_SECONDS:
                 self._warned_at = now
                 logger.warning(
@@ -397,6 +402,8 @@ class Measurements:
                 time.monotonic() - self._failing_since,
             )
             self._failing_since = None
+            if self.on_store_state is not None:
+                self.on_store_state(True)
         with self._lock:
             self._view = _merged(kept, self._pending, self.half_life)
 
