@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 
 import grpc
@@ -109,12 +110,24 @@ async def validate(address: str, answer: str) -> pb.ValidateResponse:
         )
 
 
+def clear(spans: InMemorySpanExporter) -> None:
+    spans.clear()
+    spans.cleared_at = time.time_ns()  # type: ignore[attr-defined]
+
+
 async def server_span(spans: InMemorySpanExporter, method: str, nth: int) -> trace.Span:
-    """The `nth` (from 1) finished server span of `method`. The client may see the status
-    before the server has ended the span: wait for it (bounded), never for a fixed time."""
+    """The `nth` (from 1) finished server span of `method` started since `spans.clear()`. The
+    client may see the status before the server has ended the span: wait for it (bounded),
+    never for a fixed time. (An earlier test's span may end after the clear: it started
+    before it, so it is not counted.)"""
+    since = getattr(spans, "cleared_at", 0)
     async with asyncio.timeout(30):
         while True:
-            found = [s for s in spans.get_finished_spans() if s.name.endswith(method)]
+            found = [
+                s
+                for s in spans.get_finished_spans()
+                if s.name.endswith(method) and (s.start_time or 0) >= since
+            ]
             if len(found) >= nth:
                 return found[nth - 1]  # type: ignore[return-value]
             await asyncio.sleep(0.01)
@@ -158,7 +171,7 @@ async def test_a_message_quoting_a_huge_input_is_cut_so_the_client_still_reads_t
 async def test_spans_follow_the_rpc_conventions_and_a_client_mistake_is_not_an_error(
     served: tuple[Both, str], spans: InMemorySpanExporter
 ) -> None:
-    spans.clear()
+    clear(spans)
     await validate(served[1], "fine")
     ok = await server_span(spans, "Validate", 1)
     assert ok.name == "tierroute.validator.v1.ValidatorService/Validate"
@@ -189,7 +202,7 @@ async def test_a_stream_that_fails_midway_ends_internal_after_its_chunks(
     served: tuple[Both, str], spans: InMemorySpanExporter
 ) -> None:
     received = []
-    spans.clear()
+    clear(spans)
     async with grpc.aio.insecure_channel(served[1]) as channel:
         call = tier_grpc.TierServiceStub(channel).Generate(tier_pb.GenerateRequest(), timeout=10)
         with pytest.raises(grpc.aio.AioRpcError) as info:
