@@ -104,6 +104,7 @@ def suite_config(path: Path, **sections: dict[str, Any]) -> Path:
     """The embedded default on free loopback ports, with absolute model paths."""
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     data["router"]["listen"] = f"127.0.0.1:{free_port()}"
+    data["router"]["http_listen"] = f"127.0.0.1:{free_port()}"
     data["router"]["model"] = str(MODELS / "minilm-l6-v2-int8")
     data["router"]["artifact"] = str(ROOT / "artifacts" / "router-default")
     data["router"]["routing_log"] = str(path.parent / "routing-log.sqlite")

@@ -8,7 +8,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2
@@ -16,6 +16,7 @@ from opentelemetry import trace
 
 from tierroute.core.config import Config, ConfigError
 from tierroute.core.prompts import check_prompt, routing_text
+from tierroute.router.front.server import HttpFront
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.flow import (
     Decided,
@@ -34,6 +35,7 @@ from tierroute.router.tiers.measured import Measurements, StoreDown, StoreError,
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.runtime.auth import AuthConfigError, load_clients
 from tierroute.runtime.host import Host, Serving, Spec, run_service
 
 logger = logging.getLogger(__name__)
@@ -109,6 +111,10 @@ class RouterService:
             raise ConfigError("invalid configuration: tiers: the router needs at least one tier")
         self.cfg = cfg
         r = cfg.router
+        try:
+            self.clients = load_clients(r.auth_tokens_file, r.auth_tokens_env)
+        except AuthConfigError as error:
+            raise ConfigError(f"invalid configuration: router auth: {error}") from None
         store = None
         if r.metrics_store is not None:
             try:
@@ -134,6 +140,7 @@ class RouterService:
             except LogError as error:
                 raise ConfigError(f"invalid configuration: router.routing_log: {error}") from None
         self.flow = RouteFlow(cfg, self.decider, self.pool, self.judge, self.log)
+        self.http: HttpFront | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RouterServiceServicer_to_server(
@@ -141,6 +148,8 @@ class RouterService:
         )
 
     async def load(self, host: Host) -> None:
+        if self.cfg.router.http_listen:  # first: /healthz answers and /readyz says loading
+            self.http = await HttpFront.start(self.cfg, self, self.clients)
         if self.measurements.store is not None:
             await host.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
             self.measurements.on_store_state = self._store_state_reporter(host)
@@ -193,7 +202,21 @@ class RouterService:
             self.bench_runs += 1
             self.benched.set()
 
+    # What the HTTP front needs of the router (front/openai_api.Router).
+    def route(self, request: pb.RouteRequest, deadline: Deadline) -> AsyncGenerator[RouteEvent]:
+        return self.flow.route(request, deadline)
+
+    @property
+    def tiers(self) -> list[str]:
+        return [t.name for t in self.cfg.tiers]
+
+    @property
+    def ready(self) -> bool:
+        return self.decider.ready
+
     async def close(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
         if self._bench_task is not None:
             self._bench_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -204,24 +227,27 @@ class RouterService:
             await asyncio.to_thread(self.log.close)  # after the last request: every row kept
 
 
-def serving(cfg: Config) -> Serving:
-    r = cfg.router
+def serving(service: RouterService) -> Serving:
+    r = service.cfg.router
     return Serving(
         listen=r.listen,
         shutdown_grace_seconds=r.shutdown_grace_seconds,
         max_concurrent_requests=r.max_concurrent_requests,
         limit_setting="router.max_concurrent_requests",
         telemetry_name="tierroute-router",
+        clients=service.clients,
     )
 
 
 def host(cfg: Config) -> Host:
     """A router on its own gRPC server (not started): tests drive start/load/stop."""
-    return Host(RouterService(cfg), serving(cfg))
+    service = RouterService(cfg)
+    return Host(service, serving(service))
 
 
 def build(cfg: Config, args: argparse.Namespace, extra: list[str]) -> tuple[RouterService, Serving]:
-    return RouterService(cfg), serving(cfg)
+    service = RouterService(cfg)
+    return service, serving(service)
 
 
 SPEC = Spec("router", build)

@@ -133,6 +133,18 @@ class RouterConfig(_Strict):
     # Keep each prompt's text in the routing log. Off: its SHA-256, its embedding and a few
     # numeric features of its text only (enough to calibrate on, not to read the prompt back).
     routing_log_prompts: bool = False
+    # Bearer tokens for the router's gRPC API and its HTTP front (tierroute.runtime.auth): a
+    # file of client names and token hashes (`tierroute token new NAME --file F`), and/or the
+    # environment variable named here (name=token,...). Neither: open to anyone who connects.
+    auth_tokens_file: Path | None = None
+    auth_tokens_env: str = "TIERROUTE_TOKENS"
+    # host:port of the OpenAI-compatible HTTP front (POST /v1/chat/completions, GET /v1/models,
+    # /healthz, /readyz), served by the router process beside its gRPC port. Empty: no HTTP.
+    http_listen: str = ""
+    # Largest HTTP request body accepted, in bytes (413 over it).
+    http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # The longest an HTTP request may take, in seconds (504 after it).
+    http_timeout_seconds: float = Field(default=300.0, gt=0)
     # Where the tiers' measured figures (time to first token, time per output token, error
     # rate; per tier and per prompt category) are kept, read at start and shared with every
     # router that names the same store: a SQLite file's path (routers on one machine), or a
@@ -555,6 +567,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "anchors_file": resolve(cfg.router.anchors_file),
             "artifact": resolve(cfg.router.artifact),
             "quality_artifact": resolve(cfg.router.quality_artifact),
+            "auth_tokens_file": resolve(cfg.router.auth_tokens_file),
             "operating_point_state": resolve(cfg.router.operating_point_state),
             "routing_log": resolve(cfg.router.routing_log),
             "bench_sample": resolve(cfg.router.bench_sample),

@@ -21,6 +21,10 @@ class InvalidArgument(ServiceError):
     code = grpc.StatusCode.INVALID_ARGUMENT
 
 
+class TooLarge(InvalidArgument):
+    """Input over a size limit (INVALID_ARGUMENT over gRPC, 413 over HTTP)."""
+
+
 class Overloaded(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 

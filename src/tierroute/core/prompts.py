@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tierroute.core.errors import InvalidArgument
+from tierroute.core.errors import InvalidArgument, TooLarge
 
 ROLES = ("system", "user", "assistant")
 
@@ -25,8 +25,9 @@ def check_prompt(prompt: str, messages: Sequence[_Message], max_chars: int) -> N
         if not prompt.strip():
             raise InvalidArgument("empty prompt: `prompt` holds only whitespace")
         if len(prompt) > max_chars:
-            raise InvalidArgument(
-                f"prompt too long: {len(prompt)} characters, the limit is {max_chars}"
+            raise TooLarge(
+                f"prompt too long: {len(prompt)} characters, the limit is {max_chars} "
+                "(router.max_prompt_chars)"
             )
         return
     total = 0
@@ -39,8 +40,9 @@ def check_prompt(prompt: str, messages: Sequence[_Message], max_chars: int) -> N
             raise InvalidArgument(f"messages[{i}].content is empty")
         total += len(m.content)
     if total > max_chars:
-        raise InvalidArgument(
-            f"prompt too long: the messages hold {total} characters, the limit is {max_chars}"
+        raise TooLarge(
+            f"prompt too long: the messages hold {total} characters, the limit is {max_chars} "
+            "(router.max_prompt_chars)"
         )
     if not any(m.role == "user" for m in messages):
         raise InvalidArgument("messages need at least one turn with role 'user'")

@@ -24,6 +24,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tierroute.core.config import Config, ConfigError, load_config
 from tierroute.runtime import telemetry
+from tierroute.runtime.auth import Clients
 from tierroute.runtime.interceptors import Admission, chain
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,8 @@ class Serving:
     limit_setting: str
     # service.name in traces.
     telemetry_name: str
+    # Who may call (bearer tokens, runtime/auth.py); None: anyone.
+    clients: Clients | None = None
 
 
 @dataclass(frozen=True)
@@ -102,7 +105,9 @@ class Host:
     def __init__(self, service: Service, serving: Serving) -> None:
         self.service = service
         self.serving = serving
-        interceptors = chain(serving.max_concurrent_requests, serving.limit_setting)
+        interceptors = chain(
+            serving.max_concurrent_requests, serving.limit_setting, serving.clients
+        )
         self._admission = next(i for i in interceptors if isinstance(i, Admission))
         self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
         self.health = health.aio.HealthServicer()

@@ -3,9 +3,11 @@
 1. `Tracing`: a SERVER span per RPC by OpenTelemetry's RPC conventions (`rpc.system`,
    `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), child of the caller's W3C trace
    context; a client's mistake (INVALID_ARGUMENT, NOT_FOUND, ...) is not a span error.
-2. `Admission`: at most `limit` RPCs in flight; past it RESOURCE_EXHAUSTED with a retry hint.
-3. `Deadlines`: a call whose deadline has already passed is refused before any work.
-4. `ErrorMapping`: the project's errors become their status and message; anything else is
+2. `Authentication` (when the service has clients): UNAUTHENTICATED without a known bearer
+   token (tierroute.runtime.auth).
+3. `Admission`: at most `limit` RPCs in flight; past it RESOURCE_EXHAUSTED with a retry hint.
+4. `Deadlines`: a call whose deadline has already passed is refused before any work.
+5. `ErrorMapping`: the project's errors become their status and message; anything else is
    logged with its traceback and the trace id, and the client gets INTERNAL with the trace id
    only, never the exception's text.
 
@@ -29,6 +31,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 
 from tierroute.core.errors import ServiceError
+from tierroute.runtime.auth import CLIENT, Clients
 
 logger = logging.getLogger(__name__)
 
@@ -229,6 +232,48 @@ class Admission(_Wrapping):
         return admitted
 
 
+class Authentication(_Wrapping):
+    """Bearer tokens (runtime/auth.py): a call without a known token gets UNAUTHENTICATED
+    before any work; the client's name goes on the span (`tierroute.client`) and in
+    auth.CLIENT for the handler's logs. Health checking and reflection stay open (probes)."""
+
+    def __init__(self, clients: Clients) -> None:
+        self.clients = clients
+
+    async def _check(self, context: grpc.aio.ServicerContext) -> None:
+        value = next(
+            (v for k, v in (context.invocation_metadata() or ()) if k.lower() == "authorization"),
+            None,
+        )
+        name = self.clients.from_header(value if isinstance(value, str) else None)
+        if name is None:
+            logger.info("refused a call: %s bearer token", "unknown" if value else "no")
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or unknown bearer token: send the metadata `authorization: Bearer "
+                "<token>` (`tierroute --token`, or TIERROUTE_TOKEN)",
+            )
+        trace.get_current_span().set_attribute("tierroute.client", str(name))
+        CLIENT.set(str(name))
+
+    def wrap_unary(self, behavior: Unary, method: str) -> Unary:
+        async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await self._check(context)
+            return await behavior(request, context)
+
+        return authenticated
+
+    def wrap_stream(self, behavior: Stream, method: str) -> Stream:
+        async def authenticated(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
+            await self._check(context)
+            async for item in behavior(request, context):
+                yield item
+
+        return authenticated
+
+
 class Deadlines(_Wrapping):
     """A call that arrives with its deadline already passed gets DEADLINE_EXCEEDED at once."""
 
@@ -367,11 +412,14 @@ class Decoding(grpc.aio.ServerInterceptor):
         return handler
 
 
-def chain(max_in_flight: int, in_flight_setting: str) -> Sequence[grpc.aio.ServerInterceptor]:
-    """The chain, in order. Adding TLS identity, auth or a rate limit is one more entry here."""
+def chain(
+    max_in_flight: int, in_flight_setting: str, clients: Clients | None = None
+) -> Sequence[grpc.aio.ServerInterceptor]:
+    """The chain, in order. Adding TLS identity or a rate limit is one more entry here."""
     return [
         Decoding(),
         Tracing(),
+        *([Authentication(clients)] if clients is not None else []),
         Admission(max_in_flight, in_flight_setting),
         Deadlines(),
         ErrorMapping(),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -51,6 +52,24 @@ def _slo(args: argparse.Namespace) -> pb.Slo | None:
     return slo
 
 
+def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
+    """The bearer token's metadata, when there is one (--token or TIERROUTE_TOKEN)."""
+    return (("authorization", f"Bearer {args.token}"),) if args.token else ()
+
+
+def token_new(args: argparse.Namespace) -> int:
+    from tierroute.runtime.auth import add_client
+
+    token = add_client(args.file, args.name)
+    print(token)
+    print(
+        f"client {args.name!r} added to {args.file} (its SHA-256 only). The token above is "
+        "shown once: give it to the client, keep it nowhere else.",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _why(d: pb.RoutingDecision) -> str:
     """The decision's selection reasons, for a human."""
     why = f"; {', '.join(d.reasons)}" if d.reasons else ""
@@ -65,7 +84,9 @@ def score(args: argparse.Namespace) -> int:
         prompt=args.prompt, bypass_cache=args.no_cache, max_tokens=args.max_tokens, slo=_slo(args)
     )
     with grpc.insecure_channel(args.address) as channel:
-        response = pb_grpc.RouterServiceStub(channel).Score(request, timeout=args.timeout)
+        response = pb_grpc.RouterServiceStub(channel).Score(
+            request, timeout=args.timeout, metadata=_auth(args)
+        )
     d = response.decision
     if args.json:
         print(json.dumps(_as_dict(d)))
@@ -95,7 +116,9 @@ def route(args: argparse.Namespace) -> int:
     )
     out = sys.stdout
     with grpc.insecure_channel(args.address) as channel:
-        for event in pb_grpc.RouterServiceStub(channel).Route(request, timeout=args.timeout):
+        for event in pb_grpc.RouterServiceStub(channel).Route(
+            request, timeout=args.timeout, metadata=_auth(args)
+        ):
             kind = event.WhichOneof("event")
             if args.json:
                 print(json.dumps({kind: _as_dict(getattr(event, kind))}), flush=True)
@@ -138,6 +161,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--address", default=DEFAULT_ADDRESS, help="the router, host:port")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds (a deadline)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("TIERROUTE_TOKEN", ""),
+        help="bearer token for a router with auth (default: $TIERROUTE_TOKEN)",
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     s = commands.add_parser("score", help="which tier would answer a prompt")
     s.add_argument("prompt")
@@ -161,6 +189,12 @@ def main(argv: list[str] | None = None) -> int:
             "--max-cost-per-1k", type=float, help="SLO: pass over tiers dearer per 1,000 tokens"
         )
     r.set_defaults(run=route)
+    tok = commands.add_parser("token", help="clients' bearer tokens (router.auth_tokens_file)")
+    tok_commands = tok.add_subparsers(dest="token_command", required=True)
+    tn = tok_commands.add_parser("new", help="a new client: prints its token once, keeps its hash")
+    tn.add_argument("name", help="the client's name, as logs and spans will show it")
+    tn.add_argument("--file", type=Path, required=True, help="the tokens file (created 0600)")
+    tn.set_defaults(run=token_new)
     _offline_commands(commands)
     args = parser.parse_args(argv)
     args.command_line = "tierroute " + shlex.join(sys.argv[1:] if argv is None else argv)

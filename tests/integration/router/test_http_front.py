@@ -1,0 +1,144 @@
+"""The OpenAI-compatible HTTP front against the real suite: the router in-process with its HTTP
+port open, two real vLLM tiers, called with the real `openai` client and with `curl -N`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator
+from typing import Any
+
+import openai
+import pytest
+import pytest_asyncio
+
+from tests.helpers.services import EMBEDDER_DIR, ServiceProcess, started
+from tests.helpers.tools import run
+from tierroute.core.config import config_from_dict
+from tierroute.router.service import host
+
+pytestmark = pytest.mark.tier
+
+SIMPLE = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def http_config(small: str, large: str, **router: Any) -> Any:
+    tier = {"model": "smollm2", "max_tokens": 24, "temperature": 0.0,
+            "engine_args": {"max_model_len": 2048}}  # fmt: skip
+    return config_from_dict(
+        {
+            "router": {
+                "listen": "127.0.0.1:0",
+                "http_listen": "127.0.0.1:0",
+                "model": str(EMBEDDER_DIR),
+                "score_budget_ms": 5000,
+                **router,
+            },
+            "tiers": [
+                {"name": "small", "address": small, **tier},
+                {"name": "large", "address": large, **tier},
+            ],
+        }
+    )
+
+
+@pytest_asyncio.fixture(scope="module")
+async def base(small_tier: ServiceProcess, large_tier: ServiceProcess) -> AsyncIterator[str]:
+    server, _ = await started(host(http_config(small_tier.address, large_tier.address)))
+    port = server.service.http.port  # type: ignore[attr-defined]
+    yield f"http://127.0.0.1:{port}"
+    await server.stop(0)
+
+
+def client(base: str) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0)
+
+
+async def test_auto_routes_and_answers_with_the_decision_in_headers_and_extension(
+    base: str,
+) -> None:
+    raw = await client(base).chat.completions.with_raw_response.create(
+        model="auto", messages=SIMPLE, max_tokens=16
+    )
+    completion = raw.parse()
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason in ("stop", "length")
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens > 0 and 0 < completion.usage.completion_tokens <= 16
+    assert raw.headers["x-tierroute-tier"] == "small" == completion.model
+    assert 0 <= float(raw.headers["x-tierroute-score"]) <= 4.0
+    assert "score_below_threshold" in raw.headers["x-tierroute-reasons"]
+    ext = (completion.model_extra or {})["tierroute"]
+    assert ext["decision"]["tier"] == "small" and ext["summary"]["tier"] == "small"
+
+
+async def test_a_stream_through_the_openai_client_matches_the_answer(base: str) -> None:
+    kwargs: dict[str, Any] = {"model": "large", "messages": SIMPLE, "max_tokens": 12, "seed": 1}
+    whole = await client(base).chat.completions.create(**kwargs)
+    stream = await client(base).chat.completions.create(
+        **kwargs, stream=True, stream_options={"include_usage": True}
+    )
+    chunks = [c async for c in stream]
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    # Greedy (the tiers' temperature is 0): the stream is the same answer, token for token.
+    assert text == whole.choices[0].message.content
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == whole.usage.completion_tokens  # type: ignore[union-attr]
+    assert {c.model for c in chunks} == {"large"}
+
+
+async def test_curl_streams_server_sent_events_ending_with_done(base: str) -> None:
+    curl = shutil.which("curl")
+    if curl is None:
+        pytest.fail("curl is not installed (apt-get install curl)")
+    body = json.dumps({"model": "auto", "messages": SIMPLE, "max_tokens": 8, "stream": True})
+    code, out, err = await run(
+        curl, "-sS", "-N", "-i", "-H", "content-type: application/json", "-d", body,
+        f"{base}/v1/chat/completions", timeout=120,
+    )  # fmt: skip
+    assert code == 0, err
+    head, _, events = out.partition("\r\n\r\n")
+    assert "text/event-stream" in head and "x-tierroute-tier: small" in head.lower()
+    lines = [ln for ln in events.splitlines() if ln]
+    assert lines[-1] == "data: [DONE]"
+    chunks = [json.loads(ln.removeprefix("data: ")) for ln in lines[:-1]]
+    assert chunks[0]["object"] == "chat.completion.chunk"
+    assert "".join(c["choices"][0]["delta"].get("content", "") for c in chunks)
+
+
+async def test_errors_are_openai_errors(base: str) -> None:
+    with pytest.raises(openai.NotFoundError, match="does not exist"):
+        await client(base).chat.completions.create(model="gpt-4o", messages=SIMPLE)
+    with pytest.raises(openai.BadRequestError, match=r"temperature is 5; use 0 to 2"):
+        await client(base).chat.completions.create(model="auto", messages=SIMPLE, temperature=5)
+    too_long = [{"role": "user", "content": "x " * 20_000}]
+    with pytest.raises(openai.APIStatusError, match="prompt too long") as caught:
+        await client(base).chat.completions.create(model="auto", messages=too_long)
+    assert caught.value.status_code == 413
+    models = await client(base).models.list()
+    assert [m.id for m in models.data] == ["auto", "small", "large"]
+
+
+async def test_no_tier_available_is_503_and_a_passed_deadline_504(
+    small_tier: ServiceProcess,
+) -> None:
+    # Both tiers on ports where nothing listens.
+    server, _ = await started(host(http_config("127.0.0.1:1", "127.0.0.1:2")))
+    try:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client(f"http://127.0.0.1:{server.service.http.port}").chat.completions.create(  # type: ignore[attr-defined]
+                model="auto", messages=SIMPLE
+            )
+        assert caught.value.status_code == 503
+    finally:
+        await server.stop(0)
+    cfg = http_config(small_tier.address, small_tier.address, http_timeout_seconds=0.001)
+    server, _ = await started(host(cfg))
+    try:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await client(f"http://127.0.0.1:{server.service.http.port}").chat.completions.create(  # type: ignore[attr-defined]
+                model="small", messages=SIMPLE
+            )
+        assert caught.value.status_code == 504
+    finally:
+        await server.stop(0)
