@@ -35,7 +35,7 @@ from tierroute.router.tiers.measured import Measurements, StoreDown, StoreError,
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
-from tierroute.runtime.auth import AuthConfigError, load_clients
+from tierroute.runtime.auth import CLIENT, AuthConfigError, load_clients
 from tierroute.runtime.host import Host, Serving, Spec, run_service
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,8 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreResponse:
         check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        if self.flow.limits.active:
+            self.flow.limits.check_rate(_client(context))
         ask = self.decider.ask(
             request.prompt,
             request.messages,
@@ -71,10 +73,22 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
         self, request: pb.RouteRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.RouteResponse]:
         deadline = Deadline.after(context.time_remaining())
+        _client(context)
         async for event in read_ahead(self.flow.route(request, deadline)):
             if isinstance(event, Finished):
                 _annotate(trace.get_current_span(), event.summary)
             yield to_response(event)
+
+
+def _client(context: grpc.aio.ServicerContext) -> str:
+    """Who is calling: the token's client (set by the auth interceptor), or, on a router
+    without tokens, the address the call comes from."""
+    name = CLIENT.get()
+    if not name:
+        peer = context.peer() or ""
+        name = "peer:" + peer.split(":", 1)[-1].rsplit(":", 1)[0]
+        CLIENT.set(name)
+    return name
 
 
 def to_response(event: RouteEvent) -> pb.RouteResponse:

@@ -127,7 +127,10 @@ def from_service_error(error: ServiceError) -> HttpError:
     status, kind = next(
         (v for cls, v in _STATUS.items() if isinstance(error, cls)), (500, "server_error")
     )
-    headers = {"retry-after": str(RETRY_AFTER_SECONDS)} if status == 429 else {}
+    headers = {}
+    if status == 429:
+        wait = getattr(error, "retry_after_s", None)
+        headers["retry-after"] = str(math.ceil(wait) if wait else RETRY_AFTER_SECONDS)
     return HttpError(status, str(error), kind, code=kind if status >= 429 else None,
                      headers=headers)  # fmt: skip
 
@@ -173,11 +176,13 @@ class _Front:
         return JSONResponse({"status": "loading"}, 503, headers={"retry-after": "1"})
 
     def _client(self, request: Request) -> str:
-        """The caller's client name ("" when the API is open); HttpError 401 without a known
-        bearer token. The token is never logged nor echoed."""
+        """The caller: its token's client name, or without tokens `peer:<address>`; HttpError
+        401 without a known bearer token. The token is never logged nor echoed."""
         clients = self.limits.clients
         if clients is None:
-            return ""
+            peer = "peer:" + (request.client.host if request.client else "unknown")
+            CLIENT.set(peer)
+            return peer
         header = request.headers.get("authorization")
         name = clients.from_header(header)
         if name is None:

@@ -39,6 +39,7 @@ from tierroute.core.sampling import check_sampling
 from tierroute.quality.artifact import prompt_features
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
+from tierroute.router.route.limits import ClientLimits
 from tierroute.router.route.routing_log import Entry, RoutingLog
 from tierroute.router.scoring.decider import Decider, Scored
 from tierroute.router.selection.policy import BELOW_QUALITY_BAR, SKIP_REASONS
@@ -46,6 +47,7 @@ from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS
 from tierroute.router.tiers.pool import FirstTokenTimer, Replica, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
+from tierroute.runtime.auth import CLIENT
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 from tierroute.validator.v1 import validator_service_pb2 as val_pb
 
@@ -174,6 +176,7 @@ class RouteFlow:
         self.log = log
         self._tiers = [t.name for t in cfg.tiers]
         self._measured = decider.measurements
+        self.limits = ClientLimits(cfg.router)
         # The most tokens any tier can generate, when every tier's context is configured.
         contexts = [int(t.engine_args.get("max_model_len") or 0) for t in cfg.tiers]
         self._max_tokens_limit = max(contexts) if contexts and all(contexts) else None
@@ -195,6 +198,8 @@ class RouteFlow:
         decision = pb.RoutingDecision()
         tier = ""
         status = "OK"
+        # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
+        ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
         try:
             if request.force_tier:
                 if request.force_tier not in self._tiers:
@@ -257,6 +262,10 @@ class RouteFlow:
             status = "INTERNAL"
             raise
         finally:
+            if ticket is not None:
+                ticket.done(
+                    sum(a.usage.prompt_tokens + a.usage.completion_tokens for a in outcome.attempts)
+                )
             # Whatever ended the request, a half-open probe it still holds is freed (a no-op
             # once the attempt has been recorded).
             if tier:

@@ -70,6 +70,20 @@ class _Strict(BaseModel):
         return data
 
 
+class ClientLimitsConfig(_Strict):
+    """Limits per client (its token's name; without tokens, its address). Unset: no limit."""
+
+    # Requests (Score and Route) per second, as a token bucket of `burst` (default: the rate,
+    # rounded up, at least 1).
+    requests_per_second: float | None = Field(default=None, gt=0)
+    burst: int | None = Field(default=None, ge=1)
+    # Prompt and completion tokens per minute, over every tier a request used, charged when
+    # it ends; a client over it waits until its bucket refills.
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+    # Routes (streams) in progress at once.
+    max_in_progress: int | None = Field(default=None, ge=1)
+
+
 class RouterConfig(_Strict):
     # Where the router listens. Port 0 picks a free port.
     listen: str = "127.0.0.1:50051"
@@ -138,6 +152,9 @@ class RouterConfig(_Strict):
     # environment variable named here (name=token,...). Neither: open to anyone who connects.
     auth_tokens_file: Path | None = None
     auth_tokens_env: str = "TIERROUTE_TOKENS"
+    # Limits per client, and other limits for named clients (their token's name).
+    client_limits: ClientLimitsConfig = ClientLimitsConfig()
+    client_limits_overrides: dict[str, ClientLimitsConfig] = Field(default_factory=dict)
     # host:port of the OpenAI-compatible HTTP front (POST /v1/chat/completions, GET /v1/models,
     # /healthz, /readyz), served by the router process beside its gRPC port. Empty: no HTTP.
     http_listen: str = ""

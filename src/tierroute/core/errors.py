@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 
 
@@ -25,8 +27,25 @@ class TooLarge(InvalidArgument):
     """Input over a size limit (INVALID_ARGUMENT over gRPC, 413 over HTTP)."""
 
 
+# Trailing metadata of a RESOURCE_EXHAUSTED: when to retry, in ms (grpc's retry pushback).
+RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
+
+
 class Overloaded(ServiceError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    def __init__(
+        self,
+        message: str,
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+        retry_after_s: float | None = None,
+    ) -> None:
+        if retry_after_s is not None:
+            pushback = str(max(1, math.ceil(retry_after_s * 1000)))
+            trailing_metadata = (*trailing_metadata, (RETRY_PUSHBACK_KEY, pushback))
+        super().__init__(message, trailing_metadata)
+        # Seconds until the request would be admitted (HTTP Retry-After), when known.
+        self.retry_after_s = retry_after_s
 
 
 class Unavailable(ServiceError):

@@ -30,7 +30,7 @@ import grpc
 from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 
-from tierroute.core.errors import ServiceError
+from tierroute.core.errors import RETRY_PUSHBACK_KEY, ServiceError
 from tierroute.runtime.auth import CLIENT, Clients
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,6 @@ _SERVER_ERRORS = {
     grpc.StatusCode.DATA_LOSS,
 }
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class _Undecodable:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
+import grpc
 import openai
 import pytest
 import pytest_asyncio
@@ -16,6 +18,9 @@ from tests.helpers.services import EMBEDDER_DIR, ServiceProcess, started
 from tests.helpers.tools import run
 from tierroute.core.config import config_from_dict
 from tierroute.router.service import host
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.runtime.auth import add_client
 
 pytestmark = pytest.mark.tier
 
@@ -140,5 +145,51 @@ async def test_no_tier_available_is_503_and_a_passed_deadline_504(
                 model="small", messages=SIMPLE
             )
         assert caught.value.status_code == 504
+    finally:
+        await server.stop(0)
+
+
+async def test_a_client_over_its_limit_gets_429_while_another_is_served(
+    small_tier: ServiceProcess, large_tier: ServiceProcess, tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens.yaml"
+    keys = {name: add_client(tokens, name) for name in ("app", "search", "batch")}
+    cfg = http_config(
+        small_tier.address,
+        large_tier.address,
+        auth_tokens_file=str(tokens),
+        # One request per ~17 minutes each: no refill happens while the test runs.
+        client_limits={"requests_per_second": 0.001},
+        client_limits_overrides={"batch": {"tokens_per_minute": 10}},
+    )
+    server, address = await started(host(cfg))
+    base = f"http://127.0.0.1:{server.service.http.port}"  # type: ignore[attr-defined]
+    try:
+
+        def as_(name: str) -> openai.AsyncOpenAI:
+            return openai.AsyncOpenAI(base_url=f"{base}/v1", api_key=keys[name], max_retries=0)
+
+        await as_("app").chat.completions.create(model="small", messages=SIMPLE, max_tokens=4)
+        with pytest.raises(openai.RateLimitError, match="requests per second") as caught:
+            await as_("app").chat.completions.create(model="small", messages=SIMPLE)
+        assert int(caught.value.response.headers["retry-after"]) > 60
+        # Another client is served meanwhile; over gRPC the first is refused too.
+        await as_("search").chat.completions.create(model="small", messages=SIMPLE, max_tokens=4)
+        async with grpc.aio.insecure_channel(address) as channel:
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await pb_grpc.RouterServiceStub(channel).Score(
+                    pb.ScoreRequest(prompt="hi"),
+                    metadata=(("authorization", f"Bearer {keys['app']}"),),
+                )
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        trailers = dict(refused.value.trailing_metadata() or ())
+        assert int(trailers["grpc-retry-pushback-ms"]) > 60_000
+        # Tokens per minute: the first request uses more than 10 (prompt and answer).
+        done = await as_("batch").chat.completions.create(
+            model="small", messages=SIMPLE, max_tokens=4
+        )
+        assert done.usage is not None and done.usage.total_tokens > 10
+        with pytest.raises(openai.RateLimitError, match="10 tokens per minute"):
+            await as_("batch").chat.completions.create(model="small", messages=SIMPLE)
     finally:
         await server.stop(0)
