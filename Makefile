@@ -12,7 +12,7 @@ PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
 .PHONY: setup deps constraints models gen lint redis test test-unit run bench-router bench-tier bench-tiers bench-route \
-	bench-calibration bench-escalation chaos eval eval-n calibrate-default clean
+	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
 
@@ -120,6 +120,11 @@ eval-n: setup
 		--price cognitivecomputations/dolphin-2.9-llama3-8b=0.10 \
 		--artifact-out build/quality/routerdc7-quality \
 		--out benchmarks/results/quality-n.json --plot benchmarks/results/quality-n.png
+
+# A development CA and certificates for `tls` (certs/, git-ignored): server.pem for every
+# service on 127.0.0.1/localhost, client.pem for the router. Production: your own PKI.
+certs: deps
+	$(VENV)/bin/tierroute certs --out certs --host 127.0.0.1 --host localhost
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)

@@ -37,6 +37,7 @@ from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.auth import CLIENT, AuthConfigError, load_clients
 from tierroute.runtime.host import Host, Serving, Spec, run_service
+from tierroute.runtime.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
@@ -250,6 +251,8 @@ def serving(service: RouterService) -> Serving:
         limit_setting="router.max_concurrent_requests",
         telemetry_name="tierroute-router",
         clients=service.clients,
+        # Callers of the router's API prove who they are with tokens, not certificates.
+        tls=server_credentials(service.cfg.tls, mutual=False),
     )
 
 

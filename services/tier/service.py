@@ -24,6 +24,7 @@ from opentelemetry import trace
 from tierroute.core.config import Config, ConfigError, TierConfig
 from tierroute.runtime import reaper, telemetry
 from tierroute.runtime.host import Host, Serving, Spec, run_service
+from tierroute.runtime.tls import server_credentials
 from tierroute.tier.engine import TierEngine, engine_args_for
 from tierroute.tier.v1 import tier_service_pb2 as pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
@@ -153,6 +154,7 @@ def build(cfg: Config, args: argparse.Namespace, extra: list[str]) -> tuple[Tier
         max_concurrent_requests=tier.max_concurrent_requests,
         limit_setting=f"tiers[{tier.name}].max_concurrent_requests",
         telemetry_name=f"tierroute-tier-{tier.name}",
+        tls=server_credentials(cfg.tls, mutual=True),
     )
     return TierService(tier, engine_args), serving
 

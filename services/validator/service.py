@@ -10,6 +10,7 @@ from opentelemetry import trace
 
 from tierroute.core.config import Config
 from tierroute.runtime.host import Host, Serving, Spec, run_service
+from tierroute.runtime.tls import server_credentials
 from tierroute.validator.policies import judge
 from tierroute.validator.v1 import validator_service_pb2 as pb
 from tierroute.validator.v1 import validator_service_pb2_grpc as pb_grpc
@@ -53,6 +54,7 @@ def serving(cfg: Config) -> Serving:
         max_concurrent_requests=v.max_concurrent_requests,
         limit_setting="validator.max_concurrent_requests",
         telemetry_name="tierroute-validator",
+        tls=server_credentials(cfg.tls, mutual=True),
     )
 
 

@@ -67,9 +67,10 @@ def start_service(
     env: dict[str, str] | None = None,
     cwd: Path | None = None,
     module: bool = True,
+    credentials: grpc.ChannelCredentials | None = None,
 ) -> ServiceProcess:
     """Start `python -m <args> --port-file ...` (or the program `args[0]` with `module`
-    False), wait until health reports SERVING."""
+    False), wait until health reports SERVING (over TLS with `credentials`)."""
     port_file = log.with_suffix(".port")
     port_file.unlink(missing_ok=True)
     command = [sys.executable, "-m", *args] if module else list(args)
@@ -91,7 +92,11 @@ def start_service(
             )
         if port_file.exists():
             svc.address = f"127.0.0.1:{port_file.read_text().strip()}"
-            with grpc.insecure_channel(svc.address) as channel:
+            with (
+                grpc.secure_channel(svc.address, credentials)
+                if credentials is not None
+                else grpc.insecure_channel(svc.address)
+            ) as channel:
                 try:
                     status = (
                         health_pb2_grpc.HealthStub(channel)

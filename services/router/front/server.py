@@ -64,12 +64,15 @@ class HttpFront:
             access_log=False,
             ws="none",
             timeout_graceful_shutdown=max(1, round(r.shutdown_grace_seconds)),
+            ssl_certfile=str(cfg.tls.cert) if cfg.tls.enabled else None,
+            ssl_keyfile=str(cfg.tls.key) if cfg.tls.enabled else None,
         )
         server = _Server(config)
         task = asyncio.create_task(server.serve(sockets=[sock]), name="http-front")
         front = cls(server, sock, task)
         host = r.http_listen.rpartition(":")[0]
-        logger.info("HTTP front (OpenAI API) listening on %s:%d", host, front.port)
+        scheme = "https" if cfg.tls.enabled else "http"
+        logger.info("HTTP front (OpenAI API) listening on %s://%s:%d", scheme, host, front.port)
         return front
 
     async def stop(self) -> None:

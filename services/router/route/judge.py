@@ -11,6 +11,7 @@ from tierroute.router.tiers.breaker import CircuitBreaker
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
 from tierroute.runtime.host import CHANNEL_OPTIONS
+from tierroute.runtime.tls import aio_channel
 from tierroute.validator.v1 import validator_service_pb2 as val_pb
 from tierroute.validator.v1 import validator_service_pb2_grpc as val_grpc
 
@@ -47,7 +48,7 @@ class Judge:
 
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        self._channel = grpc.aio.insecure_channel(cfg.validator.dial(), options=CHANNEL_OPTIONS)
+        self._channel = aio_channel(cfg.validator.dial(), cfg.tls, CHANNEL_OPTIONS)
         self._stub = val_grpc.ValidatorServiceStub(self._channel)
         # While the validator is down the router stops asking it, and probes it back after
         # the cooldown (the same settings as the tiers' breakers).

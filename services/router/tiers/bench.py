@@ -33,6 +33,7 @@ import grpc
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import Config, TierConfig
 from tierroute.runtime.host import CHANNEL_OPTIONS
+from tierroute.runtime.tls import aio_channel
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
@@ -196,9 +197,7 @@ async def run(
     chosen = [t for t in cfg.tiers if tiers is None or t.name in tiers]
     limit = asyncio.Semaphore(concurrency)
     rows: list[dict[str, Any]] = []
-    channels = {
-        t.name: grpc.aio.insecure_channel(t.address, options=CHANNEL_OPTIONS) for t in chosen
-    }
+    channels = {t.name: aio_channel(t.address, cfg.tls, CHANNEL_OPTIONS) for t in chosen}
     try:
         models = {}
         for t in chosen:

@@ -29,6 +29,7 @@ from tierroute.core.config import Config, EscalationConfig
 from tierroute.router.tiers.breaker import CircuitBreaker
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime.host import CHANNEL_OPTIONS
+from tierroute.runtime.tls import aio_channel
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
 logger = logging.getLogger(__name__)
@@ -106,7 +107,7 @@ class TierPool:
         for t in cfg.tiers:
             self.replicas[t.name] = []
             for address in t.dial_addresses():
-                channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+                channel = aio_channel(address, cfg.tls, CHANNEL_OPTIONS)
                 replica = Replica(address, channel, tier_grpc.TierServiceStub(channel))
                 self.replicas[t.name].append(replica)
         self.breakers = {

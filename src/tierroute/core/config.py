@@ -420,6 +420,37 @@ class SuiteConfig(_Strict):
     start_timeout_seconds: float = Field(default=300.0, gt=0)
 
 
+class TlsConfig(_Strict):
+    """TLS on every gRPC port and the HTTP front; mutual TLS between the router (and the suite
+    runner) and the tiers and validator. `make certs` writes a development CA and certificates.
+    Off: plaintext, for the embedded local setup on loopback only."""
+
+    enabled: bool = False
+    # The CA that signed the services' certificates: callers verify servers with it; the
+    # tiers and the validator verify the router's client certificate with it.
+    ca: Path | None = None
+    # Every service's certificate and key (PEM); its names must cover the addresses dialled.
+    cert: Path | None = None
+    key: Path | None = None
+    # The router's (and the suite runner's) client certificate toward the tiers and validator.
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    # The tiers and the validator accept only clients with a certificate signed by `ca`.
+    mutual: bool = True
+
+    @model_validator(mode="after")
+    def _complete(self) -> TlsConfig:
+        if self.enabled:
+            needed = ["ca", "cert", "key"] + (["client_cert", "client_key"] if self.mutual else [])
+            missing = [k for k in needed if getattr(self, k) is None]
+            if missing:
+                raise ValueError(
+                    f"tls.enabled needs {', '.join('tls.' + k for k in missing)} "
+                    "(`make certs` writes a development set into certs/)"
+                )
+        return self
+
+
 class Config(_Strict):
     router: RouterConfig = RouterConfig()
     tiers: list[TierConfig] = Field(default_factory=list)
@@ -428,6 +459,7 @@ class Config(_Strict):
     validator: ValidatorConfig = ValidatorConfig()
     monitoring: MonitoringConfig = MonitoringConfig()
     suite: SuiteConfig = SuiteConfig()
+    tls: TlsConfig = TlsConfig()
 
     @model_validator(mode="after")
     def _check_tiers(self, info: ValidationInfo) -> Config:
@@ -595,7 +627,13 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     for t in cfg.tiers:
         local = base / t.model
         tiers.append(t.model_copy(update={"model": str(local.resolve())}) if local.exists() else t)
-    return cfg.model_copy(update={"router": router, "tiers": tiers})
+    tls = cfg.tls.model_copy(
+        update={
+            k: resolve(getattr(cfg.tls, k))
+            for k in ("ca", "cert", "key", "client_cert", "client_key")
+        }
+    )
+    return cfg.model_copy(update={"router": router, "tiers": tiers, "tls": tls})
 
 
 # The sections each process reads; the others are left out before validation, so a mistake in
@@ -603,8 +641,8 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
 PARTS: dict[str, tuple[str, ...] | None] = {
     "all": None,
     "router": None,
-    "tier": ("tiers", "monitoring"),
-    "validator": ("validator", "monitoring"),
+    "tier": ("tiers", "monitoring", "tls"),
+    "validator": ("validator", "monitoring", "tls"),
 }
 
 

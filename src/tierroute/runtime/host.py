@@ -84,6 +84,8 @@ class Serving:
     telemetry_name: str
     # Who may call (bearer tokens, runtime/auth.py); None: anyone.
     clients: Clients | None = None
+    # TLS for the port (runtime/tls.py); None: plaintext.
+    tls: grpc.ServerCredentials | None = None
 
 
 @dataclass(frozen=True)
@@ -126,7 +128,10 @@ class Host:
     async def start(self) -> int:
         """Bind and start serving; every service reports NOT_SERVING until `load` is done."""
         listen = self.serving.listen
-        self.port = self.server.add_insecure_port(listen)
+        if self.serving.tls is not None:
+            self.port = self.server.add_secure_port(listen, self.serving.tls)
+        else:
+            self.port = self.server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)

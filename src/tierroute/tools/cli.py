@@ -52,6 +52,22 @@ def _slo(args: argparse.Namespace) -> pb.Slo | None:
     return slo
 
 
+def _channel(args: argparse.Namespace) -> grpc.Channel:
+    """Plaintext, or TLS verified against --tls-ca."""
+    if not args.tls_ca:
+        return grpc.insecure_channel(args.address)
+    ca = Path(args.tls_ca).read_bytes()
+    return grpc.secure_channel(args.address, grpc.ssl_channel_credentials(ca))
+
+
+def certs(args: argparse.Namespace) -> int:
+    from tierroute.runtime.tls import write_dev_certs
+
+    for path in write_dev_certs(args.out, args.host):
+        print(path)
+    return 0
+
+
 def _auth(args: argparse.Namespace) -> tuple[tuple[str, str], ...]:
     """The bearer token's metadata, when there is one (--token or TIERROUTE_TOKEN)."""
     return (("authorization", f"Bearer {args.token}"),) if args.token else ()
@@ -83,7 +99,7 @@ def score(args: argparse.Namespace) -> int:
     request = pb.ScoreRequest(
         prompt=args.prompt, bypass_cache=args.no_cache, max_tokens=args.max_tokens, slo=_slo(args)
     )
-    with grpc.insecure_channel(args.address) as channel:
+    with _channel(args) as channel:
         response = pb_grpc.RouterServiceStub(channel).Score(
             request, timeout=args.timeout, metadata=_auth(args)
         )
@@ -115,7 +131,7 @@ def route(args: argparse.Namespace) -> int:
         slo=_slo(args),
     )
     out = sys.stdout
-    with grpc.insecure_channel(args.address) as channel:
+    with _channel(args) as channel:
         for event in pb_grpc.RouterServiceStub(channel).Route(
             request, timeout=args.timeout, metadata=_auth(args)
         ):
@@ -162,6 +178,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds (a deadline)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     parser.add_argument(
+        "--tls-ca",
+        default=os.environ.get("TIERROUTE_TLS_CA", ""),
+        help="CA to verify a TLS router with (default: $TIERROUTE_TLS_CA; unset: plaintext)",
+    )
+    parser.add_argument(
         "--token",
         default=os.environ.get("TIERROUTE_TOKEN", ""),
         help="bearer token for a router with auth (default: $TIERROUTE_TOKEN)",
@@ -189,6 +210,12 @@ def main(argv: list[str] | None = None) -> int:
             "--max-cost-per-1k", type=float, help="SLO: pass over tiers dearer per 1,000 tokens"
         )
     r.set_defaults(run=route)
+    ce = commands.add_parser("certs", help="a development CA and certificates (make certs)")
+    ce.add_argument("--out", type=Path, default=Path("certs"))
+    ce.add_argument(
+        "--host", action="append", default=[], help="a name or IP the services are dialled by"
+    )
+    ce.set_defaults(run=certs)
     tok = commands.add_parser("token", help="clients' bearer tokens (router.auth_tokens_file)")
     tok_commands = tok.add_subparsers(dest="token_command", required=True)
     tn = tok_commands.add_parser("new", help="a new client: prints its token once, keeps its hash")

@@ -33,6 +33,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from tierroute.core.config import Config, ConfigError, load_config
 from tierroute.runtime.host import setup_logging
+from tierroute.runtime.tls import aio_channel, server_credentials
 
 logger = logging.getLogger("tierroute.suite")
 
@@ -140,7 +141,7 @@ class Supervisor:
         """None if the service answers SERVING, else what it answered."""
         channel = self._channels.get(s.name)
         if channel is None:
-            channel = grpc.aio.insecure_channel(s.address, options=_CHECK_CHANNEL_OPTIONS)
+            channel = aio_channel(s.address, self.cfg.tls, _CHECK_CHANNEL_OPTIONS)
             self._channels[s.name] = channel
         try:
             response = await health_pb2_grpc.HealthStub(channel).Check(
@@ -307,7 +308,13 @@ async def supervise(cfg: Config, config_path: Path) -> int:
     if cfg.suite.health_listen:
         server = grpc.aio.server()
         health_pb2_grpc.add_HealthServicer_to_server(supervisor.health, server)
-        if server.add_insecure_port(cfg.suite.health_listen) == 0:
+        creds = server_credentials(cfg.tls, mutual=False)
+        bound = (
+            server.add_secure_port(cfg.suite.health_listen, creds)
+            if creds is not None
+            else server.add_insecure_port(cfg.suite.health_listen)
+        )
+        if bound == 0:
             print(
                 f"tierroute: cannot listen on suite.health_listen {cfg.suite.health_listen}",
                 file=sys.stderr,
