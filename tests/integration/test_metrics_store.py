@@ -21,6 +21,7 @@ from tierroute.core.config import ConfigError
 from tierroute.router.service import SERVICE_NAME, STORE_HEALTH, RouterService, host
 from tierroute.router.tiers.measured import (
     ERROR_RATE,
+    REDIS_AFFINITY,
     REDIS_KEY,
     TTFT_MS,
     Figure,
@@ -174,3 +175,12 @@ async def test_the_router_s_health_tells_when_its_store_fails_and_when_it_is_bac
     finally:
         await router.stop(0)
         server.stop()
+
+
+def test_redis_holds_a_conversation_for_its_ttl(fresh_redis: RedisServer) -> None:
+    store = RedisStore(fresh_redis.url)
+    assert store.affinity("ab" * 32) is None
+    store.hold("ab" * 32, "large", 60.0)
+    assert store.affinity("ab" * 32) == "large"
+    ttl_ms = redis.Redis.from_url(fresh_redis.url).pttl(REDIS_AFFINITY + "ab" * 32)
+    assert 0 < ttl_ms <= 60_000

@@ -229,6 +229,9 @@ class _Front:
             body = await self._body(request)
             route_request, stream, include_usage = parse(body, self.router.tiers)
             route_request.request_id = request.headers.get("x-request-id", "")
+            conversation = request.headers.get("x-tierroute-conversation") or body.get("user")
+            if isinstance(conversation, str):
+                route_request.conversation_id = conversation[:256]
             deadline = Deadline.after(self.limits.timeout_seconds)
             events = self.router.route(route_request, deadline)
             try:

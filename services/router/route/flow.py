@@ -37,6 +37,7 @@ from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceErro
 from tierroute.core.prompts import check_prompt, normalize, routing_text
 from tierroute.core.sampling import check_sampling
 from tierroute.quality.artifact import prompt_features
+from tierroute.router.route.affinity import Affinity
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
 from tierroute.router.route.limits import ClientLimits
@@ -177,6 +178,9 @@ class RouteFlow:
         self._tiers = [t.name for t in cfg.tiers]
         self._measured = decider.measurements
         self.limits = ClientLimits(cfg.router)
+        self.affinity = Affinity(
+            cfg.router.affinity_ttl_seconds, self._tiers, decider.measurements.store
+        )
         # The most tokens any tier can generate, when every tier's context is configured.
         contexts = [int(t.engine_args.get("max_model_len") or 0) for t in cfg.tiers]
         self._max_tokens_limit = max(contexts) if contexts and all(contexts) else None
@@ -200,7 +204,9 @@ class RouteFlow:
         status = "OK"
         # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
         ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
+        conversation = request.conversation_id if self.affinity.on else ""
         try:
+            held = await self.affinity.held(conversation) if conversation else None
             if request.force_tier:
                 if request.force_tier not in self._tiers:
                     raise InvalidArgument(
@@ -229,6 +235,10 @@ class RouteFlow:
                     score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
                 outcome.usable = selection.usable
                 ranking = self._without_unjudgeable(selection.tiers, request, decision)
+                if held is not None:
+                    ranking, why = self.affinity.first(ranking, held)
+                    if why:
+                        decision.reasons.append(why)
                 tier = self._admit(ranking, holder, decision)
             outcome.category = decision.category
             span.set_attributes(
@@ -251,6 +261,9 @@ class RouteFlow:
             outcome.score_ms = (time.perf_counter() - started) * 1000.0
             yield Decided(decision)
             async for event in self._answer(tier, request, deadline, outcome, holder):
+                if conversation and isinstance(event, Finished):
+                    # Before the summary: the conversation's next turn sees where it is held.
+                    await self.affinity.hold(conversation, held, event.summary.tier)
                 yield event
         except ServiceError as error:
             status = error.code.name

@@ -81,6 +81,14 @@ class Store(Protocol):
         """The newest benchmark rows, newest first."""
         ...
 
+    def affinity(self, conversation: str) -> str | None:
+        """The tier a conversation (its id's SHA-256) is held to, if not expired."""
+        ...
+
+    def hold(self, conversation: str, tier: str, ttl_seconds: float) -> None:
+        """Hold a conversation to `tier` for `ttl_seconds` from now."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -133,10 +141,18 @@ class SqliteStore:
             raise StoreError(str(error)) from None
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA busy_timeout=5000")
+        # Added after schema 2 without a version change: older files get it on first open.
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS affinity (conversation TEXT PRIMARY KEY, "
+            "tier TEXT NOT NULL, expires REAL NOT NULL)"
+        )
+        # The sync thread and the request path's affinity calls share the connection.
+        self._lock = threading.Lock()
 
     def exchange(self, observed: Mapping[Key, Figure], half_life: float) -> dict[Key, Figure]:
         try:
-            return self._exchange(observed, half_life)
+            with self._lock:
+                return self._exchange(observed, half_life)
         except (sqlite3.Error, OSError) as exc:
             raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
 
@@ -167,7 +183,7 @@ class SqliteStore:
 
     def record_benchmark(self, rows: Sequence[Mapping[str, Any]]) -> None:
         try:
-            with self._db:
+            with self._lock, self._db:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.executemany(
                     "INSERT INTO benchmarks VALUES (?, ?, ?, ?, ?)",
@@ -180,10 +196,34 @@ class SqliteStore:
             raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
 
     def benchmarks(self, limit: int = 100) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            "SELECT row FROM benchmarks ORDER BY at DESC, rowid LIMIT ?", (limit,)
-        )
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT row FROM benchmarks ORDER BY at DESC, rowid LIMIT ?", (limit,)
+            ).fetchall()
         return [json.loads(r[0]) for r in rows]
+
+    def affinity(self, conversation: str) -> str | None:
+        try:
+            with self._lock:
+                row = self._db.execute(
+                    "SELECT tier FROM affinity WHERE conversation = ? AND expires > ?",
+                    (conversation, time.time()),
+                ).fetchone()
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
+        return None if row is None else str(row[0])
+
+    def hold(self, conversation: str, tier: str, ttl_seconds: float) -> None:
+        now = time.time()
+        try:
+            with self._lock:
+                self._db.execute("DELETE FROM affinity WHERE expires <= ?", (now,))
+                self._db.execute(
+                    "INSERT OR REPLACE INTO affinity VALUES (?, ?, ?)",
+                    (conversation, tier, now + ttl_seconds),
+                )
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()
@@ -195,6 +235,7 @@ class SqliteStore:
 REDIS_KEY = f"tierroute:metrics:v{SCHEMA_VERSION}"
 REDIS_BENCHMARKS = f"tierroute:benchmarks:v{SCHEMA_VERSION}"  # a list, newest first
 REDIS_BENCHMARKS_KEPT = 10_000
+REDIS_AFFINITY = "tierroute:affinity:v1:"  # + the conversation id's SHA-256; expires itself
 FIELD_SEPARATOR = "\x1f"
 _MERGE = """
 local half_life = tonumber(ARGV[1])
@@ -273,6 +314,21 @@ class RedisStore:
 
     def benchmarks(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(r) for r in self._client.lrange(REDIS_BENCHMARKS, 0, limit - 1)]
+
+    def affinity(self, conversation: str) -> str | None:
+        try:
+            tier = self._client.get(REDIS_AFFINITY + conversation)
+        except self._errors as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
+        return None if tier is None else tier.decode() if isinstance(tier, bytes) else str(tier)
+
+    def hold(self, conversation: str, tier: str, ttl_seconds: float) -> None:
+        try:
+            self._client.set(
+                REDIS_AFFINITY + conversation, tier, px=max(1, int(ttl_seconds * 1000))
+            )
+        except self._errors as exc:
+            raise StoreDown(f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         self._client.close()

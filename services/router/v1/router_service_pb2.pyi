@@ -127,7 +127,7 @@ class ScoreResponse(_message.Message):
     def __init__(self, decision: _Optional[_Union[RoutingDecision, _Mapping]] = ...) -> None: ...
 
 class RouteRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "messages", "sampling", "disable_escalation", "force_tier", "bypass_cache", "slo")
+    __slots__ = ("request_id", "prompt", "messages", "sampling", "disable_escalation", "force_tier", "bypass_cache", "slo", "conversation_id")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
@@ -136,6 +136,7 @@ class RouteRequest(_message.Message):
     FORCE_TIER_FIELD_NUMBER: _ClassVar[int]
     BYPASS_CACHE_FIELD_NUMBER: _ClassVar[int]
     SLO_FIELD_NUMBER: _ClassVar[int]
+    CONVERSATION_ID_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     messages: _containers.RepeatedCompositeFieldContainer[_common_pb2.ChatMessage]
@@ -144,7 +145,8 @@ class RouteRequest(_message.Message):
     force_tier: str
     bypass_cache: bool
     slo: Slo
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ..., slo: _Optional[_Union[Slo, _Mapping]] = ...) -> None: ...
+    conversation_id: str
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_common_pb2.ChatMessage, _Mapping]]] = ..., sampling: _Optional[_Union[_common_pb2.SamplingParams, _Mapping]] = ..., disable_escalation: _Optional[bool] = ..., force_tier: _Optional[str] = ..., bypass_cache: _Optional[bool] = ..., slo: _Optional[_Union[Slo, _Mapping]] = ..., conversation_id: _Optional[str] = ...) -> None: ...
 
 class TokenChunk(_message.Message):
     __slots__ = ("text", "tier")

@@ -152,6 +152,9 @@ class RouterConfig(_Strict):
     # environment variable named here (name=token,...). Neither: open to anyone who connects.
     auth_tokens_file: Path | None = None
     auth_tokens_env: str = "TIERROUTE_TOKENS"
+    # How long a conversation (RouteRequest.conversation_id) stays held to its tier after
+    # its last turn, in seconds. 0: no affinity.
+    affinity_ttl_seconds: float = Field(default=1800.0, ge=0)
     # Limits per client, and other limits for named clients (their token's name).
     client_limits: ClientLimitsConfig = ClientLimitsConfig()
     client_limits_overrides: dict[str, ClientLimitsConfig] = Field(default_factory=dict)

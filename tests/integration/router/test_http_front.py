@@ -193,3 +193,40 @@ async def test_a_client_over_its_limit_gets_429_while_another_is_served(
             await as_("batch").chat.completions.create(model="small", messages=SIMPLE)
     finally:
         await server.stop(0)
+
+
+async def test_a_conversation_keeps_its_tier_across_turns_and_router_replicas(
+    small_tier: ServiceProcess, large_tier: ServiceProcess, tmp_path: Path
+) -> None:
+    # Two routers sharing one metrics store (a SQLite file; Redis behaves alike).
+    store = str(tmp_path / "metrics.sqlite")
+    cfg = http_config(small_tier.address, large_tier.address, metrics_store=store)
+    first, _ = await started(host(cfg))
+    second, _ = await started(host(cfg))
+    try:
+
+        def at(server: Any) -> openai.AsyncOpenAI:
+            port = server.service.http.port
+            return openai.AsyncOpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="-")
+
+        chat = {"x-tierroute-conversation": "chat-7"}
+        # Turn 1 is pinned to the large tier.
+        await at(first).chat.completions.create(
+            model="large", messages=SIMPLE, max_tokens=4, extra_headers=chat
+        )
+        # Turn 2 is easy (the score picks small) and goes to the other router: it stays large.
+        raw = await at(second).chat.completions.with_raw_response.create(
+            model="auto", messages=SIMPLE, max_tokens=4, extra_headers=chat
+        )
+        assert raw.headers["x-tierroute-tier"] == "large"
+        assert "conversation_affinity:large" in raw.headers["x-tierroute-reasons"]
+        assert raw.parse().model == "large"
+        # Another conversation, or none, is routed on its own.
+        for headers in ({"x-tierroute-conversation": "chat-8"}, {}):
+            other = await at(second).chat.completions.with_raw_response.create(
+                model="auto", messages=SIMPLE, max_tokens=4, extra_headers=headers
+            )
+            assert other.headers["x-tierroute-tier"] == "small"
+    finally:
+        await first.stop(0)
+        await second.stop(0)
