@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint redis test test-unit run bench-router bench-tier bench-tiers bench-route \
+.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-tier bench-tiers bench-route bench-e2e \
 	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
@@ -76,7 +76,14 @@ redis:
 	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
 		$(SUDO) apt-get install -y -qq redis-server; }
 
-test: setup $(BUF) redis
+# Debian's prometheus and promtool: the metrics test scrapes a running router through a real
+# Prometheus server, and the alerting rules are checked with promtool.
+prometheus:
+	command -v prometheus >/dev/null && command -v promtool >/dev/null || { \
+		$(SUDO) apt-get update -qq && \
+		$(SUDO) apt-get install -y -qq --no-install-recommends prometheus; }
+
+test: setup $(BUF) redis prometheus
 	$(BUF) lint
 	$(VENV)/bin/pytest -q tests/unit tests/integration
 
@@ -128,6 +135,12 @@ certs: deps
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)
+
+# The end-to-end table: a mixed workload (everyday, benchmark and checkable prompts) through the
+# HTTP front and gRPC Route against the large tier direct, one run, the suite started as its own
+# processes; writes benchmarks/results/e2e.json (needs ../shared/data for the benchmark prompts).
+bench-e2e: setup
+	$(PY) benchmarks/bench_e2e.py --config $(CONFIG)
 
 # Calibration that never makes it worse: RouterDC's benchmarks at 250/500/1,000 rows, shrunk
 # toward the shipped default; writes benchmarks/results/calibration.json (needs ../shared/data).

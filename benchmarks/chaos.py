@@ -105,13 +105,16 @@ def suite_config(path: Path, **sections: dict[str, Any]) -> Path:
     data = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
     data["router"]["listen"] = f"127.0.0.1:{free_port()}"
     data["router"]["http_listen"] = f"127.0.0.1:{free_port()}"
+    data["router"]["metrics_listen"] = f"127.0.0.1:{free_port()}"
     data["router"]["model"] = str(MODELS / "minilm-l6-v2-int8")
     data["router"]["artifact"] = str(ROOT / "artifacts" / "router-default")
     data["router"]["routing_log"] = str(path.parent / "routing-log.sqlite")
     for tier in data["tiers"]:
         tier["address"] = f"127.0.0.1:{free_port()}"
+        tier["metrics_listen"] = f"127.0.0.1:{free_port()}"
         tier["model"] = str(MODELS / "smollm2-135m-instruct")
     data["validator"]["listen"] = f"127.0.0.1:{free_port()}"
+    data["validator"]["metrics_listen"] = f"127.0.0.1:{free_port()}"
     data["suite"] = {"health_listen": f"127.0.0.1:{free_port()}"}
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

@@ -15,7 +15,7 @@ from grpc_health.v1 import health_pb2
 from opentelemetry import trace
 
 from tierroute.core.config import Config, ConfigError
-from tierroute.core.prompts import check_prompt, routing_text
+from tierroute.router import metrics
 from tierroute.router.front.server import HttpFront
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.flow import (
@@ -56,7 +56,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Score(
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreResponse:
-        check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        text = self.decider.check_input(request.prompt, request.messages)
         if self.flow.limits.active:
             self.flow.limits.check_rate(_client(context))
         ask = self.decider.ask(
@@ -65,9 +65,7 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
             request.max_tokens,
             request.slo if request.HasField("slo") else None,
         )
-        decision, _ = await self.decider.decide(
-            routing_text(request.prompt, request.messages), request.bypass_cache, ask
-        )
+        decision, _ = await self.decider.decide(text, request.bypass_cache, ask)
         return pb.ScoreResponse(decision=decision)
 
     async def Route(
@@ -156,6 +154,7 @@ class RouterService:
                 raise ConfigError(f"invalid configuration: router.routing_log: {error}") from None
         self.flow = RouteFlow(cfg, self.decider, self.pool, self.judge, self.log)
         self.http: HttpFront | None = None
+        self._state: metrics.State | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         pb_grpc.add_RouterServiceServicer_to_server(
@@ -163,6 +162,17 @@ class RouterService:
         )
 
     async def load(self, host: Host) -> None:
+        pool, policy = self.pool, self.decider.policy
+        self._state = metrics.STATE.state = metrics.State(
+            breakers=lambda: {t: b.peek().value for t, b in pool.breakers.items()},
+            replicas=lambda: {
+                (t, r.address): r.ejected_until > pool.clock()
+                for t, replicas in pool.replicas.items()
+                for r in replicas
+            },
+            store_up=lambda: self.measurements.store_up,
+            operating=lambda: (policy.applied_last_bound, self.cfg.router.target_large_share),
+        )
         if self.cfg.router.http_listen:  # first: /healthz answers and /readyz says loading
             self.http = await HttpFront.start(self.cfg, self, self.clients)
         if self.measurements.store is not None:
@@ -230,6 +240,8 @@ class RouterService:
         return self.decider.ready
 
     async def close(self) -> None:
+        if self._state is not None and metrics.STATE.state is self._state:
+            metrics.STATE.state = None
         if self.http is not None:
             await self.http.stop()
         if self._bench_task is not None:
@@ -253,6 +265,9 @@ def serving(service: RouterService) -> Serving:
         clients=service.clients,
         # Callers of the router's API prove who they are with tokens, not certificates.
         tls=server_credentials(service.cfg.tls, mutual=False),
+        metrics_listen=r.metrics_listen,
+        metrics_tls=service.cfg.tls,
+        metrics_setting="router.metrics_listen",
     )
 
 

@@ -155,6 +155,9 @@ def build(cfg: Config, args: argparse.Namespace, extra: list[str]) -> tuple[Tier
         limit_setting=f"tiers[{tier.name}].max_concurrent_requests",
         telemetry_name=f"tierroute-tier-{tier.name}",
         tls=server_credentials(cfg.tls, mutual=True),
+        metrics_listen=tier.metrics_listen,
+        metrics_tls=cfg.tls,
+        metrics_setting=f"tiers[{tier.name}].metrics_listen",
     )
     return TierService(tier, engine_args), serving
 

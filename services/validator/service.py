@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
+from typing import Any
 
 import grpc
 from opentelemetry import trace
+from prometheus_client import Counter, Histogram
 
 from tierroute.core.config import Config
 from tierroute.runtime.host import Host, Serving, Spec, run_service
@@ -17,12 +19,35 @@ from tierroute.validator.v1 import validator_service_pb2_grpc as pb_grpc
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ValidatorService"].full_name
 
+VERDICTS = Counter(
+    "tierroute_validator_verdicts",
+    "Answers judged, by policy, verdict (deliver or escalate) and reason.",
+    ("policy", "verdict", "reason"),
+)
+CONFIDENCE = Histogram(
+    "tierroute_validator_confidence",
+    "The confidence of the answers judged (0 to 1), by policy.",
+    ("policy",),
+    buckets=tuple(x / 10 for x in range(1, 11)),
+)
+
+
+def _name(enum: Any, value: int, prefix: str) -> str:
+    return str(enum.Name(value)).removeprefix(prefix).lower()
+
 
 class ValidatorServicer(pb_grpc.ValidatorServiceServicer):
     async def Validate(
         self, request: pb.ValidateRequest, context: grpc.aio.ServicerContext
     ) -> pb.ValidateResponse:
         judgement = judge(request)
+        policy = _name(pb.PolicyKind, request.policy.kind, "POLICY_KIND_")
+        VERDICTS.labels(
+            policy,
+            _name(pb.Verdict, judgement.verdict, "VERDICT_"),
+            _name(pb.ValidationReason, judgement.reason, "VALIDATION_REASON_"),
+        ).inc()
+        CONFIDENCE.labels(policy).observe(judgement.confidence)
         trace.get_current_span().set_attributes(
             {
                 "tierroute.verdict": pb.Verdict.Name(judgement.verdict),
@@ -55,6 +80,9 @@ def serving(cfg: Config) -> Serving:
         limit_setting="validator.max_concurrent_requests",
         telemetry_name="tierroute-validator",
         tls=server_credentials(cfg.tls, mutual=True),
+        metrics_listen=v.metrics_listen,
+        metrics_tls=cfg.tls,
+        metrics_setting="validator.metrics_listen",
     )
 
 

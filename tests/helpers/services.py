@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +26,14 @@ MODELS = Path(os.environ.get("TIERROUTE_MODELS_DIR", ROOT / "models"))
 EMBEDDER_DIR = MODELS / "minilm-l6-v2-int8"
 SMOLLM_DIR = MODELS / "smollm2-135m-instruct"
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
+SERVICES = ("tierroute.router", "tierroute.tier", "tierroute.validator")
 PROMPTS = yaml.safe_load((ROOT / "tests" / "data" / "prompts.yaml").read_text())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def router_config(**router: Any) -> Config:
@@ -48,6 +56,8 @@ class ServiceProcess:
     address: str
     log: Path
     health_seen: list[int] = field(default_factory=list)
+    # host:port of its Prometheus /metrics ("" if not set here)
+    metrics_address: str = ""
 
     def stop(self, timeout: float = 60) -> int:
         if self.process.poll() is None:
@@ -73,6 +83,11 @@ def start_service(
     False), wait until health reports SERVING (over TLS with `credentials`)."""
     port_file = log.with_suffix(".port")
     port_file.unlink(missing_ok=True)
+    metrics = ""
+    if module and args[0] in SERVICES and "--metrics-listen" not in args:
+        # A free port, not the config's fixed one: tests start several of each service.
+        metrics = f"127.0.0.1:{free_port()}"
+        args = [*args, "--metrics-listen", metrics]
     command = [sys.executable, "-m", *args] if module else list(args)
     with log.open("w") as out:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
@@ -83,7 +98,7 @@ def start_service(
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
             cwd=cwd,
         )
-    svc = ServiceProcess(proc, "", log)
+    svc = ServiceProcess(proc, "", log, metrics_address=metrics)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:

@@ -7,13 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import httpx
 import openai
 import pytest
 import pytest_asyncio
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan, SpanProcessor, TracerProvider
+from prometheus_client import REGISTRY
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import config_from_dict
@@ -320,3 +323,110 @@ async def test_models_health_and_readiness(front: tuple[Scripted, str]) -> None:
         r = await http.get(f"{base}/readyz")
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert (await http.get(f"{base}/healthz")).status_code == 200
+
+
+async def test_headers_over_the_limit_get_431_before_anything_reads_the_request(
+    front: tuple[Scripted, str],
+) -> None:
+    router, base = front
+    path = {"method": "POST", "path": "/v1/chat/completions"}
+    refused = REGISTRY.get_sample_value("tierroute_http_requests_total", {**path, "code": "431"})
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "auto", "messages": HELLO},
+            headers={"x-padding": "p" * 20_000},
+        )
+        assert r.status_code == 431, r.text
+        # Counted once the response is complete (the edge's last step after sending it).
+        assert REGISTRY.get_sample_value(
+            "tierroute_http_requests_total", {**path, "code": "431"}
+        ) == (refused or 0) + 1
+        error = r.json()["error"]
+        assert "router.http_max_header_bytes" in error["message"]
+        assert error["code"] == "headers_too_large"
+        # Under the limit, the same request is served.
+        r = await http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "auto", "messages": HELLO},
+            headers={"x-padding": "p" * 1000},
+        )
+        assert r.status_code == 200, r.text
+    assert len(router.requests) == 1
+
+
+class _Ended(SpanProcessor):
+    """Spans as they end, and an event each time one does (no polling for them)."""
+
+    def __init__(self) -> None:
+        self.spans: list[ReadableSpan] = []
+        self.changed = asyncio.Event()
+
+    def on_end(self, span: ReadableSpan) -> None:
+        self.spans.append(span)
+        self.changed.set()
+
+    async def one(self, name: str, trace_id: int) -> ReadableSpan:
+        async with asyncio.timeout(30):
+            while True:
+                for span in self.spans:
+                    if span.name == name and span.context.trace_id == trace_id:
+                        return span
+                self.changed.clear()
+                await self.changed.wait()
+
+
+@pytest.fixture
+def ended() -> Iterator[_Ended]:
+    provider = trace.get_tracer_provider()
+    if not isinstance(provider, TracerProvider):
+        provider = TracerProvider()
+        trace.set_tracer_provider(provider)
+    processor = _Ended()
+    provider.add_span_processor(processor)
+    yield processor
+    processor.spans.clear()
+
+
+async def test_each_http_request_is_a_server_span_continuing_the_caller_s_trace(
+    front: tuple[Scripted, str], ended: _Ended
+) -> None:
+    router, base = front
+
+    async def traced(request: pb.RouteRequest) -> AsyncIterator[RouteEvent]:
+        with trace.get_tracer("test").start_as_current_span("flow"):
+            async for event in answer(request):
+                yield event
+
+    router.script = traced
+    trace_id = 0x0AF7651916CD43DD8448EB211C80319C
+    for stream in (False, True):
+        parent = f"00-{trace_id:032x}-{0xB7AD6B7169203331 + stream:016x}-01"
+        body = {"model": "auto", "messages": HELLO, "stream": stream}
+        async with httpx.AsyncClient() as http:
+            r = await http.post(
+                f"{base}/v1/chat/completions", json=body, headers={"traceparent": parent}
+            )
+        assert r.status_code == 200, r.text
+        span = await ended.one("POST /v1/chat/completions", trace_id)
+        ended.spans.remove(span)
+        assert span.kind == trace.SpanKind.SERVER
+        assert span.parent is not None and span.parent.span_id == 0xB7AD6B7169203331 + stream
+        assert span.attributes["http.response.status_code"] == 200
+        assert span.attributes["tierroute.client"] == "peer:127.0.0.1"
+        flow = await ended.one("flow", trace_id)
+        ended.spans.remove(flow)
+        assert flow.parent is not None and flow.parent.span_id == span.context.span_id
+        # The span covers the whole answer: a stream's span ends after its last chunk.
+        assert span.end_time >= flow.end_time
+
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "nope", "messages": HELLO},
+            headers={"traceparent": f"00-{trace_id + 1:032x}-{1:016x}-01"},
+        )
+    assert r.status_code == 404
+    span = await ended.one("POST /v1/chat/completions", trace_id + 1)
+    assert span.attributes["http.response.status_code"] == 404
+    assert span.status.is_ok or span.status.status_code == trace.StatusCode.UNSET

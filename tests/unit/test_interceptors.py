@@ -15,6 +15,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from prometheus_client import REGISTRY
 
 from tierroute.core.errors import InvalidArgument, Unavailable
 from tierroute.runtime.host import Host, Serving
@@ -252,3 +253,45 @@ async def test_an_undecodable_request_is_invalid_argument(
             await raw(body, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "could not be decoded" in (info.value.details() or "")
+
+
+def handled(method: str, code: str) -> float:
+    labels = {
+        "grpc_type": "unary",
+        "grpc_service": "tierroute.validator.v1.ValidatorService",
+        "grpc_method": method,
+        "grpc_code": code,
+    }
+    return REGISTRY.get_sample_value("grpc_server_handled_total", labels) or 0.0
+
+
+async def test_each_rpc_is_counted_in_prometheus_with_its_status_and_duration(
+    served: tuple[Both, str], spans: InMemorySpanExporter
+) -> None:
+    rpc = {"grpc_type": "unary", "grpc_service": "tierroute.validator.v1.ValidatorService",
+           "grpc_method": "Validate"}  # fmt: skip
+    before = {code: handled("Validate", code) for code in ("OK", "INVALID_ARGUMENT", "INTERNAL")}
+    started = REGISTRY.get_sample_value("grpc_server_started_total", rpc) or 0.0
+    timed = REGISTRY.get_sample_value("grpc_server_handling_seconds_count", rpc) or 0.0
+    clear(spans)
+    for nth, answer in enumerate(("fine", "fine", "bad", "crash"), 1):
+        try:
+            await validate(served[1], answer)
+        except grpc.aio.AioRpcError:
+            pass
+        await server_span(spans, "Validate", nth)  # the server is done with it
+    after = {code: handled("Validate", code) for code in before}
+    assert {c: after[c] - before[c] for c in before} == {
+        "OK": 2, "INVALID_ARGUMENT": 1, "INTERNAL": 1
+    }  # fmt: skip
+    assert REGISTRY.get_sample_value("grpc_server_started_total", rpc) == started + 4
+    assert REGISTRY.get_sample_value("grpc_server_handling_seconds_count", rpc) == timed + 4
+    assert REGISTRY.get_sample_value("tierroute_rpc_in_flight", rpc) == 0
+    # Health checks are not counted.
+    assert (
+        REGISTRY.get_sample_value(
+            "grpc_server_started_total",
+            {"grpc_type": "unary", "grpc_service": "grpc.health.v1.Health", "grpc_method": "Check"},
+        )
+        is None
+    )

@@ -31,12 +31,12 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from google.protobuf.json_format import MessageToDict
-from opentelemetry import trace
+from opentelemetry import propagate, trace
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.errors import (
@@ -47,14 +47,17 @@ from tierroute.core.errors import (
     TooLarge,
     Unavailable,
 )
+from tierroute.router import metrics
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.flow import Decided, Escalated, Finished, RouteEvent, Token
 from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.runtime import telemetry
 from tierroute.runtime.auth import CLIENT, Clients
 
 logger = logging.getLogger(__name__)
 
 AUTO = "auto"
+_PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/healthz", "/readyz"})
 RETRY_AFTER_SECONDS = 1
 _FINISH = {
     common_pb.FINISH_REASON_STOP: "stop",
@@ -89,6 +92,7 @@ class Limits:
     max_body_bytes: int = 1 << 20
     timeout_seconds: float = 300.0
     max_in_flight: int = 512
+    max_header_bytes: int = 16 << 10
     # Who may call (bearer tokens); None: anyone.
     clients: Clients | None = None
 
@@ -135,10 +139,10 @@ def from_service_error(error: ServiceError) -> HttpError:
                      headers=headers)  # fmt: skip
 
 
-def app(router: Router, limits: Limits) -> Starlette:
+def app(router: Router, limits: Limits) -> ASGIApp:
     """The ASGI app over `router`."""
     front = _Front(router, limits)
-    return Starlette(
+    routes = Starlette(
         routes=[
             Route("/v1/chat/completions", front.chat_completions, methods=["POST"]),
             Route("/v1/models", front.models, methods=["GET"]),
@@ -147,6 +151,66 @@ def app(router: Router, limits: Limits) -> Starlette:
         ],
         exception_handlers={404: _not_found, 405: _not_allowed},
     )
+    return _Edge(routes, limits.max_header_bytes)
+
+
+class _Edge:
+    """Around every HTTP request: a SERVER span (continuing the caller's W3C trace context;
+    the route flow's spans are its children) that lasts until the last byte of a stream, and
+    the header-size limit (431), checked before anything reads the request."""
+
+    def __init__(self, inner: ASGIApp, max_header_bytes: int) -> None:
+        self.inner = inner
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.inner(scope, receive, send)
+            return
+        headers = scope["headers"]
+        method, path = scope["method"], scope["path"]
+        route = path if path in _PATHS else "unknown"
+        arrived = time.perf_counter()
+        span = telemetry.tracer(__name__).start_span(
+            f"{method} {route}",
+            context=propagate.extract({k.decode("latin-1"): v.decode("latin-1")
+                                       for k, v in headers}),
+            kind=trace.SpanKind.SERVER,
+            attributes={
+                "http.request.method": method,
+                "url.path": path,
+                "url.scheme": scope.get("scheme", "http"),
+                "network.protocol.version": scope.get("http_version", "1.1"),
+            },
+        )  # fmt: skip
+        status = 0
+
+        async def sent(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                span.set_attribute("http.response.status_code", status)
+            await send(message)
+
+        try:
+            with trace.use_span(span, end_on_exit=False):
+                size = sum(len(k) + len(v) for k, v in headers)
+                if size > self.max_header_bytes:
+                    logger.info("HTTP: refused a request with %d bytes of headers", size)
+                    error = HttpError(
+                        431, f"the request's headers are {size} bytes; the limit is "
+                        f"{self.max_header_bytes} (router.http_max_header_bytes)",
+                        code="headers_too_large",
+                    )  # fmt: skip
+                    await error.response()(scope, receive, sent)
+                    return
+                await self.inner(scope, receive, sent)
+        finally:
+            if status >= 500 or status == 0:
+                span.set_status(trace.Status(trace.StatusCode.ERROR, f"HTTP {status or 'none'}"))
+            span.end()
+            metrics.HTTP_REQUESTS.labels(method, route, str(status)).inc()
+            metrics.HTTP_SECONDS.labels(method, route).observe(time.perf_counter() - arrived)
 
 
 async def _not_found(request: Request, exc: Exception) -> Response:
@@ -182,6 +246,7 @@ class _Front:
         if clients is None:
             peer = "peer:" + (request.client.host if request.client else "unknown")
             CLIENT.set(peer)
+            trace.get_current_span().set_attribute("tierroute.client", peer)
             return peer
         header = request.headers.get("authorization")
         name = clients.from_header(header)

@@ -55,7 +55,11 @@ class HttpFront:
         r = cfg.router
         sock = bind(r.http_listen)
         limits = Limits(
-            r.http_max_body_bytes, r.http_timeout_seconds, r.max_concurrent_requests, clients
+            r.http_max_body_bytes,
+            r.http_timeout_seconds,
+            r.max_concurrent_requests,
+            r.http_max_header_bytes,
+            clients,
         )
         config = uvicorn.Config(
             app(router, limits),
@@ -63,6 +67,9 @@ class HttpFront:
             log_config=None,
             access_log=False,
             ws="none",
+            # h11's own bound on a request head, above the front's (431 with OpenAI's error
+            # JSON); httptools reads any head and leaves the bound to the front.
+            h11_max_incomplete_event_size=2 * r.http_max_header_bytes + 4096,
             timeout_graceful_shutdown=max(1, round(r.shutdown_grace_seconds)),
             ssl_certfile=str(cfg.tls.cert) if cfg.tls.enabled else None,
             ssl_keyfile=str(cfg.tls.key) if cfg.tls.enabled else None,

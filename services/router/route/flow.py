@@ -34,9 +34,10 @@ from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
 from tierroute.core.config import Config, TierConfig
 from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
-from tierroute.core.prompts import check_prompt, normalize, routing_text
+from tierroute.core.prompts import last_user_turn, normalize
 from tierroute.core.sampling import check_sampling
 from tierroute.quality.artifact import prompt_features
+from tierroute.router import metrics
 from tierroute.router.route.affinity import Affinity
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
@@ -181,9 +182,9 @@ class RouteFlow:
         self.affinity = Affinity(
             cfg.router.affinity_ttl_seconds, self._tiers, decider.measurements.store
         )
-        # The most tokens any tier can generate, when every tier's context is configured.
-        contexts = [int(t.engine_args.get("max_model_len") or 0) for t in cfg.tiers]
-        self._max_tokens_limit = max(contexts) if contexts and all(contexts) else None
+        self._max_tokens_limit = cfg.output_tokens_limit()
+        large = cfg.tiers[-1]
+        self._large_prices = (large.price_per_1k_input_usd, large.price_per_1k_output_usd)
 
     async def route(
         self, request: pb.RouteRequest, deadline: Deadline
@@ -192,11 +193,10 @@ class RouteFlow:
         started = time.perf_counter()
         # Checked once, here, by the tiers' own rules: a client's mistake never reaches a tier,
         # so it is never an escalation and never counts against a breaker.
-        check_prompt(request.prompt, request.messages, self.cfg.router.max_prompt_chars)
+        text = self.decider.check_input(request.prompt, request.messages)
         check_sampling(request.sampling, DEFAULT_TEMPERATURE, self._max_tokens_limit)
         holder = object()  # this request, for the circuit breakers
         span = trace.get_current_span()
-        text = routing_text(request.prompt, request.messages)
         outcome = Outcome(started, usable=frozenset(self._tiers))
         scored: Scored | None = None
         decision = pb.RoutingDecision()
@@ -205,6 +205,7 @@ class RouteFlow:
         # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
         ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
         conversation = request.conversation_id if self.affinity.on else ""
+        metrics.IN_FLIGHT.inc()
         try:
             held = await self.affinity.held(conversation) if conversation else None
             if request.force_tier:
@@ -220,6 +221,7 @@ class RouteFlow:
                     router_latency_ms=(time.perf_counter() - started) * 1000.0,
                 )
                 tier = request.force_tier
+                metrics.decided(decision, looked_up=False)
             else:
                 # A forced tier is the caller's choice: it checks its own context window.
                 ask = self.decider.ask(
@@ -283,6 +285,8 @@ class RouteFlow:
             # once the attempt has been recorded).
             if tier:
                 self.pool.release(tier, holder)
+            metrics.IN_FLIGHT.dec()
+            metrics.routed(outcome.summary(), status, CLIENT.get(), self._large_prices)
             if self.log is not None and status != "INVALID_ARGUMENT":
                 self.log.record(self._entry(request, text, decision, scored, outcome, status))
 
@@ -684,7 +688,7 @@ class RouteFlow:
             verdict = await self.judge.validate(
                 tier,
                 request.request_id,
-                routing_text(request.prompt, request.messages),
+                last_user_turn(request.prompt, request.messages),
                 answer,
                 logprobs,
                 timeout,

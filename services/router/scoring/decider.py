@@ -14,8 +14,9 @@ import numpy as np
 
 from tierroute.core.config import Config
 from tierroute.core.errors import InvalidArgument, Unavailable
-from tierroute.core.prompts import normalize
+from tierroute.core.prompts import check_prompt, normalize, routing_text
 from tierroute.quality.multi import QualityModel
+from tierroute.router import metrics
 from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.embedder import Embedder
@@ -133,6 +134,14 @@ class Decider:
         if self.batcher is not None:
             await self.batcher.close()
 
+    def check_input(self, prompt: str, messages: Sequence[Message]) -> str:
+        """The text to route on, once the prompt or messages are within every input limit of
+        router (characters, messages, tokens): InvalidArgument or TooLarge, saying which."""
+        r = self.cfg.router
+        check_prompt(prompt, messages, r.max_prompt_chars, r.max_messages)
+        self.fit.check_tokens(prompt, messages)
+        return routing_text(prompt, messages, r.routing_context_chars)
+
     def ask(
         self,
         prompt: str,
@@ -174,7 +183,15 @@ class Decider:
         self, text: str, bypass_cache: bool = False, ask: Ask | None = None
     ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
         """`decide` with the whole selection, and what the scorer made of the prompt (None:
-        the fallback decided). Without `ask`: a request that fits every tier, with no SLO."""
+        the fallback decided). Without `ask`: a request that fits every tier, with no SLO.
+        Counted in the Prometheus metrics (router/metrics.py)."""
+        decided = await self._decide_scored(text, bypass_cache, ask)
+        metrics.decided(decided[0], looked_up=not bypass_cache)
+        return decided
+
+    async def _decide_scored(
+        self, text: str, bypass_cache: bool, ask: Ask | None
+    ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
         if self.batcher is None or self.scorer is None or self.embedder is None:
             raise Unavailable(
                 "the router is still loading its embedder; retry when health reports SERVING"

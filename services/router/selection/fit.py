@@ -18,7 +18,7 @@ from typing import Protocol
 
 from tierroute.core import envelope
 from tierroute.core.config import Config
-from tierroute.core.errors import InvalidArgument
+from tierroute.core.errors import InvalidArgument, TooLarge
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +88,26 @@ class Fit:
                     tier.window(),
                 )
         self._instruction = [envelope.INSTRUCTION]
+        # router.max_prompt_tokens is counted as the largest tier counts.
+        self._limit = cfg.router.max_prompt_tokens
+        self._limit_counter = _Counter(cfg.tiers[-1].model) if self._limit and cfg.tiers else None
+
+    def check_tokens(self, prompt: str, messages: Sequence[_Message]) -> None:
+        """TooLarge when the prompt has more tokens than router.max_prompt_tokens. A prompt of
+        no more UTF-8 bytes than the limit is under it uncounted."""
+        limit, counter = self._limit, self._limit_counter
+        if limit is None or counter is None:
+            return
+        texts = [m.content for m in messages] if messages else [prompt]
+        if sum(len(t.encode()) for t in texts) <= limit:
+            return
+        tokens = counter.count(texts)
+        if tokens > limit:
+            how = "" if counter.exact else f" (one per {BYTES_PER_TOKEN_ESTIMATE} bytes, estimated)"
+            raise TooLarge(
+                f"prompt too long: {tokens} tokens{how}, the limit is {limit} "
+                "(router.max_prompt_tokens); shorten the prompt"
+            )
 
     def needs(
         self, prompt: str, messages: Sequence[_Message], max_tokens: int = 0

@@ -45,6 +45,11 @@ class Policy:
         return self._configured[-2] if len(self._configured) > 1 else 10.0
 
     @property
+    def applied_last_bound(self) -> float:
+        """The score above which the last (large) tier serves now (the operating point's)."""
+        return self._bounds[-2] if len(self._bounds) > 1 else 10.0
+
+    @property
     def tiers(self) -> list[str]:
         return list(self._names)
 

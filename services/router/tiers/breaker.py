@@ -53,6 +53,14 @@ class CircuitBreaker:
             self._move(State.HALF_OPEN, "cooldown over; the next request probes the tier")
         return self._state
 
+    def peek(self) -> State:
+        """The state, as `state` would report it, without moving it (safe to read from another
+        thread: the metrics scrape)."""
+        state = self._state
+        if state is State.OPEN and self._clock() - self._opened_at >= self.cfg.cooldown_seconds:
+            return State.HALF_OPEN
+        return state
+
     def allow(self, holder: object) -> bool:
         """Whether `holder` may send a request to this tier now; in half-open, it takes the
         one probe (if free)."""

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 
 from tierroute.core.config import REDIS_SCHEMES
 from tierroute.core.sqlitefile import FileError, Kind, connect
+from tierroute.router import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -377,10 +378,22 @@ class Measurements:
         # is back: the router's health detail.
         self.on_store_state: Callable[[bool], None] | None = None
 
+    @property
+    def store_up(self) -> bool:
+        """Whether the last sync with the store worked (True without a store)."""
+        return self._failing_since is None
+
     # --- the request path: memory only ---
 
     def observe(self, tier: str, category: str, metric: str, value: float) -> None:
-        """One observation of `metric` on `tier` for a prompt of `category`."""
+        """One observation of `metric` on `tier` for a prompt of `category` (also a Prometheus
+        observation: router/metrics.py)."""
+        if metric == TTFT_MS:
+            metrics.TTFT.labels(tier).observe(value / 1000.0)
+        elif metric == TPOT_MS:
+            metrics.TPOT.labels(tier).observe(value / 1000.0)
+        elif metric == ERROR_RATE:
+            metrics.TIER_CALLS.labels(tier, "error" if value else "ok").inc()
         now = self.clock()
         point = Figure(value, 1.0, now)
         keys = [(tier, "", metric)] + ([(tier, category, metric)] if category else [])

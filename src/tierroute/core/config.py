@@ -114,8 +114,21 @@ class RouterConfig(_Strict):
     cache_max_entries: int = Field(default=100_000, ge=1)
     # Most Score/Route requests in progress at once; more get RESOURCE_EXHAUSTED.
     max_concurrent_requests: int = Field(default=512, ge=1)
-    # Longest prompt accepted, in characters; longer ones get INVALID_ARGUMENT.
+    # Longest prompt accepted, in characters (all messages together); longer ones get
+    # INVALID_ARGUMENT (HTTP 413).
     max_prompt_chars: int = Field(default=32_000, ge=1)
+    # Most prompt tokens accepted, counted with the largest tier's tokenizer (one token per
+    # three bytes where it has no local tokenizer.json). Unset: the tiers' context windows are
+    # the only bound.
+    max_prompt_tokens: int | None = Field(default=None, ge=1)
+    # Most messages (turns) in one request.
+    max_messages: int = Field(default=256, ge=1)
+    # Most tokens a request may ask for (max_tokens). Unset: the largest tier's context window,
+    # when every tier's is configured.
+    max_output_tokens: int | None = Field(default=None, ge=1)
+    # Characters of the earlier user turns scored with a conversation's last turn (newest
+    # first, after it): a short follow-up is routed with what it follows. 0: the last turn only.
+    routing_context_chars: int = Field(default=256, ge=0)
     # Tokens of the prompt the embedder reads; the rest is ignored for scoring.
     embed_max_tokens: int = Field(default=256, ge=8, le=512)
     # Most prompts embedded in one ONNX run.
@@ -163,8 +176,13 @@ class RouterConfig(_Strict):
     http_listen: str = ""
     # Largest HTTP request body accepted, in bytes (413 over it).
     http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # Largest HTTP request head (all header names and values) accepted, in bytes (431 over it).
+    http_max_header_bytes: int = Field(default=16 << 10, ge=1024, le=1 << 20)
     # The longest an HTTP request may take, in seconds (504 after it).
     http_timeout_seconds: float = Field(default=300.0, gt=0)
+    # host:port of the Prometheus `/metrics` endpoint (plaintext, or HTTPS with `tls`). Empty:
+    # none. Port 0: any free port (logged).
+    metrics_listen: str = ""
     # Where the tiers' measured figures (time to first token, time per output token, error
     # rate; per tier and per prompt category) are kept, read at start and shared with every
     # router that names the same store: a SQLite file's path (routers on one machine), or a
@@ -225,6 +243,9 @@ class TierConfig(_Strict):
     # host:port the tier service binds (read by the tier process). Empty: `address`. Differs
     # from `address` behind a proxy or in a container (bind 0.0.0.0:50061, dial tier-small:50061).
     listen: str = ""
+    # host:port of the tier process's Prometheus `/metrics` (its own and vLLM's engine
+    # metrics; HTTPS with `tls`). Empty: none.
+    metrics_listen: str = ""
     # The model the tier serves: a local folder or a model name vLLM can load.
     model: str = Field(min_length=1)
     # Default max_tokens for requests that leave it 0.
@@ -387,6 +408,9 @@ class ValidatorConfig(_Strict):
     listen: str = "127.0.0.1:50071"
     # Where the router reaches the validator. Empty: the `listen` address.
     address: str = ""
+    # host:port of the Prometheus `/metrics` endpoint (plaintext, or HTTPS with `tls`). Empty:
+    # none. Port 0: any free port (logged).
+    metrics_listen: str = ""
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=5.0, ge=0)
     # Most Validate calls in flight at once; more get RESOURCE_EXHAUSTED.
@@ -521,6 +545,15 @@ class Config(_Strict):
             if tier.name == name:
                 return tier
         raise KeyError(name)
+
+    def output_tokens_limit(self) -> int | None:
+        """The most tokens a request may ask for: router.max_output_tokens, and the largest
+        tier's context window when every tier's is configured (the smaller of the two)."""
+        limits = [self.router.max_output_tokens] if self.router.max_output_tokens else []
+        contexts = [int(t.engine_args.get("max_model_len") or 0) for t in self.tiers]
+        if contexts and all(contexts):
+            limits.append(max(contexts))
+        return min(limits) if limits else None
 
     def routing_version(self) -> str:
         """A hash of every setting that maps a score to a tier (part of the cache key)."""

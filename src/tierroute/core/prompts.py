@@ -15,8 +15,11 @@ class _Message(Protocol):
     content: str
 
 
-def check_prompt(prompt: str, messages: Sequence[_Message], max_chars: int) -> None:
-    """Raise InvalidArgument unless exactly one of prompt/messages is set and both are sane."""
+def check_prompt(
+    prompt: str, messages: Sequence[_Message], max_chars: int, max_messages: int | None = None
+) -> None:
+    """Raise InvalidArgument unless exactly one of prompt/messages is set and both are sane;
+    TooLarge over `max_chars` characters or `max_messages` messages."""
     if prompt and messages:
         raise InvalidArgument("set either `prompt` or `messages`, not both")
     if not prompt and not messages:
@@ -30,6 +33,11 @@ def check_prompt(prompt: str, messages: Sequence[_Message], max_chars: int) -> N
                 "(router.max_prompt_chars)"
             )
         return
+    if max_messages is not None and len(messages) > max_messages:
+        raise TooLarge(
+            f"too many messages: {len(messages)}, the limit is {max_messages} "
+            "(router.max_messages); send fewer turns"
+        )
     total = 0
     for i, m in enumerate(messages):
         if m.role not in ROLES:
@@ -48,11 +56,32 @@ def check_prompt(prompt: str, messages: Sequence[_Message], max_chars: int) -> N
         raise InvalidArgument("messages need at least one turn with role 'user'")
 
 
-def routing_text(prompt: str, messages: Sequence[_Message]) -> str:
-    """The text a routing decision is made on: the prompt, or the last user turn."""
+def last_user_turn(prompt: str, messages: Sequence[_Message]) -> str:
+    """The question asked: the prompt, or the last user turn."""
     if prompt:
         return prompt
     return next(m.content for m in reversed(messages) if m.role == "user")
+
+
+def routing_text(prompt: str, messages: Sequence[_Message], context_chars: int = 0) -> str:
+    """The text a routing decision is made on. A prompt: itself. Messages: the last user turn,
+    then the user turns before it, newest first, while they add at most `context_chars`
+    characters (the last one cut short), so that a short follow-up ("and in Rust?") is scored
+    with what it follows. The last turn comes first because the embedder reads only the start
+    of its text (router.embed_max_tokens): a long question is scored on itself alone. System
+    and assistant turns are not scored: they go to the tier, not to the router."""
+    question = last_user_turn(prompt, messages)
+    if prompt or context_chars <= 0:
+        return question
+    users = [m.content for m in messages if m.role == "user"]
+    parts = [question]
+    room = context_chars
+    for earlier in reversed(users[:-1]):
+        if room <= 0:
+            break
+        parts.append(earlier[:room])
+        room -= len(parts[-1])
+    return "\n\n".join(parts)
 
 
 def normalize(text: str) -> str:

@@ -42,8 +42,9 @@ def check_sampling(
         raise InvalidArgument("sampling.stop holds an empty string; remove it")
     if max_tokens_limit is not None and s.max_tokens > max_tokens_limit:
         raise InvalidArgument(
-            f"sampling.max_tokens is {s.max_tokens}; no tier can generate more than "
-            f"{max_tokens_limit} tokens (its context); lower max_tokens"
+            f"sampling.max_tokens is {s.max_tokens}; the most a request may ask for is "
+            f"{max_tokens_limit} (router.max_output_tokens, or the largest tier's context "
+            "window); lower max_tokens"
         )
     return temperature, top_p
 

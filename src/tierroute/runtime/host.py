@@ -22,10 +22,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tierroute.core.config import Config, ConfigError, load_config
+from tierroute.core.config import Config, ConfigError, TlsConfig, load_config
 from tierroute.runtime import telemetry
 from tierroute.runtime.auth import Clients
 from tierroute.runtime.interceptors import Admission, chain
+from tierroute.runtime.metrics import MetricsServer
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,12 @@ class Serving:
     clients: Clients | None = None
     # TLS for the port (runtime/tls.py); None: plaintext.
     tls: grpc.ServerCredentials | None = None
+    # host:port of the Prometheus `/metrics` endpoint (runtime/metrics.py); empty: none. Over
+    # TLS with `metrics_tls`'s certificate when that is enabled.
+    metrics_listen: str = ""
+    metrics_tls: TlsConfig | None = None
+    # The setting that names metrics_listen, for errors.
+    metrics_setting: str = "metrics_listen"
 
 
 @dataclass(frozen=True)
@@ -124,6 +131,7 @@ class Host:
             self.server,
         )
         self.port = 0
+        self.metrics: MetricsServer | None = None
 
     async def start(self) -> int:
         """Bind and start serving; every service reports NOT_SERVING until `load` is done."""
@@ -134,6 +142,10 @@ class Host:
             self.port = self.server.add_insecure_port(listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {listen}")
+        if self.serving.metrics_listen:
+            self.metrics = MetricsServer.start(
+                self.serving.metrics_listen, self.serving.metrics_tls, self.serving.metrics_setting
+            )
         await self._set_all(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
         host = listen.rsplit(":", 1)[0]
@@ -180,6 +192,9 @@ class Host:
         await self.health.enter_graceful_shutdown()
         await self.server.stop(self.serving.shutdown_grace_seconds if grace is None else grace)
         await self.service.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)
+            self.metrics = None
 
     async def serve(self, port_file: Path | None = None) -> None:
         """Start, load (NOT_SERVING meanwhile), serve until SIGTERM/SIGINT, drain, release."""
@@ -233,6 +248,9 @@ def run_service(spec: Spec, argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, help="YAML config file")
     parser.add_argument("--listen", help="host:port to bind, overrides the config")
     parser.add_argument("--port-file", type=Path, help="write the bound port here")
+    parser.add_argument(
+        "--metrics-listen", help="host:port of the Prometheus /metrics port, overrides the config"
+    )
     if spec.add_arguments is not None:
         spec.add_arguments(parser)
     if spec.passes_extra_flags:
@@ -256,6 +274,8 @@ def run_service(spec: Spec, argv: list[str] | None = None) -> int:
             return 2
         if args.listen:
             serving = replace(serving, listen=args.listen)
+        if args.metrics_listen:
+            serving = replace(serving, metrics_listen=args.metrics_listen)
         telemetry.setup_tracing(serving.telemetry_name, cfg.monitoring.otlp_endpoint)
         try:
             await Host(service, serving).serve(args.port_file)

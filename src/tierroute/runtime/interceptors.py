@@ -2,7 +2,8 @@
 
 1. `Tracing`: a SERVER span per RPC by OpenTelemetry's RPC conventions (`rpc.system`,
    `rpc.service`, `rpc.method`, `rpc.grpc.status_code`), child of the caller's W3C trace
-   context; a client's mistake (INVALID_ARGUMENT, NOT_FOUND, ...) is not a span error.
+   context; a client's mistake (INVALID_ARGUMENT, NOT_FOUND, ...) is not a span error. The
+   same start and end count the RPC in the Prometheus metrics (runtime/metrics.py).
 2. `Authentication` (when the service has clients): UNAUTHENTICATED without a known bearer
    token (tierroute.runtime.auth).
 3. `Admission`: at most `limit` RPCs in flight; past it RESOURCE_EXHAUSTED with a retry hint.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
@@ -31,6 +33,7 @@ from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 
 from tierroute.core.errors import RETRY_PUSHBACK_KEY, ServiceError
+from tierroute.runtime import metrics
 from tierroute.runtime.auth import CLIENT, Clients
 
 logger = logging.getLogger(__name__)
@@ -111,29 +114,36 @@ class Tracing(_Wrapping):
     def __init__(self, tracer_name: str = "tierroute.runtime") -> None:
         self._tracer_name = tracer_name
 
-    def _start(self, method: str, context: grpc.aio.ServicerContext) -> trace.Span:
+    def _start(
+        self, method: str, context: grpc.aio.ServicerContext, kind: str
+    ) -> tuple[trace.Span, metrics.Rpc]:
         carrier = {
             k.lower(): v.decode() if isinstance(v, bytes) else v
             for k, v in (context.invocation_metadata() or ())
         }
         service, name = split_method(method)
-        return trace.get_tracer(self._tracer_name).start_span(
+        span = trace.get_tracer(self._tracer_name).start_span(
             method.lstrip("/"),
             context=propagate.extract(carrier),
             kind=trace.SpanKind.SERVER,
             attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
         )
+        return span, metrics.rpc_started(kind, service, name, time.perf_counter())
 
     @staticmethod
     def _finish(
-        span: trace.Span, context: grpc.aio.ServicerContext, exc: BaseException | None
+        started: tuple[trace.Span, metrics.Rpc],
+        context: grpc.aio.ServicerContext,
+        exc: BaseException | None,
     ) -> None:
+        span, rpc = started
         if isinstance(exc, asyncio.CancelledError):
             code = grpc.StatusCode.CANCELLED  # the client went away
         elif exc is not None and not isinstance(exc, grpc.aio.AbortError):
             code = grpc.StatusCode.UNKNOWN
         else:
             code = status_of(context)
+        rpc.finish(code, time.perf_counter())
         span.set_attribute("rpc.grpc.status_code", code.value[0])
         if code in _SERVER_ERRORS:
             span.set_status(trace.Status(trace.StatusCode.ERROR, code.name))
@@ -141,7 +151,8 @@ class Tracing(_Wrapping):
 
     def wrap_unary(self, behavior: Unary, method: str) -> Unary:
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            span = self._start(method, context)
+            started = self._start(method, context, "unary")
+            span = started[0]
             failure: BaseException | None = None
             try:
                 with trace.use_span(
@@ -152,13 +163,14 @@ class Tracing(_Wrapping):
                 failure = exc
                 raise
             finally:
-                self._finish(span, context, failure)
+                self._finish(started, context, failure)
 
         return traced
 
     def wrap_stream(self, behavior: Stream, method: str) -> Stream:
         async def traced(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            span = self._start(method, context)
+            started = self._start(method, context, "server_stream")
+            span = started[0]
             failure: BaseException | None = None
             responses = behavior(request, context)
             try:
@@ -183,7 +195,7 @@ class Tracing(_Wrapping):
                 try:
                     await responses.aclose()  # type: ignore[attr-defined]
                 finally:
-                    self._finish(span, context, failure)
+                    self._finish(started, context, failure)
 
         return traced
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import openai
 import pytest
 import pytest_asyncio
@@ -49,7 +50,14 @@ def http_config(small: str, large: str, **router: Any) -> Any:
 
 @pytest_asyncio.fixture(scope="module")
 async def base(small_tier: ServiceProcess, large_tier: ServiceProcess) -> AsyncIterator[str]:
-    server, _ = await started(host(http_config(small_tier.address, large_tier.address)))
+    cfg = http_config(
+        small_tier.address,
+        large_tier.address,
+        max_messages=8,
+        max_prompt_tokens=1000,
+        max_output_tokens=1024,
+    )
+    server, _ = await started(host(cfg))
     port = server.service.http.port  # type: ignore[attr-defined]
     yield f"http://127.0.0.1:{port}"
     await server.stop(0)
@@ -120,6 +128,36 @@ async def test_errors_are_openai_errors(base: str) -> None:
     with pytest.raises(openai.APIStatusError, match="prompt too long") as caught:
         await client(base).chat.completions.create(model="auto", messages=too_long)
     assert caught.value.status_code == 413
+
+
+async def test_each_input_limit_is_refused_with_the_setting_to_change(base: str) -> None:
+    over: list[tuple[dict[str, Any], int, str]] = [
+        ({"messages": SIMPLE * 9}, 413, "too many messages: 9, the limit is 8"),
+        ({"messages": [{"role": "user", "content": "word " * 900}]}, 413,
+         "the limit is 1000 (router.max_prompt_tokens)"),
+        ({"messages": SIMPLE, "max_tokens": 1025}, 400,
+         "the most a request may ask for is 1024 (router.max_output_tokens"),
+    ]  # fmt: skip
+    async with httpx.AsyncClient(timeout=60) as http:
+        for body, status, says in over:
+            r = await http.post(f"{base}/v1/chat/completions", json={"model": "auto", **body})
+            assert r.status_code == status, r.text
+            assert says in r.json()["error"]["message"]
+        r = await http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "auto", "messages": SIMPLE},
+            headers={"x-big": "b" * 17_000},
+        )
+        assert r.status_code == 431 and "router.http_max_header_bytes" in r.text
+        # At the limits, served.
+        r = await http.post(
+            f"{base}/v1/chat/completions",
+            json={"model": "auto", "messages": SIMPLE * 8, "max_tokens": 4},
+        )
+        assert r.status_code == 200, r.text
+
+
+async def test_models_lists_auto_and_the_tiers(base: str) -> None:
     models = await client(base).models.list()
     assert [m.id for m in models.data] == ["auto", "small", "large"]
 

@@ -233,7 +233,7 @@ async def test_unknown_forced_tier_is_invalid_argument(router: str) -> None:
 @pytest.mark.parametrize(
     ("sampling", "message"),
     [
-        ({"max_tokens": 10**9}, "no tier can generate more than 2048 tokens"),
+        ({"max_tokens": 10**9}, "the most a request may ask for is 2048"),
         ({"temperature": -1}, "sampling.temperature is -1; use 0 to 2"),
         ({"temperature": float("nan")}, "sampling.temperature is nan"),
         ({"temperature": 100}, "sampling.temperature is 100"),

@@ -90,7 +90,7 @@ async def test_decision_carries_versions_latency_and_confidence(
     assert d.category in {"chat", "knowledge", "math", "writing", "code", "reasoning"}
 
 
-async def test_messages_are_scored_on_the_last_user_turn(
+async def test_messages_are_scored_on_the_last_user_turn_first(
     stub: pb_grpc.RouterServiceStub,
 ) -> None:
     question = "Derive the Black-Scholes equation from first principles."
@@ -107,6 +107,27 @@ async def test_messages_are_scored_on_the_last_user_turn(
     )
     assert chat.tier == direct.tier == "large"
     assert chat.complexity_score == pytest.approx(direct.complexity_score, abs=0.3)
+
+
+async def test_a_short_follow_up_is_scored_with_the_turns_it_follows(
+    stub: pb_grpc.RouterServiceStub,
+) -> None:
+    def chat(first: str, answer: str) -> list[common_pb.ChatMessage]:
+        return [
+            common_pb.ChatMessage(role="user", content=first),
+            common_pb.ChatMessage(role="assistant", content=answer),
+            common_pb.ChatMessage(role="user", content="And in Rust?"),
+        ]
+
+    # The same last turn; the earlier user turn (router.routing_context_chars) decides.
+    hard = await score(
+        stub,
+        messages=chat("Implement a lock-free concurrent hash map with resizing in C++.", "..."),
+        bypass_cache=True,
+    )
+    easy = await score(stub, messages=chat("Say hello in French.", "Bonjour"), bypass_cache=True)
+    assert (hard.tier, easy.tier) == ("large", "small")
+    assert hard.complexity_score > easy.complexity_score + 3
 
 
 async def test_repeat_is_a_cache_hit_with_the_same_decision(

@@ -398,6 +398,8 @@ def test_sigterm_while_the_engine_loads_leaves_no_engine_behind(tmp_path) -> Non
                 "small",
                 "--listen",
                 "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
                 "--port-file",
                 str(port_file),
             ],

@@ -21,7 +21,13 @@ from tierroute.validator.v1 import validator_service_pb2_grpc as pb_grpc
 
 @pytest_asyncio.fixture(scope="module")
 async def validator() -> AsyncIterator[tuple[Host, str]]:
-    cfg = load_config(DEFAULT_CONFIG, environ={"TIERROUTE__VALIDATOR__LISTEN": "127.0.0.1:0"})
+    cfg = load_config(
+        DEFAULT_CONFIG,
+        environ={
+            "TIERROUTE__VALIDATOR__LISTEN": "127.0.0.1:0",
+            "TIERROUTE__VALIDATOR__METRICS_LISTEN": "127.0.0.1:0",
+        },
+    )
     server, address = await started(host(cfg))
     yield server, address
     await server.stop(0)

@@ -1,0 +1,209 @@
+"""The router's Prometheus metrics (served with the RPC metrics on `router.metrics_listen`,
+tierroute.runtime.metrics). Recorded where the thing happens, once:
+
+- decisions (Score and Route alike), the score histogram and the routing cache: the decider;
+- time to first token, time per output token and tier call outcomes: the live measurements
+  the router routes on (tiers/measured.py), so the metrics and the routing see the same
+  observations;
+- tokens, cost, the cost on the large tier alone, escalations and routes by status: the end
+  of each Route (route/flow.py);
+- HTTP requests: the front (front/openai_api.py);
+- breaker, replica, store and operating-point state: read from the router at scrape time.
+
+Labels are bounded: tier, reason code, client (a token's name, or `peer:<address>` without
+tokens), status code. Never a prompt, a request id or a token.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.runtime.metrics import LATENCY_BUCKETS
+
+DECISIONS = Counter(
+    "tierroute_routing_decisions",
+    "Routing decisions (Score and Route), by the tier chosen and each reason code.",
+    ("tier", "reason"),
+)
+SCORES = Histogram(
+    "tierroute_complexity_score",
+    "Complexity scores of the prompts scored (0 to 10; not the fallback's, not a forced tier's).",
+    buckets=tuple(x / 2 for x in range(1, 21)),
+)
+CACHE = Counter(
+    "tierroute_routing_cache_lookups",
+    "Routing-cache lookups (requests with bypass_cache are not looked up), by result.",
+    ("result",),
+)
+TTFT = Histogram(
+    "tierroute_time_to_first_token_seconds",
+    "Time from a tier call to its first token, as the router saw it, by tier.",
+    ("tier",),
+    buckets=LATENCY_BUCKETS,
+)
+TPOT = Histogram(
+    "tierroute_time_per_output_token_seconds",
+    "Time per output token after the first, by tier.",
+    ("tier",),
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.08, 0.15, 0.3, 0.6, 1.2),
+)
+TIER_CALLS = Counter(
+    "tierroute_tier_calls",
+    "Calls of a tier's Generate, by tier and outcome (ok or error).",
+    ("tier", "outcome"),
+)
+ROUTES = Counter(
+    "tierroute_routes",
+    "Routes ended, by the tier that answered (empty: none) and gRPC status code name.",
+    ("tier", "code"),
+)
+ESCALATIONS = Counter(
+    "tierroute_escalations",
+    "Answers not delivered and moved to a larger tier, by the tier left and the reason.",
+    ("tier", "reason"),
+)
+TOKENS = Counter(
+    "tierroute_tokens",
+    "Tokens over every tier call, by tier, client and kind (prompt or completion).",
+    ("tier", "client", "kind"),
+)
+COST = Counter(
+    "tierroute_cost_usd",
+    "Cost in USD at the tiers' configured prices, over every tier call, by tier and client.",
+    ("tier", "client"),
+)
+IN_FLIGHT = Gauge(
+    "tierroute_routes_in_flight", "Routes in progress (gRPC Route and the HTTP front)."
+)
+COST_IF_LARGE = Counter(
+    "tierroute_large_tier_cost_usd",
+    "What the delivered answers' tokens would have cost at the large (last) tier's prices, by "
+    "client: savings = this - tierroute_cost_usd_total.",
+    ("client",),
+)
+
+
+HTTP_REQUESTS = Counter(
+    "tierroute_http_requests",
+    "Requests to the HTTP front, by method, path and HTTP status code.",
+    ("method", "path", "code"),
+)
+HTTP_SECONDS = Histogram(
+    "tierroute_http_request_duration_seconds",
+    "Time from an HTTP request's arrival to its last byte (a stream's whole length).",
+    ("method", "path"),
+    buckets=LATENCY_BUCKETS,
+)
+
+
+def decided(decision: pb.RoutingDecision, looked_up: bool) -> None:
+    for code in decision.reason_codes or [pb.REASON_CODE_UNSPECIFIED]:
+        DECISIONS.labels(decision.tier, reason_name(code)).inc()
+    unscored = (pb.REASON_CODE_ROUTER_FALLBACK, pb.REASON_CODE_FORCED_TIER)
+    if not any(code in decision.reason_codes for code in unscored):
+        SCORES.observe(decision.complexity_score)
+    if looked_up:
+        CACHE.labels("hit" if decision.cache_hit else "miss").inc()
+
+
+def routed(
+    summary: pb.RouteSummary,
+    code: str,
+    client: str,
+    large_prices: tuple[float, float],
+) -> None:
+    ROUTES.labels(summary.tier, code).inc()
+    for attempt in summary.attempts:
+        usage = attempt.usage
+        TOKENS.labels(attempt.tier, client, "prompt").inc(usage.prompt_tokens)
+        TOKENS.labels(attempt.tier, client, "completion").inc(usage.completion_tokens)
+        COST.labels(attempt.tier, client).inc(attempt.cost_usd)
+        if not attempt.delivered and attempt.escalation_reason:
+            ESCALATIONS.labels(attempt.tier, escalation_name(attempt.escalation_reason)).inc()
+        if attempt.delivered:
+            price_in, price_out = large_prices
+            COST_IF_LARGE.labels(client).inc(
+                (usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1000.0
+            )
+
+
+def reason_name(code: int) -> str:
+    return pb.ReasonCode.Name(code).removeprefix("REASON_CODE_").lower()
+
+
+def escalation_name(code: int) -> str:
+    return pb.EscalationReason.Name(code).removeprefix("ESCALATION_REASON_").lower()
+
+
+@dataclass(frozen=True)
+class State:
+    """What the router reports of its state at each scrape."""
+
+    # tier -> breaker state name (closed, half_open, open)
+    breakers: Callable[[], dict[str, str]]
+    # (tier, replica address) -> ejected
+    replicas: Callable[[], dict[tuple[str, str], bool]]
+    # whether the metrics store is reachable
+    store_up: Callable[[], bool]
+    # the large tier's current threshold (score bound) and the target share (None: unset)
+    operating: Callable[[], tuple[float, float | None]]
+
+
+BREAKER_STATES = ("closed", "half_open", "open")
+
+
+class _StateCollector(Collector):
+    """Reads the router's state at scrape time. One per process; the router that started last
+    is the one reported (tests start several in one process)."""
+
+    def __init__(self) -> None:
+        self.state: State | None = None
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        state = self.state
+        if state is None:
+            return
+        breaker = GaugeMetricFamily(
+            "tierroute_circuit_breaker_state",
+            "1 for the state each tier's circuit breaker is in (closed, half_open, open).",
+            labels=("tier", "state"),
+        )
+        for tier, now in state.breakers().items():
+            for name in BREAKER_STATES:
+                breaker.add_metric((tier, name), 1.0 if name == now else 0.0)
+        yield breaker
+        ejected = GaugeMetricFamily(
+            "tierroute_replica_ejected",
+            "1 while a tier replica is ejected after consecutive failures.",
+            labels=("tier", "replica"),
+        )
+        for (tier, address), out in state.replicas().items():
+            ejected.add_metric((tier, address), 1.0 if out else 0.0)
+        yield ejected
+        yield GaugeMetricFamily(
+            "tierroute_metrics_store_up",
+            "1 while the metrics store (router.metrics_store) is reachable.",
+            value=1.0 if state.store_up() else 0.0,
+        )
+        threshold, target = state.operating()
+        yield GaugeMetricFamily(
+            "tierroute_operating_threshold",
+            "The score above which the large (last) tier serves, as the router now applies it.",
+            value=threshold,
+        )
+        if target is not None:
+            yield GaugeMetricFamily(
+                "tierroute_target_large_share",
+                "The configured share of traffic for the large tier (router.target_large_share).",
+                value=target,
+            )
+
+
+STATE = _StateCollector()
+REGISTRY.register(STATE)
