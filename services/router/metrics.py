@@ -112,12 +112,8 @@ def decided(decision: pb.RoutingDecision, looked_up: bool) -> None:
         CACHE.labels("hit" if decision.cache_hit else "miss").inc()
 
 
-def routed(
-    summary: pb.RouteSummary,
-    code: str,
-    client: str,
-    large_prices: tuple[float, float],
-) -> None:
+def routed(summary: pb.RouteSummary, code: str, client: str, if_large: float | None) -> None:
+    """One Route ended; `if_large`: its delivered tokens at the large tier's prices."""
     ROUTES.labels(summary.tier, code).inc()
     for attempt in summary.attempts:
         usage = attempt.usage
@@ -126,11 +122,8 @@ def routed(
         COST.labels(attempt.tier, client).inc(attempt.cost_usd)
         if not attempt.delivered and attempt.escalation_reason:
             ESCALATIONS.labels(attempt.tier, escalation_name(attempt.escalation_reason)).inc()
-        if attempt.delivered:
-            price_in, price_out = large_prices
-            COST_IF_LARGE.labels(client).inc(
-                (usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1000.0
-            )
+    if if_large is not None:
+        COST_IF_LARGE.labels(client).inc(if_large)
 
 
 def reason_name(code: int) -> str:
@@ -153,6 +146,8 @@ class State:
     store_up: Callable[[], bool]
     # the large tier's current threshold (score bound) and the target share (None: unset)
     operating: Callable[[], tuple[float, float | None]]
+    # drift: each signal's value and whether it is out of its band
+    drift: Callable[[], tuple[dict[str, float], dict[str, bool]]]
 
 
 BREAKER_STATES = ("closed", "half_open", "open")
@@ -203,6 +198,24 @@ class _StateCollector(Collector):
                 "The configured share of traffic for the large tier (router.target_large_share).",
                 value=target,
             )
+        values, alerts = state.drift()
+        value = GaugeMetricFamily(
+            "tierroute_drift_value",
+            "Each drift signal over the recent window: score (PSI of live scores against the "
+            "calibration scores), large_share, escalation_rate.",
+            labels=("signal",),
+        )
+        for signal, v in values.items():
+            value.add_metric((signal,), v)
+        yield value
+        alert = GaugeMetricFamily(
+            "tierroute_drift_alert",
+            "1 while a drift signal is outside its band (router.drift_*).",
+            labels=("signal",),
+        )
+        for signal, out in alerts.items():
+            alert.add_metric((signal,), 1.0 if out else 0.0)
+        yield alert
 
 
 STATE = _StateCollector()

@@ -172,6 +172,7 @@ class RouterService:
             },
             store_up=lambda: self.measurements.store_up,
             operating=lambda: (policy.applied_last_bound, self.cfg.router.target_large_share),
+            drift=self._drift_state,
         )
         if self.cfg.router.http_listen:  # first: /healthz answers and /readyz says loading
             self.http = await HttpFront.start(self.cfg, self, self.clients)
@@ -182,6 +183,10 @@ class RouterService:
         await self.decider.load()
         if self.cfg.router.bench_interval_seconds > 0:
             self._bench_task = asyncio.create_task(self._bench_every())
+
+    def _drift_state(self) -> tuple[dict[str, float], dict[str, bool]]:
+        drift = self.decider.drift
+        return ({}, {}) if drift is None else (dict(drift.values), dict(drift.alerts))
 
     @staticmethod
     def _store_state_reporter(host: Host) -> Callable[[bool], None]:

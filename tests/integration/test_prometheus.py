@@ -20,7 +20,9 @@ import yaml
 
 from tests.helpers.prometheus import PrometheusServer
 from tests.helpers.services import EMBEDDER_DIR, ROOT, ServiceProcess, start_service
+from tests.helpers.tools import cli
 from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.router.route.routing_log import read_ledger
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
@@ -28,6 +30,7 @@ pytestmark = pytest.mark.tier
 
 RULES = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "tierroute.json"
+LARGE_PRICES = (0.01, 0.03)  # USD per 1k input, output tokens
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +51,7 @@ def router(
                     "listen": "127.0.0.1:0",
                     "model": str(EMBEDDER_DIR),
                     "score_budget_ms": 5000,
+                    "routing_log": str(folder / "routing-log.sqlite"),
                 },
                 "tiers": [
                     {
@@ -60,8 +64,8 @@ def router(
                         "name": "large",
                         "address": large_tier.address,
                         **tier,
-                        "price_per_1k_input_usd": 0.01,
-                        "price_per_1k_output_usd": 0.03,
+                        "price_per_1k_input_usd": LARGE_PRICES[0],
+                        "price_per_1k_output_usd": LARGE_PRICES[1],
                     },
                 ],
                 "validator": {"address": validator_process.address},
@@ -141,8 +145,16 @@ async def test_counters_move_as_requests_are_routed_and_prometheus_reads_them(
     cost = total(await prometheus.query('sum(tierroute_cost_usd_total{job="router"})'))
     assert cost == pytest.approx(sum(s.cost_usd for s in summaries), abs=1e-8)
     assert cost > 0
+    # What the delivered answers would have cost on the large tier, from the configured prices.
+    if_large = sum(
+        (a.usage.prompt_tokens * LARGE_PRICES[0] + a.usage.completion_tokens * LARGE_PRICES[1])
+        / 1000
+        for s in summaries
+        for a in s.attempts
+        if a.delivered
+    )
     large_cost = total(await prometheus.query("sum(tierroute_large_tier_cost_usd_total)"))
-    assert large_cost >= cost - 1e-12 or any(s.escalated for s in summaries)
+    assert large_cost == pytest.approx(if_large, abs=1e-8)
     ttft = await prometheus.query('sum(tierroute_time_to_first_token_seconds_count{job="router"})')
     assert total(ttft) >= routed
     scores = await prometheus.query("sum(tierroute_complexity_score_count)")
@@ -167,6 +179,20 @@ async def test_counters_move_as_requests_are_routed_and_prometheus_reads_them(
     breaker = await prometheus.query('tierroute_circuit_breaker_state{job="router",state="closed"}')
     assert {r["metric"]["tier"] for r in breaker} == {"small", "large"}
     assert all(float(r["value"][1]) == 1 for r in breaker)
+
+    # The same ledger in the routing log, as `tierroute report` shows it, to the cent.
+    log = router.log.parent / "routing-log.sqlite"
+    async with asyncio.timeout(30):
+        while len(read_ledger(log, 0)[0]) < routed:  # noqa: ASYNC110 - another process writes it
+            await asyncio.sleep(0.1)
+    code, out, err = await cli("--json", "report", "--log", str(log), "--since", "1h")
+    assert code == 0, err
+    ledger = json.loads(out)
+    assert ledger["requests"] == routed and ledger["answered"] == routed
+    assert round(ledger["cost_usd"], 6) == round(sum(s.cost_usd for s in summaries), 6)
+    assert round(ledger["large_tier_cost_usd"], 6) == round(if_large, 6)
+    assert round(ledger["savings_usd"], 2) == round(if_large - cost, 2)
+    assert set(ledger["by_client"]) == {"peer:127.0.0.1"}
 
 
 async def test_every_rule_and_dashboard_expression_is_valid_promql(

@@ -339,9 +339,10 @@ async def test_headers_over_the_limit_get_431_before_anything_reads_the_request(
         )
         assert r.status_code == 431, r.text
         # Counted once the response is complete (the edge's last step after sending it).
-        assert REGISTRY.get_sample_value(
-            "tierroute_http_requests_total", {**path, "code": "431"}
-        ) == (refused or 0) + 1
+        assert (
+            REGISTRY.get_sample_value("tierroute_http_requests_total", {**path, "code": "431"})
+            == (refused or 0) + 1
+        )
         error = r.json()["error"]
         assert "router.http_max_header_bytes" in error["message"]
         assert error["code"] == "headers_too_large"

@@ -6,63 +6,19 @@ from __future__ import annotations
 import json
 import sqlite3
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
+from tests.helpers.routing_log import DIM, entry, written
 from tierroute.quality.artifact import load_artifact, prompt_features, save_artifact
 from tierroute.router.route.routing_log import (
     SCHEMA_VERSION,
-    Entry,
     LogError,
     RoutingLog,
     prompt_sha256,
     read_labels,
 )
-
-DIM = 8
-
-
-def entry(text: str, verdict: str = "DELIVER", reason: str = "CONFIDENT", **fields: Any) -> Entry:
-    vector = np.random.default_rng(len(text)).normal(size=DIM).astype(np.float32)
-    values: dict[str, Any] = {
-        "at": 1.0,
-        "request_id": "r",
-        "normalized": text,
-        "embedding": vector / np.linalg.norm(vector),
-        "features": prompt_features([text])[0],
-        "embedder_version": "emb",
-        "scorer_version": "sc",
-        "score": 1.5,
-        "category": "general",
-        "forced": False,
-        "chosen_tier": "small",
-        "judged_tier": "small",
-        "verdict": verdict,
-        "verdict_reason": reason,
-        "confidence": 0.9,
-        "min_confidence": 0.7,
-        "final_tier": "small" if verdict == "DELIVER" else "large",
-        "escalated": verdict == "ESCALATE",
-        "escalation_reason": "LOW_CONFIDENCE" if verdict == "ESCALATE" else "UNSPECIFIED",
-        "status": "OK",
-        "latency_ms": 10.0,
-        "time_to_first_token_ms": 5.0,
-        "prompt_tokens": 3,
-        "completion_tokens": 4,
-        "cost_usd": 0.001,
-        "attempts": [{"tier": "small", "delivered": verdict == "DELIVER"}],
-    }
-    return Entry(**(values | fields))
-
-
-def written(path: Path, entries: list[Entry], keep_prompts: bool = False) -> Path:
-    log = RoutingLog(path, keep_prompts)
-    for e in entries:
-        log.record(e)
-    log.close()
-    return path
 
 
 def test_rows_keep_a_hash_and_the_embedding_and_the_text_only_when_asked(tmp_path: Path) -> None:
@@ -162,6 +118,23 @@ def test_a_log_of_another_schema_version_is_refused_by_reader_and_writer(
         assert "older" in message if version == 0 else "newer" in message
         assert "new file" in message  # what to do
     assert path.read_bytes() == before  # neither rewrote it
+
+
+def test_a_log_of_the_previous_schema_is_upgraded_by_the_writer_and_refused_by_a_reader(
+    tmp_path: Path,
+) -> None:
+    path = written(tmp_path / "log.sqlite", [entry("old")])
+    with sqlite3.connect(path) as db:  # as version 1 wrote it: no ledger columns
+        db.execute("ALTER TABLE routes DROP COLUMN client")
+        db.execute("ALTER TABLE routes DROP COLUMN large_tier_cost_usd")
+        db.execute("PRAGMA user_version=1")
+    with pytest.raises(LogError, match="upgrades it in place when it next opens it"):
+        read_labels(path, "small", "emb", DIM)
+    written(path, [entry("new", client="acme", large_tier_cost_usd=0.25)])
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        rows = db.execute("SELECT client, large_tier_cost_usd FROM routes ORDER BY id").fetchall()
+    assert rows == [("", None), ("acme", 0.25)]  # the old row kept, the new one whole
 
 
 def test_files_that_are_not_routing_logs_are_refused(tmp_path: Path) -> None:

@@ -25,7 +25,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 from opentelemetry import trace
@@ -108,6 +108,17 @@ class TierFailed(Exception):
         self.tier_fault = error.code() in _TIER_FAULTS and (
             error.code() != grpc.StatusCode.DEADLINE_EXCEEDED or budget
         )
+
+
+def large_tier_cost(summary: pb.RouteSummary, prices: tuple[float, float]) -> float | None:
+    """What the delivered answer's tokens would have cost at the large (last) tier's prices:
+    the cost ledger's counterfactual (None when nothing was delivered)."""
+    delivered = next((a for a in summary.attempts if a.delivered), None)
+    if delivered is None:
+        return None
+    price_in, price_out = prices
+    usage = delivered.usage
+    return (usage.prompt_tokens * price_in + usage.completion_tokens * price_out) / 1000.0
 
 
 @dataclass
@@ -286,9 +297,15 @@ class RouteFlow:
             if tier:
                 self.pool.release(tier, holder)
             metrics.IN_FLIGHT.dec()
-            metrics.routed(outcome.summary(), status, CLIENT.get(), self._large_prices)
+            summary = outcome.summary()
+            if_large = large_tier_cost(summary, self._large_prices)
+            metrics.routed(summary, status, CLIENT.get(), if_large)
+            drift = self.decider.drift
+            if drift is not None and status == "OK" and summary.tier and not request.force_tier:
+                drift.answered(summary.escalated)
             if self.log is not None and status != "INVALID_ARGUMENT":
-                self.log.record(self._entry(request, text, decision, scored, outcome, status))
+                entry = self._entry(request, text, decision, scored, outcome, status)
+                self.log.record(replace(entry, client=CLIENT.get(), large_tier_cost_usd=if_large))
 
     def _entry(
         self,

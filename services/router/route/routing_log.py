@@ -35,7 +35,7 @@ from tierroute.core.sqlitefile import FileError, Kind, connect
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 APPLICATION_ID = 0x74726C67  # "trlg": a tierroute routing log
 QUEUE_MAX = 10_000
 BATCH_MAX = 256
@@ -70,17 +70,28 @@ CREATE TABLE routes (
     prompt_tokens INTEGER NOT NULL,
     completion_tokens INTEGER NOT NULL,
     cost_usd REAL NOT NULL,
-    attempts TEXT NOT NULL            -- JSON: one object per tier attempt
+    attempts TEXT NOT NULL,           -- JSON: one object per tier attempt
+    client TEXT NOT NULL DEFAULT '',  -- the caller (its token's name, or peer:<address>)
+    large_tier_cost_usd REAL          -- the delivered answer's tokens at the large tier's prices
 );
 CREATE INDEX routes_at ON routes (at);
 """
-KIND = Kind("routing log", "router.routing_log", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, "routes")
+# From version 1: the cost ledger's columns (client, large_tier_cost_usd) were added.
+_MIGRATIONS = (
+    "ALTER TABLE routes ADD COLUMN client TEXT NOT NULL DEFAULT ''; "
+    "ALTER TABLE routes ADD COLUMN large_tier_cost_usd REAL;",
+)
+KIND = Kind(
+    "routing log", "router.routing_log", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, "routes",
+    _MIGRATIONS,
+)  # fmt: skip
 COLUMNS = (
     "at", "request_id", "prompt_sha256", "prompt", "embedding", "features",
     "embedder_version", "scorer_version", "score", "category", "forced", "chosen_tier",
     "judged_tier", "verdict", "verdict_reason", "confidence", "min_confidence", "final_tier",
     "escalated", "escalation_reason", "status", "latency_ms", "time_to_first_token_ms",
-    "prompt_tokens", "completion_tokens", "cost_usd", "attempts",
+    "prompt_tokens", "completion_tokens", "cost_usd", "attempts", "client",
+    "large_tier_cost_usd",
 )  # fmt: skip
 # Validator reasons that say the answer was not good enough (an escalation that teaches), and
 # the one that says it was.
@@ -129,6 +140,8 @@ class Entry:
     completion_tokens: int
     cost_usd: float
     attempts: list[dict[str, Any]]
+    client: str = ""
+    large_tier_cost_usd: float | None = None
 
     def row(self, keep_prompt: bool) -> tuple[Any, ...]:
         def blob(v: np.ndarray | None) -> bytes | None:
@@ -383,3 +396,27 @@ def summarize(path: Path) -> dict[str, Any]:
         "statuses": statuses,
         "by_chosen_tier": tiers,
     }
+
+
+_LEDGER = (
+    "at", "client", "status", "chosen_tier", "final_tier", "escalated", "score",
+    "time_to_first_token_ms", "latency_ms", "prompt_tokens", "completion_tokens", "cost_usd",
+    "large_tier_cost_usd",
+)  # fmt: skip
+
+
+def read_ledger(path: Path, since: float) -> tuple[list[dict[str, Any]], int]:
+    """The rows recorded at or after `since` (unix time), as dicts of the ledger's columns,
+    oldest first, and how many rows the log holds in all (`tierroute report`)."""
+    db = _connect(path, create=False)
+    try:
+        total = db.execute("SELECT COUNT(*) FROM routes").fetchone()[0]
+        cursor = db.execute(
+            f"SELECT {', '.join(_LEDGER)} FROM routes WHERE at >= ? ORDER BY at", (since,)
+        )
+        rows = [dict(zip(_LEDGER, row, strict=True)) for row in cursor]
+    except sqlite3.DatabaseError as exc:
+        raise LogError(f"{path}: cannot read the routing log ({exc})") from exc
+    finally:
+        db.close()
+    return rows, int(total)

@@ -22,7 +22,7 @@ from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scorers import Scorer, build_scorer
 from tierroute.router.selection.fit import Fit, Need
-from tierroute.router.selection.operating import OperatingPoint
+from tierroute.router.selection.operating import DriftWatch, OperatingPoint
 from tierroute.router.selection.policy import (
     Bounds,
     Policy,
@@ -76,6 +76,8 @@ class Decider:
         self.scorer: Scorer | None = None
         self.batcher: MicroBatcher | None = None
         self.operating: OperatingPoint | None = None
+        self.drift: DriftWatch | None = None
+        self._large = cfg.tiers[-1].name if cfg.tiers else ""
         self.quality: QualityModel | None = None
         self._routing_version = cfg.routing_version()
         self._keep_vectors = cfg.router.routing_log is not None
@@ -108,8 +110,17 @@ class Decider:
             return embedder, scorer, quality
 
         embedder, scorer, self.quality = await asyncio.to_thread(_load)
+        prior = getattr(scorer, "prior_scores", lambda: None)()
+        self.drift = DriftWatch(
+            cfg.operating_point_half_life,
+            prior,
+            self.policy.last_bound,
+            cfg.target_large_share,
+            cfg.drift_psi_max,
+            cfg.drift_share_band,
+            cfg.drift_escalation_max,
+        )
         if cfg.target_large_share is not None:
-            prior = getattr(scorer, "prior_scores", lambda: None)()
             self.operating = OperatingPoint(
                 cfg.target_large_share,
                 self.policy.last_bound,
@@ -186,7 +197,12 @@ class Decider:
         the fallback decided). Without `ask`: a request that fits every tier, with no SLO.
         Counted in the Prometheus metrics (router/metrics.py)."""
         decided = await self._decide_scored(text, bypass_cache, ask)
-        metrics.decided(decided[0], looked_up=not bypass_cache)
+        decision, _, scored = decided
+        metrics.decided(decision, looked_up=not bypass_cache)
+        if self.drift is not None:
+            self.drift.observe(
+                scored.score if scored is not None else None, decision.tier == self._large
+            )
         return decided
 
     async def _decide_scored(

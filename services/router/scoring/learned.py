@@ -15,6 +15,22 @@ from tierroute.quality.artifact import ArtifactError, load_artifact, raw_scores
 from tierroute.router.scoring.scorers import Score
 
 
+def calibration_scores(folder: Path, complexity_threshold: float) -> np.ndarray | None:
+    """The 0-10 scores of an artifact's calibration prompts at evenly spaced quantiles, as the
+    router would score them, if the artifact carries them (drift's reference in
+    `tierroute report`)."""
+    meta, arrays = load_artifact(folder)
+    raw = arrays.get("raw_quantiles")
+    if raw is None:
+        return None
+    return np.interp(raw, *_knots(meta, complexity_threshold))
+
+
+def _knots(meta: dict, complexity_threshold: float) -> tuple[list[float], list[float]]:
+    low, threshold, high = meta["raw_low"], meta["threshold"], meta["raw_high"]
+    return [low, threshold, high], [0.0, complexity_threshold, 10.0]
+
+
 class LearnedScorer:
     kind = "learned"
 
@@ -31,7 +47,7 @@ class LearnedScorer:
         low, threshold, high = meta["raw_low"], meta["threshold"], meta["raw_high"]
         if not low < threshold < high:
             raise ArtifactError(f"{folder}: needs raw_low < threshold < raw_high")
-        self._knots = ([low, threshold, high], [0.0, complexity_threshold, 10.0])
+        self._knots = _knots(meta, complexity_threshold)
         self._categories: list[str] = meta.get("categories", [])
         self.version = f"learned:{self._model}@{meta['version']}"
         self.meta = meta

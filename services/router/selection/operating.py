@@ -192,3 +192,142 @@ class OperatingPoint:
             "operating point: large-tier threshold %.2f, restored from %s", self.threshold, path
         )
         return True
+
+
+# --- drift: is the traffic still what the router was fitted on? ---
+
+DRIFT_BINS = 10
+# Live weight (in requests) a signal needs before it is judged.
+DRIFT_MIN_REQUESTS = 100
+
+
+def psi(expected: np.ndarray, observed: np.ndarray, floor: float = 1e-4) -> float:
+    """The population stability index of `observed` against `expected` (two histograms over the
+    same bins, normalised here): sum of (o - e) * ln(o / e). By the usual reading, under 0.1 no
+    shift, 0.1 to 0.25 a moderate one, over 0.25 a major one."""
+    e = np.maximum(np.asarray(expected, dtype=float), 0.0)
+    o = np.maximum(np.asarray(observed, dtype=float), 0.0)
+    e = np.maximum(e / max(e.sum(), 1e-300), floor)
+    o = np.maximum(o / max(o.sum(), 1e-300), floor)
+    return float(np.sum((o - e) * np.log(o / e)))
+
+
+def decile_edges(prior: np.ndarray) -> np.ndarray:
+    """The inner edges of DRIFT_BINS bins, each holding a tenth of the calibration scores."""
+    return np.quantile(np.asarray(prior, dtype=float), np.linspace(0, 1, DRIFT_BINS + 1)[1:-1])
+
+
+class DriftWatch:
+    """Three signals over the same window as the operating point (a score's, a decision's and
+    an answer's weight halve every `operating_point_half_life` requests; judged every
+    UPDATE_EVERY decisions, as the operating point moves):
+
+    - `score`: the PSI of the live complexity scores against the scorer's calibration scores
+      (DRIFT_BINS bins at the calibration deciles), when the artifact carries them;
+    - `large_share`: the share of decisions for the large tier against the expected share
+      (router.target_large_share, else the share of calibration scores above its bound);
+    - `escalation_rate`: the share of delivered answers that were escalated.
+
+    A signal outside its band (router.drift_psi_max, drift_share_band, drift_escalation_max)
+    raises its alert: the `alerts` dict (Prometheus' tierroute_drift_alert), and a log line
+    with the figures when it starts and when it ends."""
+
+    def __init__(
+        self,
+        half_life: float,
+        prior: np.ndarray | None,
+        last_bound: float,
+        target: float | None,
+        psi_max: float,
+        share_band: float,
+        escalation_max: float,
+    ) -> None:
+        self.decay = 0.5 ** (1.0 / half_life)
+        self.sketch = ScoreSketch(half_life)
+        self.edges = decile_edges(prior) if prior is not None and len(prior) else None
+        self.expected_share = (
+            target
+            if target is not None
+            else (
+                float(np.mean(np.asarray(prior) > last_bound)) if self.edges is not None else None
+            )
+        )
+        self.psi_max, self.share_band, self.escalation_max = psi_max, share_band, escalation_max
+        self.large = _Ewma(self.decay)
+        self.escalated = _Ewma(self.decay)
+        self.decisions = 0
+        self.values: dict[str, float] = {}
+        self.alerts: dict[str, bool] = {}
+
+    def observe(self, score: float | None, large: bool) -> None:
+        """One decision: its score (None: not scored) and whether it chose the large tier."""
+        if score is not None and self.edges is not None:
+            self.sketch.add(score)
+        self.large.add(1.0 if large else 0.0)
+        self.decisions += 1
+        if self.decisions % UPDATE_EVERY == 0:
+            self.judge()
+
+    def answered(self, escalated: bool) -> None:
+        self.escalated.add(1.0 if escalated else 0.0)
+
+    def score_psi(self) -> float | None:
+        if self.edges is None or self.sketch.total < DRIFT_MIN_REQUESTS:
+            return None
+        centres = (np.arange(BINS) + 0.5) * 10.0 / BINS
+        observed = np.bincount(
+            np.searchsorted(self.edges, centres, side="right"),
+            weights=self.sketch.counts,
+            minlength=DRIFT_BINS,
+        )
+        return psi(np.full(DRIFT_BINS, 1.0 / DRIFT_BINS), observed)
+
+    def judge(self) -> dict[str, bool]:
+        """Compute the signals, update the alerts, log what changed."""
+        checks: dict[str, tuple[float | None, str, bool]] = {}
+        value = self.score_psi()
+        if value is not None:
+            checks["score"] = (value, f"PSI {value:.3f} (band < {self.psi_max:g})",
+                               value > self.psi_max)  # fmt: skip
+        if self.expected_share is not None and self.large.weight >= DRIFT_MIN_REQUESTS:
+            share, expected = self.large.value, self.expected_share
+            checks["large_share"] = (
+                share,
+                f"large-tier share {share:.1%} (expected {expected:.1%} +/- {self.share_band:.0%})",
+                abs(share - expected) > self.share_band,
+            )
+        if self.escalated.weight >= DRIFT_MIN_REQUESTS:
+            rate = self.escalated.value
+            checks["escalation_rate"] = (
+                rate,
+                f"escalation rate {rate:.1%} (band < {self.escalation_max:.0%})",
+                rate > self.escalation_max,
+            )
+        for signal, (value, figures, out) in checks.items():
+            assert value is not None
+            self.values[signal] = value
+            if out != self.alerts.get(signal, False):
+                if out:
+                    logger.warning("drift: %s left its band: %s, over the last ~%.0f requests",
+                                   signal, figures, self.large.weight)  # fmt: skip
+                else:
+                    logger.warning("drift: %s is back in its band: %s", signal, figures)
+            self.alerts[signal] = out
+        return self.alerts
+
+
+class _Ewma:
+    """An exponentially weighted mean whose weights halve every half-life observations."""
+
+    def __init__(self, decay: float) -> None:
+        self.decay = decay
+        self.total = 0.0
+        self.weight = 0.0
+
+    def add(self, x: float) -> None:
+        self.total = self.total * self.decay + x
+        self.weight = self.weight * self.decay + 1.0
+
+    @property
+    def value(self) -> float:
+        return self.total / self.weight if self.weight else 0.0

@@ -151,8 +151,15 @@ class RouterConfig(_Strict):
     # Where the operating point (live score sketch, threshold) is kept across restarts.
     # Unset: not kept; a restart starts again from the scorer's calibration scores.
     operating_point_state: Path | None = None
-    # How many requests it takes for a live score's weight in the sketch to halve.
+    # How many requests it takes for a live score's weight in the sketch to halve. The drift
+    # signals below share this window.
     operating_point_half_life: float = Field(default=2000.0, ge=10)
+    # Drift alerts (selection/operating.py DriftWatch; tierroute_drift_alert, `report`): the
+    # live scores' PSI against the calibration scores above this; the large tier's share
+    # further than this from its expected share; the escalation rate above this.
+    drift_psi_max: float = Field(default=0.25, gt=0)
+    drift_share_band: float = Field(default=0.15, gt=0, lt=1)
+    drift_escalation_max: float = Field(default=0.3, gt=0, le=1)
     # SQLite file every Route is recorded in (score, tiers, the validator's verdict, latency,
     # tokens), for `tierroute calibrate --from-log`. Unset: nothing is recorded. While set,
     # each routing-cache entry also keeps its prompt's embedding (1.5 KB with MiniLM).

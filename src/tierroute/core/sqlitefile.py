@@ -3,14 +3,18 @@
 Each kind of file is marked by SQLite's `application_id` and versioned by its `user_version`:
 a file of another kind or another schema version is refused with what to do, never half-read
 or silently rewritten. A new file gets its schema in one transaction, so a crash leaves no
-half-made schema.
+half-made schema. A kind may list migrations: the writer (`create`) brings an older file up to
+date in one transaction, and says so in the log; a reader never changes a file.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
+
+logger = logging.getLogger(__name__)
 
 
 class FileError(ValueError):
@@ -27,6 +31,8 @@ class Kind:
     version: int
     schema: str
     table: str  # a table every file of this kind has
+    # migrations[i]: the SQL that takes a file from version i + 1 to version i + 2
+    migrations: tuple[str, ...] = ()
 
 
 def connect(path: Path, kind: Kind, create: bool) -> sqlite3.Connection:
@@ -56,6 +62,14 @@ def connect(path: Path, kind: Kind, create: bool) -> sqlite3.Connection:
             f"{path}: not a tierroute {kind.name} (application_id {app:#x}, tables "
             f"{sorted(tables) or 'none'}): point {kind.setting} at a new file"
         )
+    first = kind.version - len(kind.migrations)  # the oldest version the migrations start from
+    if create and first <= version < kind.version:
+        steps = "".join(kind.migrations[v - first] for v in range(version, kind.version))
+        db.executescript(f"BEGIN; {steps} PRAGMA user_version={kind.version}; COMMIT;")
+        logger.warning(
+            "%s: %s upgraded from schema version %d to %d", path, kind.name, version, kind.version
+        )
+        return db
     if version != kind.version:
         db.close()
         older = version < kind.version
@@ -64,7 +78,10 @@ def connect(path: Path, kind: Kind, create: bool) -> sqlite3.Connection:
             f"{'an older' if older else 'a newer'} tierroute; this one reads and writes version "
             f"{kind.version}. "
             + (
-                f"Keep the file for that version's tools, and point {kind.setting} at a new "
+                "Whatever writes it (the setting " + kind.setting + ") upgrades it in place "
+                "when it next opens it; or point " + kind.setting + " at a new file"
+                if older and version >= first
+                else f"Keep the file for that version's tools, and point {kind.setting} at a new "
                 "file to record with this one"
                 if older
                 else f"Use the tierroute that wrote it, or point {kind.setting} at a new file"

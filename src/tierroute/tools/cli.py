@@ -370,6 +370,22 @@ def _offline_commands(commands: Any) -> None:
     summary.add_argument("path", type=Path, help="e.g. var/routing-log.sqlite")
     summary.set_defaults(run=log_summary)
 
+    def report(args: argparse.Namespace) -> int:
+        from tierroute.tools.report import cmd_report  # numpy and the log reader: when asked
+
+        return cmd_report(args)
+
+    rep = commands.add_parser(
+        "report",
+        help="what routing did over a window of the routing log: share by tier, savings, "
+        "escalations, TTFT by tier, clients",
+    )
+    rep.add_argument("--since", default="1h", help="the window: 90s, 30m, 1h, 7d (default 1h)")
+    rep.add_argument("--log", type=Path, help="the routing log (default: the config's)")
+    rep.add_argument("--config", type=Path, help="config for the log, the target share, tiers")
+    rep.add_argument("--plot", type=Path, help="write a PNG of share and savings over time")
+    rep.set_defaults(run=report)
+
     cal = commands.add_parser(
         "calibrate", help="fit a router artifact on labelled data, or on a routing log"
     )

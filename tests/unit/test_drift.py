@@ -1,0 +1,82 @@
+"""Drift signals on fixed scores: the PSI, the score signal against calibration deciles, the
+large-tier share and the escalation rate against their bands, the alerts' log lines."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+
+from tierroute.router.selection.operating import DRIFT_BINS, UPDATE_EVERY, DriftWatch, psi
+
+PRIOR = np.linspace(0.0, 10.0, 200)  # calibration scores spread evenly over 0-10
+
+
+def watch(**kw: float) -> DriftWatch:
+    args = {"half_life": 100.0, "prior": PRIOR, "last_bound": 6.0, "target": None,
+            "psi_max": 0.25, "share_band": 0.15, "escalation_max": 0.3} | kw  # fmt: skip
+    return DriftWatch(**args)  # type: ignore[arg-type]
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_the_shift() -> None:
+    even = np.full(DRIFT_BINS, 0.1)
+    assert psi(even, even) == pytest.approx(0.0)
+    slight = even + np.linspace(-0.02, 0.02, DRIFT_BINS)
+    shifted = np.r_[np.zeros(5), np.full(5, 0.2)]
+    assert 0 < psi(even, slight) < 0.1 < psi(even, shifted)
+    assert psi(even, shifted) > 1.0
+
+
+def test_traffic_like_the_calibration_raises_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    rng = np.random.default_rng(0)
+    w = watch()
+    for s in rng.choice(PRIOR, 4 * UPDATE_EVERY):
+        w.observe(float(s), large=s > 6.0)
+        w.answered(escalated=rng.random() < 0.1)
+    assert w.alerts == {"score": False, "large_share": False, "escalation_rate": False}
+    assert w.values["score"] < 0.1
+    assert w.values["large_share"] == pytest.approx(0.4, abs=0.1)
+    assert not [r for r in caplog.records if r.name.endswith("operating")]
+
+
+def test_a_shift_to_hard_prompts_raises_the_score_and_share_alerts_and_says_so(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "tierroute.router.selection.operating")
+    rng = np.random.default_rng(1)
+    w = watch()
+    for s in rng.choice(PRIOR, 2 * UPDATE_EVERY):
+        w.observe(float(s), large=s > 6.0)
+    assert not any(w.alerts.values())
+    raised_after = None
+    for n in range(1, 6 * UPDATE_EVERY + 1):  # the hard prompts only: scores 8-10
+        w.observe(float(rng.uniform(8.0, 10.0)), large=True)
+        if raised_after is None and w.alerts.get("score"):
+            raised_after = n
+    # Within the stated window: the alert rises inside two half-lives of the shift.
+    assert raised_after is not None and raised_after <= 2 * 100
+    assert w.alerts["score"] and w.alerts["large_share"]
+    lines = [r.getMessage() for r in caplog.records]
+    assert any("drift: score left its band: PSI" in m for m in lines)
+    assert any("drift: large_share left its band: large-tier share" in m for m in lines)
+
+
+def test_the_escalation_rate_alert_rises_and_falls() -> None:
+    w = watch(prior=None)  # an anchors scorer: no calibration scores, no score signal
+    for _ in range(2 * UPDATE_EVERY):
+        w.observe(None, large=False)
+        w.answered(escalated=True)
+    assert w.alerts == {"escalation_rate": True}  # no score, no expected share without a prior
+    for _ in range(6 * UPDATE_EVERY):
+        w.observe(None, large=False)
+        w.answered(escalated=False)
+    assert w.alerts == {"escalation_rate": False}
+    assert w.values["escalation_rate"] < 0.3
+
+
+def test_a_target_share_is_the_expected_share() -> None:
+    w = watch(target=0.2)
+    for _ in range(2 * UPDATE_EVERY):
+        w.observe(5.0, large=False)  # none to the large tier: 20 points under its target
+    assert w.alerts["large_share"]
