@@ -16,8 +16,11 @@ Health checking and reflection are not counted (the interceptors' exempt service
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
+import weakref
 from dataclasses import dataclass
 from wsgiref.simple_server import WSGIServer
 
@@ -67,6 +70,21 @@ def rpc_started(kind: str, service: str, method: str, now: float) -> Rpc:
     return Rpc(labels, now)
 
 
+# Listening sockets of this process's metrics servers. vLLM forks its engine processes (on CPU):
+# a forked child closes its copies, so that a tier killed before its engine's processes does not
+# leave them holding the port its restart must bind.
+_LISTENING: weakref.WeakSet[WSGIServer] = weakref.WeakSet()
+
+
+def _close_in_child() -> None:
+    for server in list(_LISTENING):
+        with contextlib.suppress(OSError):
+            server.socket.close()
+
+
+os.register_at_fork(after_in_child=_close_in_child)
+
+
 class MetricsServer:
     """prometheus_client's HTTP server for `/metrics`, in its own thread."""
 
@@ -90,6 +108,7 @@ class MetricsServer:
             )
         except OSError as error:
             raise ConfigError(f"{setting or 'metrics_listen'} {listen!r}: {error}") from None
+        _LISTENING.add(server)
         metrics = cls(server, thread)
         scheme = "https" if secure else "http"
         logger.info("Prometheus metrics on %s://%s:%d/metrics", scheme, host, metrics.port)
