@@ -14,7 +14,7 @@ PRIOR = np.linspace(0.0, 10.0, 200)  # calibration scores spread evenly over 0-1
 
 
 def watch(**kw: float) -> DriftWatch:
-    args = {"half_life": 100.0, "prior": PRIOR, "last_bound": 6.0, "target": None,
+    args = {"half_life": 100.0, "prior": PRIOR, "target": None,
             "psi_max": 0.25, "share_band": 0.15, "escalation_max": 0.3} | kw  # fmt: skip
     return DriftWatch(**args)  # type: ignore[arg-type]
 
@@ -30,7 +30,7 @@ def test_psi_is_zero_for_the_same_distribution_and_grows_with_the_shift() -> Non
 
 def test_traffic_like_the_calibration_raises_nothing(caplog: pytest.LogCaptureFixture) -> None:
     rng = np.random.default_rng(0)
-    w = watch()
+    w = watch(target=0.4)
     for s in rng.choice(PRIOR, 4 * UPDATE_EVERY):
         w.observe(float(s), large=s > 6.0)
         w.answered(escalated=rng.random() < 0.1)
@@ -45,7 +45,7 @@ def test_a_shift_to_hard_prompts_raises_the_score_and_share_alerts_and_says_so(
 ) -> None:
     caplog.set_level(logging.WARNING, "tierroute.router.selection.operating")
     rng = np.random.default_rng(1)
-    w = watch()
+    w = watch(target=0.4)
     for s in rng.choice(PRIOR, 2 * UPDATE_EVERY):
         w.observe(float(s), large=s > 6.0)
     assert not any(w.alerts.values())
@@ -67,7 +67,7 @@ def test_the_escalation_rate_alert_rises_and_falls() -> None:
     for _ in range(2 * UPDATE_EVERY):
         w.observe(None, large=False)
         w.answered(escalated=True)
-    assert w.alerts == {"escalation_rate": True}  # no score, no expected share without a prior
+    assert w.alerts == {"escalation_rate": True}  # no prior: no score; no target: no share
     for _ in range(6 * UPDATE_EVERY):
         w.observe(None, large=False)
         w.answered(escalated=False)

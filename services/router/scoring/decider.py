@@ -114,7 +114,6 @@ class Decider:
         self.drift = DriftWatch(
             cfg.operating_point_half_life,
             prior,
-            self.policy.last_bound,
             cfg.target_large_share,
             cfg.drift_psi_max,
             cfg.drift_share_band,

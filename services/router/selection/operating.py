@@ -224,8 +224,9 @@ class DriftWatch:
 
     - `score`: the PSI of the live complexity scores against the scorer's calibration scores
       (DRIFT_BINS bins at the calibration deciles), when the artifact carries them;
-    - `large_share`: the share of decisions for the large tier against the expected share
-      (router.target_large_share, else the share of calibration scores above its bound);
+    - `large_share`: the share of decisions for the large tier against its target
+      (router.target_large_share; without one, not judged: the calibration data's own share
+      says little about a user's traffic);
     - `escalation_rate`: the share of delivered answers that were escalated.
 
     A signal outside its band (router.drift_psi_max, drift_share_band, drift_escalation_max)
@@ -236,7 +237,6 @@ class DriftWatch:
         self,
         half_life: float,
         prior: np.ndarray | None,
-        last_bound: float,
         target: float | None,
         psi_max: float,
         share_band: float,
@@ -245,13 +245,7 @@ class DriftWatch:
         self.decay = 0.5 ** (1.0 / half_life)
         self.sketch = ScoreSketch(half_life)
         self.edges = decile_edges(prior) if prior is not None and len(prior) else None
-        self.expected_share = (
-            target
-            if target is not None
-            else (
-                float(np.mean(np.asarray(prior) > last_bound)) if self.edges is not None else None
-            )
-        )
+        self.expected_share = target
         self.psi_max, self.share_band, self.escalation_max = psi_max, share_band, escalation_max
         self.large = _Ewma(self.decay)
         self.escalated = _Ewma(self.decay)

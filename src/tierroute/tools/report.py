@@ -54,7 +54,6 @@ class Reference:
     large: str = "large"
     target: float | None = None
     prior: np.ndarray | None = None  # the artifact's calibration scores (0-10)
-    last_bound: float = 4.0
     psi_max: float = 0.25
     share_band: float = 0.15
     escalation_max: float = 0.3
@@ -72,8 +71,6 @@ def drift(rows: list[dict[str, Any]], ref: Reference) -> dict[str, Any]:
         out["score"] = {"psi": value, "band_max": ref.psi_max, "alert": value > ref.psi_max}
     decided = [r for r in rows if r["chosen_tier"]]
     expected = ref.target
-    if expected is None and ref.prior is not None and len(ref.prior):
-        expected = float(np.mean(ref.prior > ref.last_bound))
     if expected is not None and len(decided) >= DRIFT_MIN_REQUESTS:
         share = sum(r["chosen_tier"] == ref.large for r in decided) / len(decided)
         out["large_share"] = {"share": share, "expected": expected, "band": ref.share_band,
@@ -194,12 +191,10 @@ def reference(cfg: Config) -> Reference:
     prior = None
     if r.scorer == "learned" and r.artifact is not None:
         prior = calibration_scores(r.artifact, r.complexity_threshold)
-    bounds = cfg.tier_bounds() if cfg.tiers else [r.complexity_threshold, 10.0]
     return Reference(
         large=cfg.tiers[-1].name if cfg.tiers else "large",
         target=r.target_large_share,
         prior=prior,
-        last_bound=bounds[-2] if len(bounds) > 1 else 10.0,
         psi_max=r.drift_psi_max,
         share_band=r.drift_share_band,
         escalation_max=r.drift_escalation_max,

@@ -2,7 +2,7 @@
 over gRPC, the alert read from the router's own /metrics. Traffic drawn like the calibration
 data (RouteLLM's MMLU and GSM8K, their `eval` halves) raises nothing; replaced by everyday
 simple requests (greetings, conversions, small edits: far easier than exam questions), the
-score and large-share alerts rise within the stated window and the log says so."""
+score alert rises within the stated window and the log says so."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ async def test_a_shift_to_simple_requests_raises_the_drift_alert_within_the_wind
             await score(simple[i % len(simple)])
     after = await drift(metrics, "alert")
     values = await drift(metrics, "value")
-    assert after["score"] == 1.0 and after["large_share"] == 1.0, values
-    print(f"PSI after the shift: {values['score']:.3f}, large share {values['large_share']:.2f}")
+    assert after["score"] == 1.0, values
+    assert "large_share" not in after  # no router.target_large_share: not judged
+    print(f"PSI after the shift: {values['score']:.3f}")
     lines = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("drift: score left its band: PSI") for m in lines), lines
