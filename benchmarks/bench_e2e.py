@@ -387,7 +387,10 @@ def summarize(result: dict[str, Any], cfg: Config) -> dict[str, Any]:
 
 def print_table(doc: dict[str, Any]) -> None:
     ways = doc["ways"]
-    print(f"\nEnd to end: {doc['workload']['requests']} requests per round "
+    r = doc["router"]
+    print(f"\nrouter: {r['scorer']} scorer ({r['artifact']}), target large share "
+          f"{r['target_large_share'] or 'unset'}")  # fmt: skip
+    print(f"End to end: {doc['workload']['requests']} requests per round "
           f"({doc['workload']['composition']}), concurrency {doc['concurrency']}, "
           f"max_tokens {doc['max_tokens']}, medians over {doc['rounds']} rounds")  # fmt: skip
     head = (f"{'':<14}{'cost $':>10}{'TTFT p50':>10}{'TTFT p99':>10}{'total p99':>10}"
@@ -445,6 +448,12 @@ def main(argv: list[str] | None = None) -> int:
             }
             for t in cfg.tiers
         ],
+        "router": {
+            "scorer": cfg.router.scorer,
+            "artifact": Path(cfg.router.artifact).name if cfg.router.artifact else None,
+            "complexity_threshold": cfg.router.complexity_threshold,
+            "target_large_share": cfg.router.target_large_share,
+        },
         "workload": {
             "requests": len(items),
             "composition": ", ".join(f"{k} {n}" for k, n in sorted(composition.items())),
