@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-tier bench-tiers bench-route bench-e2e \
+.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-tier bench-tiers bench-route bench-e2e bench-shadow \
 	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
@@ -141,6 +141,12 @@ bench-route: setup
 # processes; writes benchmarks/results/e2e.json (needs ../shared/data for the benchmark prompts).
 bench-e2e: setup
 	$(PY) benchmarks/bench_e2e.py --config $(CONFIG)
+
+# What shadow mode costs the user: time to first token with every small-tier answer shadowed on
+# the large tier against none, two routers on the same tier processes, one run; writes
+# benchmarks/results/shadow.json.
+bench-shadow: setup
+	$(PY) benchmarks/bench_shadow.py --config $(CONFIG)
 
 # Calibration that never makes it worse: RouterDC's benchmarks at 250/500/1,000 rows, shrunk
 # toward the shipped default; writes benchmarks/results/calibration.json (needs ../shared/data).

@@ -102,6 +102,34 @@ HTTP_SECONDS = Histogram(
 )
 
 
+SHADOW_COMPARISONS = Counter(
+    "tierroute_shadow_comparisons",
+    "Shadow comparisons (route/shadow.py): a small tier's delivered answer against the large "
+    "tier's answer to the same request, by complexity-score band and agreed (true or false).",
+    ("band", "agreed"),
+)
+SHADOW_SIMILARITY = Histogram(
+    "tierroute_shadow_similarity",
+    "Similarity of the small and the large tier's answers in shadow comparisons (1 or 0 for "
+    "exact comparison of short answers, else the cosine similarity of their embeddings).",
+    buckets=(0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 0.99, 1.0),
+)
+SHADOW_DROPPED = Counter(
+    "tierroute_shadow_dropped",
+    "Sampled answers not compared, by reason: budget (shadow.max_in_flight), busy (live calls "
+    "in progress), preempted (cancelled for a live call), tier_down, failed, shutdown.",
+    ("reason",),
+)
+SHADOW_IN_FLIGHT = Gauge(
+    "tierroute_shadow_in_flight", "Shadow calls to the large tier in progress."
+)
+
+
+def shadowed(band: str, agreed: bool, similarity: float) -> None:
+    SHADOW_COMPARISONS.labels(band, "true" if agreed else "false").inc()
+    SHADOW_SIMILARITY.observe(similarity)
+
+
 def decided(decision: pb.RoutingDecision, looked_up: bool) -> None:
     for code in decision.reason_codes or [pb.REASON_CODE_UNSPECIFIED]:
         DECISIONS.labels(decision.tier, reason_name(code)).inc()

@@ -253,6 +253,7 @@ class RouterService:
             self._bench_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._bench_task
+        await self.flow.shadow.close()  # before the channels close; the rows are kept
         await asyncio.gather(self.decider.close(), self.pool.close(), self.judge.close())
         await asyncio.to_thread(self.measurements.close)
         if self.log is not None:

@@ -94,6 +94,8 @@ def test_an_empty_window_an_older_log_and_a_bad_window_say_so(
     code, _, err = report(capsys, "--log", str(log), "--since", "soon")
     assert code == 2 and "write a duration such as 90s, 30m, 1h or 7d" in err
     with sqlite3.connect(log) as db:
+        for column in ("shadow_tier", "shadow_method", "shadow_similarity", "shadow_agreed"):
+            db.execute(f"ALTER TABLE routes DROP COLUMN {column}")
         db.execute("ALTER TABLE routes DROP COLUMN client")
         db.execute("ALTER TABLE routes DROP COLUMN large_tier_cost_usd")
         db.execute("PRAGMA user_version=1")

@@ -124,7 +124,9 @@ def test_a_log_of_the_previous_schema_is_upgraded_by_the_writer_and_refused_by_a
     tmp_path: Path,
 ) -> None:
     path = written(tmp_path / "log.sqlite", [entry("old")])
-    with sqlite3.connect(path) as db:  # as version 1 wrote it: no ledger columns
+    with sqlite3.connect(path) as db:  # as version 1 wrote it: no ledger or shadow columns
+        for column in ("shadow_tier", "shadow_method", "shadow_similarity", "shadow_agreed"):
+            db.execute(f"ALTER TABLE routes DROP COLUMN {column}")
         db.execute("ALTER TABLE routes DROP COLUMN client")
         db.execute("ALTER TABLE routes DROP COLUMN large_tier_cost_usd")
         db.execute("PRAGMA user_version=1")
@@ -132,7 +134,7 @@ def test_a_log_of_the_previous_schema_is_upgraded_by_the_writer_and_refused_by_a
         read_labels(path, "small", "emb", DIM)
     written(path, [entry("new", client="acme", large_tier_cost_usd=0.25)])
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
         rows = db.execute("SELECT client, large_tier_cost_usd FROM routes ORDER BY id").fetchall()
     assert rows == [("", None), ("acme", 0.25)]  # the old row kept, the new one whole
 

@@ -26,8 +26,10 @@ import logging
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import grpc
+import numpy as np
 from opentelemetry import trace
 
 from tierroute.common.v1 import common_pb2 as common_pb
@@ -43,6 +45,7 @@ from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
 from tierroute.router.route.limits import ClientLimits
 from tierroute.router.route.routing_log import Entry, RoutingLog
+from tierroute.router.route.shadow import Comparison, Shadow
 from tierroute.router.scoring.decider import Decider, Scored
 from tierroute.router.selection.policy import BELOW_QUALITY_BAR, SKIP_REASONS
 from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS
@@ -196,6 +199,16 @@ class RouteFlow:
         self._max_tokens_limit = cfg.output_tokens_limit()
         large = cfg.tiers[-1]
         self._large_prices = (large.price_per_1k_input_usd, large.price_per_1k_output_usd)
+        self.shadow = Shadow(cfg, pool, self._shadow_request, self._embed)
+
+    def _shadow_request(self, request: pb.RouteRequest, tier: str) -> tier_pb.GenerateRequest:
+        """What the large tier is asked in shadow mode: what `tier` was asked, with the same
+        sampling (its defaults where the client set none), unvalidated."""
+        return self._generate_request(self.cfg.tier(tier), request, "none")
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        assert self.decider.embedder is not None, "the decider is loaded before any request"
+        return self.decider.embedder.embed(texts)
 
     async def route(
         self, request: pb.RouteRequest, deadline: Deadline
@@ -216,6 +229,8 @@ class RouteFlow:
         # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
         ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
         conversation = request.conversation_id if self.affinity.on else ""
+        # What each tier streamed, for shadow mode (only while it is on).
+        answered: list[Token] | None = [] if self.shadow.on else None
         metrics.IN_FLIGHT.inc()
         try:
             held = await self.affinity.held(conversation) if conversation else None
@@ -274,6 +289,8 @@ class RouteFlow:
             outcome.score_ms = (time.perf_counter() - started) * 1000.0
             yield Decided(decision)
             async for event in self._answer(tier, request, deadline, outcome, holder):
+                if answered is not None and isinstance(event, Token):
+                    answered.append(event)
                 if conversation and isinstance(event, Finished):
                     # Before the summary: the conversation's next turn sees where it is held.
                     await self.affinity.hold(conversation, held, event.summary.tier)
@@ -303,9 +320,42 @@ class RouteFlow:
             drift = self.decider.drift
             if drift is not None and status == "OK" and summary.tier and not request.force_tier:
                 drift.answered(summary.escalated)
+            entry: Entry | None = None
             if self.log is not None and status != "INVALID_ARGUMENT":
                 entry = self._entry(request, text, decision, scored, outcome, status)
-                self.log.record(replace(entry, client=CLIENT.get(), large_tier_cost_usd=if_large))
+                entry = replace(entry, client=CLIENT.get(), large_tier_cost_usd=if_large)
+            shadowed = (
+                answered is not None
+                and status == "OK"
+                and not request.force_tier
+                and self.shadow.offer(
+                    request,
+                    "".join(t.text for t in answered if t.tier == summary.tier),
+                    summary.tier,
+                    scored.score if scored is not None else None,
+                    partial(self._shadowed, entry),
+                )
+            )
+            if entry is not None and not shadowed:
+                self._record(entry, None)
+
+    def _shadowed(self, entry: Entry | None, comparison: Comparison | None) -> None:
+        """A shadow comparison ended (None: it did not complete): the request's row is
+        recorded now, with it."""
+        if entry is not None:
+            self._record(entry, comparison)
+
+    def _record(self, entry: Entry, comparison: Comparison | None) -> None:
+        assert self.log is not None
+        if comparison is not None:
+            entry = replace(
+                entry,
+                shadow_tier=comparison.tier,
+                shadow_method=comparison.method,
+                shadow_similarity=comparison.similarity,
+                shadow_agreed=comparison.agreed,
+            )
+        self.log.record(entry)
 
     def _entry(
         self,
@@ -617,6 +667,7 @@ class RouteFlow:
             complete = None
             sent_chars = 0
             replica.in_flight += 1
+            self.shadow.live_call_started(tier.name)
             try:
                 calling = self._call(tier, replica, generate, deadline, first, outcome.category)
                 async for response in calling:

@@ -35,7 +35,7 @@ from tierroute.core.sqlitefile import FileError, Kind, connect
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 APPLICATION_ID = 0x74726C67  # "trlg": a tierroute routing log
 QUEUE_MAX = 10_000
 BATCH_MAX = 256
@@ -72,14 +72,23 @@ CREATE TABLE routes (
     cost_usd REAL NOT NULL,
     attempts TEXT NOT NULL,           -- JSON: one object per tier attempt
     client TEXT NOT NULL DEFAULT '',  -- the caller (its token's name, or peer:<address>)
-    large_tier_cost_usd REAL          -- the delivered answer's tokens at the large tier's prices
+    large_tier_cost_usd REAL,         -- the delivered answer's tokens at the large tier's prices
+    shadow_tier TEXT NOT NULL DEFAULT '',    -- shadow mode: the tier asked again ('' not shadowed)
+    shadow_method TEXT NOT NULL DEFAULT '',  -- exact or embedding
+    shadow_similarity REAL,           -- 1/0 (exact) or the answers' cosine similarity
+    shadow_agreed INTEGER             -- 1 the answers agreed, 0 not, NULL not shadowed
 );
 CREATE INDEX routes_at ON routes (at);
 """
-# From version 1: the cost ledger's columns (client, large_tier_cost_usd) were added.
+# From version 1: the cost ledger's columns (client, large_tier_cost_usd) were added; from
+# version 2, shadow mode's.
 _MIGRATIONS = (
     "ALTER TABLE routes ADD COLUMN client TEXT NOT NULL DEFAULT ''; "
     "ALTER TABLE routes ADD COLUMN large_tier_cost_usd REAL;",
+    "ALTER TABLE routes ADD COLUMN shadow_tier TEXT NOT NULL DEFAULT ''; "
+    "ALTER TABLE routes ADD COLUMN shadow_method TEXT NOT NULL DEFAULT ''; "
+    "ALTER TABLE routes ADD COLUMN shadow_similarity REAL; "
+    "ALTER TABLE routes ADD COLUMN shadow_agreed INTEGER;",
 )
 KIND = Kind(
     "routing log", "router.routing_log", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, "routes",
@@ -91,7 +100,7 @@ COLUMNS = (
     "judged_tier", "verdict", "verdict_reason", "confidence", "min_confidence", "final_tier",
     "escalated", "escalation_reason", "status", "latency_ms", "time_to_first_token_ms",
     "prompt_tokens", "completion_tokens", "cost_usd", "attempts", "client",
-    "large_tier_cost_usd",
+    "large_tier_cost_usd", "shadow_tier", "shadow_method", "shadow_similarity", "shadow_agreed",
 )  # fmt: skip
 # Validator reasons that say the answer was not good enough (an escalation that teaches), and
 # the one that says it was.
@@ -142,6 +151,10 @@ class Entry:
     attempts: list[dict[str, Any]]
     client: str = ""
     large_tier_cost_usd: float | None = None
+    shadow_tier: str = ""
+    shadow_method: str = ""
+    shadow_similarity: float | None = None
+    shadow_agreed: bool | None = None
 
     def row(self, keep_prompt: bool) -> tuple[Any, ...]:
         def blob(v: np.ndarray | None) -> bytes | None:
@@ -155,6 +168,7 @@ class Entry:
             "features": blob(self.features),
             "forced": int(self.forced),
             "escalated": int(self.escalated),
+            "shadow_agreed": None if self.shadow_agreed is None else int(self.shadow_agreed),
             "attempts": json.dumps(self.attempts, sort_keys=True),
         }
         return tuple(values[k] for k in COLUMNS)
@@ -249,8 +263,10 @@ class RoutingLog:
 
 @dataclass(frozen=True)
 class Labels:
-    """Rows of a log where the small tier's answer was judged: `needed_larger` is 1 where the
-    validator escalated it as not good enough, 0 where it delivered it as confident."""
+    """Rows of a log that say whether the small tier's answer was good enough: `needed_larger`
+    is 1 where the validator escalated it as not good enough or shadow mode found the large
+    tier answering otherwise, 0 where the validator delivered it as confident or the large
+    tier agreed."""
 
     ids: np.ndarray  # the log's row ids
     keys: list[str]  # the prompt text when the log kept it, else "sha256:<hex>"
@@ -262,6 +278,8 @@ class Labels:
     all_embeddings: np.ndarray
     all_features: np.ndarray
     skipped: dict[str, int]
+    # How many of the labels came from shadow comparisons (the rest: the validator's verdicts).
+    from_shadow: int = 0
 
 
 def check(path: Path) -> None:
@@ -277,20 +295,24 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
     are counted in `skipped`."""
     db = _connect(path, create=False)
     try:
+        # The tiers whose answers a row judges: by the validator, or by a shadow comparison.
         tiers = dict(
             db.execute(
-                "SELECT judged_tier, COUNT(*) FROM routes WHERE judged_tier != '' "
-                "GROUP BY judged_tier"
+                "SELECT CASE WHEN shadow_agreed IS NOT NULL THEN final_tier ELSE judged_tier END "
+                "AS tier, COUNT(*) FROM routes "
+                "WHERE judged_tier != '' OR shadow_agreed IS NOT NULL GROUP BY tier"
             ).fetchall()
         )
         cursor = db.execute(
             "SELECT id, prompt_sha256, prompt, embedding, features, embedder_version, "
-            "judged_tier, verdict, verdict_reason, confidence, min_confidence, category "
+            "judged_tier, verdict, verdict_reason, confidence, min_confidence, category, "
+            "final_tier, shadow_agreed "
             "FROM routes "
             "WHERE embedding IS NOT NULL ORDER BY id"
         )
         ids, keys, vectors, feats, needed, categories = [], [], [], [], [], []
         all_vectors, all_feats = [], []
+        shadowed = 0
         skipped = {
             "other embedder": 0,
             "not judged on this tier": 0,
@@ -299,7 +321,7 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
         }
         for row in cursor:
             row_id, sha, prompt, emb, feat, version, judged, verdict, reason = row[:9]
-            confidence, threshold, category = row[9:]
+            confidence, threshold, category, final, agreed = row[9:]
             if version != embedder_version:
                 skipped["other embedder"] += 1
                 continue
@@ -313,10 +335,14 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
                 )
             all_vectors.append(vector)
             all_feats.append(features)
-            if judged != small:
+            if agreed is not None and final == small:
+                # Shadow mode asked the large tier too: the most direct label there is.
+                label = 1 - int(agreed)
+                shadowed += 1
+            elif judged != small:
                 skipped["not judged on this tier"] += 1
                 continue
-            if verdict == "ESCALATE" and reason in NEEDED_LARGER:
+            elif verdict == "ESCALATE" and reason in NEEDED_LARGER:
                 label = 1
             elif verdict == "DELIVER" and reason in GOOD_ENOUGH:
                 if confidence < (threshold or 0.0) + CONFIDENT_MARGIN:
@@ -339,14 +365,14 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
     if small not in tiers:
         judged_on = ", ".join(f"{t} ({n} rows)" for t, n in sorted(tiers.items())) or "none"
         raise LogError(
-            f"{path}: no answer of tier {small!r} was judged by the validator; tiers judged in "
-            f"this log: {judged_on}. Pass --small with one of them"
+            f"{path}: no answer of tier {small!r} was judged by the validator or compared in "
+            f"shadow mode; tiers judged in this log: {judged_on}. Pass --small with one of them"
         )
     if not ids:
         raise LogError(
-            f"{path}: none of the {tiers[small]} answers of tier {small!r} the validator judged "
-            f"teaches a label (skipped: {skipped}): record more traffic with this embedder "
-            f"({embedder_version}) first"
+            f"{path}: none of the {tiers[small]} answers of tier {small!r} judged (validator or "
+            f"shadow mode) teaches a label (skipped: {skipped}): record more traffic with this "
+            f"embedder ({embedder_version}) first"
         )
     return Labels(
         np.array(ids),
@@ -358,6 +384,7 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
         np.stack(all_vectors).astype(np.float32),
         np.stack(all_feats).astype(np.float32),
         skipped,
+        shadowed,
     )
 
 
@@ -401,7 +428,7 @@ def summarize(path: Path) -> dict[str, Any]:
 _LEDGER = (
     "at", "client", "status", "chosen_tier", "final_tier", "escalated", "score",
     "time_to_first_token_ms", "latency_ms", "prompt_tokens", "completion_tokens", "cost_usd",
-    "large_tier_cost_usd",
+    "large_tier_cost_usd", "shadow_agreed", "shadow_similarity",
 )  # fmt: skip
 
 

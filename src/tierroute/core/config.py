@@ -389,6 +389,30 @@ class EscalationConfig(_Strict):
         return self
 
 
+class ShadowConfig(_Strict):
+    """Shadow mode (route/shadow.py): some answers the small tiers delivered are also asked of
+    the large (last) tier in the background and the two compared, to measure from live
+    traffic what routing costs in quality. The user's answer is never delayed or changed."""
+
+    # Share of delivered answers from a tier below the large one that are shadowed. 0: off.
+    fraction: float = Field(default=0.0, ge=0, le=1)
+    # Most shadow calls in flight at once; an answer offered beyond it is not shadowed.
+    max_in_flight: int = Field(default=1, ge=1)
+    # Live traffic that shadow calls give way to: "large" (live calls on the large tier, where
+    # each tier has its own hardware) or "any" (live calls on any tier, where tiers share it,
+    # as the embedded default's do). With `busy_in_flight` or more such calls in progress, no
+    # shadow call starts, and one that runs is cancelled the moment another starts.
+    yield_to: Literal["large", "any"] = "large"
+    busy_in_flight: int = Field(default=1, ge=1)
+    # Longest a shadow call may take, in seconds.
+    timeout_seconds: float = Field(default=120.0, gt=0)
+    # How two answers are compared: exactly (case, spacing and end punctuation folded) when
+    # both are at most `exact_max_chars` long; otherwise by the cosine similarity of their
+    # embeddings (the router's embedder), agreeing at `min_similarity` or above.
+    exact_max_chars: int = Field(default=32, ge=0)
+    min_similarity: float = Field(default=0.8, ge=0, le=1)
+
+
 class BreakerConfig(_Strict):
     """Per-tier circuit breakers in the router."""
 
@@ -489,6 +513,7 @@ class Config(_Strict):
     router: RouterConfig = RouterConfig()
     tiers: list[TierConfig] = Field(default_factory=list)
     escalation: EscalationConfig = EscalationConfig()
+    shadow: ShadowConfig = ShadowConfig()
     circuit_breaker: BreakerConfig = BreakerConfig()
     validator: ValidatorConfig = ValidatorConfig()
     monitoring: MonitoringConfig = MonitoringConfig()

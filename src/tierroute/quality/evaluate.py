@@ -272,8 +272,9 @@ def _calibrated(where: str, data: Labelled, model: str, target: dict[str, float]
 
 
 def calibrate_from_log(args: argparse.Namespace) -> int:
-    """Labels from the routing log (the small tier's answers the validator escalated: the
-    large tier was needed; those it delivered as confident: the small one was enough),
+    """Labels from the routing log (the small tier's answers the validator escalated, or shadow
+    mode found the large tier answering otherwise: the large tier was needed; those it
+    delivered as confident, or the large tier agreed with: the small one was enough),
     combined with the prior by the same k-fold blend and refusal as labelled files."""
     from tierroute.router.route.routing_log import check, read_labels
 
@@ -304,9 +305,10 @@ def calibrate_from_log(args: argparse.Namespace) -> int:
     )
     source = f"routing log {args.from_log} ({len(rows)} judged answers of tier {small!r})"
     print(
-        f"{args.from_log}: {len(rows)} answers of tier {small!r} judged by the validator: "
-        f"{int(needed.sum())} escalated as not good enough, {int((needed == 0).sum())} "
-        f"delivered as confident; skipped {labels.skipped}"
+        f"{args.from_log}: {len(rows)} answers of tier {small!r} judged "
+        f"({len(rows) - labels.from_shadow} by the validator, {labels.from_shadow} against the "
+        f"large tier in shadow mode): {int(needed.sum())} not good enough, "
+        f"{int((needed == 0).sum())} good enough; skipped {labels.skipped}"
     )
     meta = _calibrated(
         str(args.from_log),

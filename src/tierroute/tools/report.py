@@ -2,8 +2,10 @@
 
 Share of answers by tier, savings against the large tier alone (the cost ledger: each row's
 cost and what its delivered tokens would have cost at the large tier's prices), escalation
-rate, time to first token by tier, cost and savings by client, and the large tier's share
-against its target (router.target_large_share). `--plot` writes share and savings over time.
+rate, time to first token by tier, cost and savings by client, shadow mode's agreement with the
+large tier by complexity-score band (with 95% Wilson intervals), drift, and the large tier's
+share against its target (router.target_large_share). `--plot` writes share and savings over
+time.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import numpy as np
 from tierroute.core.config import Config, ConfigError, load_config
 from tierroute.quality.artifact import ArtifactError
 from tierroute.router.route.routing_log import LogError, read_ledger
+from tierroute.router.route.shadow import band
 from tierroute.router.scoring.learned import calibration_scores
 from tierroute.router.selection.operating import (
     DRIFT_BINS,
@@ -83,6 +86,44 @@ def drift(rows: list[dict[str, Any]], ref: Reference) -> dict[str, Any]:
     return out
 
 
+def wilson(agreed: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion `agreed` / `n` (n > 0)."""
+    p = agreed / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(max(centre - half, 0.0)), float(min(centre + half, 1.0))
+
+
+def shadow(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Shadow mode's comparisons in the window: agreement with the large tier overall, by
+    complexity-score band and by the tier that answered; regret = 1 - agreement (the share of
+    answers the large tier would have given otherwise)."""
+    compared = [r for r in rows if r["shadow_agreed"] is not None]
+
+    def figures(group: list[dict[str, Any]]) -> dict[str, Any]:
+        agreed = sum(int(r["shadow_agreed"]) for r in group)
+        low, high = wilson(agreed, len(group))
+        return {
+            "compared": len(group),
+            "agreement": agreed / len(group),
+            "agreement_ci95": [low, high],
+            "regret": 1 - agreed / len(group),
+        }
+
+    if not compared:
+        return {"compared": 0}
+    bands: dict[str, list[dict[str, Any]]] = {}
+    tiers: dict[str, list[dict[str, Any]]] = {}
+    for r in compared:
+        bands.setdefault(band(r["score"]), []).append(r)
+        tiers.setdefault(r["final_tier"], []).append(r)
+    return {
+        **figures(compared),
+        "by_band": {name: figures(g) for name, g in sorted(bands.items())},
+        "by_tier": {name: figures(g) for name, g in sorted(tiers.items())},
+    }
+
+
 def build(rows: list[dict[str, Any]], since_s: float, ref: Reference) -> dict[str, Any]:
     """The report's figures over `rows` (the window's routing-log rows)."""
     target, large = ref.target, ref.large
@@ -140,6 +181,7 @@ def build(rows: list[dict[str, Any]], since_s: float, ref: Reference) -> dict[st
             "large_share": tiers.get(large, {}).get("share", 0.0) if ok else None,
             "target_large_share": target,
         },
+        "shadow": shadow(rows),
         "drift": drift(rows, ref),
     }
 
@@ -266,6 +308,19 @@ def print_report(doc: dict[str, Any], since: str) -> None:
         f"  large tier ({op['large_tier']}) share {op['large_share']:.1%}"
         + (f", target {target:.1%} (router.target_large_share)" if target else ", no target set")
     )
+    sh = doc["shadow"]
+    if not sh["compared"]:
+        print("  shadow: no comparisons in the window (shadow.fraction sets how many)")
+    else:
+        low, high = sh["agreement_ci95"]
+        print(f"  shadow: {sh['compared']} answers compared with the large tier: agreement "
+              f"{sh['agreement']:.1%} ({low:.0%}-{high:.0%}), "
+              f"estimated regret {sh['regret']:.1%}")  # fmt: skip
+        for name, b in sh["by_band"].items():
+            low, high = b["agreement_ci95"]
+            print(f"    score {name:<9}{b['compared']:>6} compared, agreement "
+                  f"{b['agreement']:>6.1%} ({low:.0%}-{high:.0%}), "
+                  f"regret {b['regret']:.1%}")  # fmt: skip
     signals = doc["drift"]
     if not signals:
         print(f"  drift: not judged (fewer than {DRIFT_MIN_REQUESTS} requests, or nothing to "
