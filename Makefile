@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-tier bench-tiers bench-route bench-e2e bench-shadow \
+.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-tier bench-tiers bench-route bench-e2e bench-shadow bench-commit \
 	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
@@ -147,6 +147,11 @@ bench-e2e: setup
 # benchmarks/results/shadow.json.
 bench-shadow: setup
 	$(PY) benchmarks/bench_shadow.py --config $(CONFIG)
+
+# Prefix commit against full buffering of a logprob-validated small tier, with both tiers direct
+# as the bounds, on data/checkable, one run; writes benchmarks/results/commit.json.
+bench-commit: setup
+	$(PY) benchmarks/bench_commit.py --config $(CONFIG)
 
 # Calibration that never makes it worse: RouterDC's benchmarks at 250/500/1,000 rows, shrunk
 # toward the shipped default; writes benchmarks/results/calibration.json (needs ../shared/data).

@@ -184,3 +184,15 @@ def test_a_tier_binds_where_it_is_told_and_is_dialled_at_its_address(tmp_path: P
     assert (cfg.tiers[0].bind(), cfg.tiers[0].address) == ("0.0.0.0:50061", "tier-small:50061")
     assert cfg.tiers[1].bind() == "tier-large:50062"
     assert cfg.validator.dial() == cfg.validator.listen
+
+
+def test_prefix_commit_needs_logprob_validation(tmp_path: Path) -> None:
+    tiers = (
+        "tiers:\n"
+        "  - {name: small, address: 'h:1', model: m, validation: self_reported, commit: prefix}\n"
+        "  - {name: large, address: 'h:2', model: m}\n"
+    )
+    with pytest.raises(ConfigError, match=r"commit prefix .* needs validation logprob"):
+        load_config(write(tmp_path, tiers), environ={})
+    fine = tiers.replace("self_reported", "logprob")
+    assert load_config(write(tmp_path, fine), environ={}).tiers[0].commit == "prefix"

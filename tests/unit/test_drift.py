@@ -8,12 +8,18 @@ import logging
 import numpy as np
 import pytest
 
-from tierroute.router.selection.operating import DRIFT_BINS, UPDATE_EVERY, DriftWatch, psi
+from tierroute.router.selection.operating import (
+    DRIFT_BINS,
+    UPDATE_EVERY,
+    DriftWatch,
+    EmbeddingReference,
+    psi,
+)
 
 PRIOR = np.linspace(0.0, 10.0, 200)  # calibration scores spread evenly over 0-10
 
 
-def watch(**kw: float) -> DriftWatch:
+def watch(**kw: object) -> DriftWatch:
     args = {"half_life": 100.0, "prior": PRIOR, "target": None,
             "psi_max": 0.25, "share_band": 0.15, "escalation_max": 0.3} | kw  # fmt: skip
     return DriftWatch(**args)  # type: ignore[arg-type]
@@ -80,3 +86,43 @@ def test_a_target_share_is_the_expected_share() -> None:
     for _ in range(2 * UPDATE_EVERY):
         w.observe(5.0, large=False)  # none to the large tier: 20 points under its target
     assert w.alerts["large_share"]
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def cluster(rng: np.random.Generator, centre: np.ndarray, n: int, spread: float) -> np.ndarray:
+    return unit(centre + spread * rng.normal(size=(n, len(centre))))
+
+
+async def test_prompts_unlike_the_calibration_raise_the_embedding_alert() -> None:
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=32), rng.normal(size=32)
+    calibration = cluster(rng, a, 2000, 0.6)
+    reference = EmbeddingReference.of(calibration)
+    assert reference is not None and len(reference.edges) == DRIFT_BINS - 1
+    w = watch(reference=reference, half_life=2000.0)
+
+    async def send(vectors: np.ndarray) -> None:
+        for v in vectors:
+            w.embedded(v)
+            if w.embedding_job is not None and not w.embedding_job.done():
+                await w.embedding_job  # the batch is computed off the loop; wait for it here
+
+    await send(cluster(rng, a, 5 * UPDATE_EVERY, 0.6))  # new prompts like the calibration ones
+    w.judge()
+    like = w.values["embedding"]
+    assert w.alerts["embedding"] is False and like < 0.25, like
+    await send(cluster(rng, b, 8 * UPDATE_EVERY, 0.6))  # prompts of another kind altogether
+    w.judge()
+    assert w.alerts["embedding"] is True and w.values["embedding"] > 1.0, w.values
+    print(f"embedding PSI: like the calibration {like:.3f}, shifted {w.values['embedding']:.3f}")
+
+
+def test_without_calibration_embeddings_there_is_no_embedding_signal() -> None:
+    w = watch()
+    w.embedded(np.ones(4, dtype=np.float32))  # no reference: ignored, no loop needed
+    w.judge()
+    assert "embedding" not in w.values
+    assert EmbeddingReference.of(np.ones((5, 4), dtype=np.float32)) is None  # too few

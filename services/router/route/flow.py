@@ -6,7 +6,10 @@ routing, escalation or failover.
 A tier whose answers are validated (its `validation` is not "none", and a larger tier can take
 over) is asked for the answer envelope (self_reported) or for token log-probabilities
 (logprob). Its answer is held back until the validator has judged it, then delivered, or
-replaced by an Escalated event and the next tier's answer. Other tiers stream live. Both run on
+replaced by an Escalated event and the next tier's answer; or, with the tier's `commit:
+prefix`, judged on its first `commit_prefix_tokens` tokens, then streamed live from there
+(committed), or escalated before anything was sent (the tier's call cancelled). Other tiers
+stream live. Both run on
 one skeleton (`_attempt`). A tier that fails before any token reached the client is skipped (an
 escalation with reason TIER_FAILURE); after tokens were sent the request ends with UNAVAILABLE
 (or DEADLINE_EXCEEDED), saying how much was delivered, with a partial RouteSummary in the
@@ -656,6 +659,10 @@ class RouteFlow:
         judged it. Appends the attempt to `outcome`."""
         validation = tier.validation if hold else "none"
         generate = self._generate_request(tier, request, validation)
+        # Prefix commit: judged once this many tokens are in, then streamed (or escalated).
+        prefix_at = tier.commit_prefix_tokens if hold and tier.commit == "prefix" else 0
+        committed: pb.ValidationStatus | None = None  # the prefix's judgement, once delivered
+        rejected: tuple[pb.ValidationStatus, pb.EscalationReason] | None = None
         tried: list[Replica] = []
         while True:  # over the tier's replicas, while none has sent the client anything
             replica = self.pool.pick(tier.name, tried)
@@ -666,20 +673,35 @@ class RouteFlow:
             logprobs: list[common_pb.TokenLogprob] = []
             complete = None
             sent_chars = 0
+            holding = hold
             replica.in_flight += 1
             self.shadow.live_call_started(tier.name)
             try:
-                calling = self._call(tier, replica, generate, deadline, first, outcome.category)
-                async for response in calling:
-                    if response.HasField("complete"):
-                        complete = response.complete
-                    elif hold:
-                        parts.append(response.chunk.text)
-                        logprobs.extend(response.chunk.logprobs)
-                    elif response.chunk.text:
-                        outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
-                        sent_chars += len(response.chunk.text)
-                        yield Token(response.chunk.text, tier.name)
+                async with contextlib.aclosing(
+                    self._call(tier, replica, generate, deadline, first, outcome.category)
+                ) as calling:  # closed early (a rejected prefix): the tier's call is cancelled
+                    async for response in calling:
+                        if response.HasField("complete"):
+                            complete = response.complete
+                        elif holding:
+                            parts.append(response.chunk.text)
+                            logprobs.extend(response.chunk.logprobs)
+                            if prefix_at and len(logprobs) >= prefix_at:
+                                prefix = "".join(parts)
+                                verdict, status, reason = await self._verdict(
+                                    tier, request, deadline, outcome, prefix, logprobs, holder
+                                )
+                                if verdict.verdict != val_pb.VERDICT_DELIVER:
+                                    rejected = (status, reason)
+                                    break
+                                committed, holding = status, False
+                                outcome.first_chunk_at = time.perf_counter()
+                                sent_chars += len(prefix)
+                                yield Token(prefix, tier.name)
+                        elif response.chunk.text:
+                            outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
+                            sent_chars += len(response.chunk.text)
+                            yield Token(response.chunk.text, tier.name)
             except TierFailed as failure:
                 failure.sent_chars = sent_chars
                 self.pool.replica_result(tier.name, replica, not failure.tier_fault)
@@ -694,12 +716,45 @@ class RouteFlow:
                 break
             finally:
                 replica.in_flight -= 1
+        if rejected is not None:  # escalated on its prefix: what it generated so far is paid
+            status, reason = rejected
+            outcome.escalation_reason = reason
+            so_far = tier_pb.GenerateComplete(
+                completion_tokens=len(logprobs),
+                cost_usd=len(logprobs) * tier.price_per_1k_output_usd / 1000.0,
+            )
+            outcome.attempts.append(_attempt(tier, so_far, False, status, reason))
+            return
+        if committed is not None:
+            outcome.attempts.append(_attempt(tier, complete, True, committed))
+            return
         if not hold:
             outcome.attempts.append(
                 _attempt(tier, complete, True, pb.VALIDATION_STATUS_NOT_VALIDATED)
             )
             return
-        answer = "".join(parts)
+        verdict, status, reason = await self._verdict(
+            tier, request, deadline, outcome, "".join(parts), logprobs, holder
+        )
+        if verdict.verdict == val_pb.VERDICT_DELIVER:
+            outcome.attempts.append(_attempt(tier, complete, True, status))
+            outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
+            yield Token(verdict.content, tier.name)
+            return
+        outcome.escalation_reason = reason
+        outcome.attempts.append(_attempt(tier, complete, False, status, reason))
+
+    async def _verdict(
+        self,
+        tier: TierConfig,
+        request: pb.RouteRequest,
+        deadline: Deadline,
+        outcome: Outcome,
+        answer: str,
+        logprobs: list[common_pb.TokenLogprob],
+        holder: object,
+    ) -> tuple[val_pb.ValidateResponse, pb.ValidationStatus, pb.EscalationReason]:
+        """The validator's verdict on an answer (or a prefix of one), kept in `outcome`."""
         verdict, status, reason = await self._judge(
             tier, request, deadline, outcome, answer, logprobs, holder
         )
@@ -715,13 +770,7 @@ class RouteFlow:
                 ),
                 verdict.confidence,
             )  # fmt: skip
-        if verdict.verdict == val_pb.VERDICT_DELIVER:
-            outcome.attempts.append(_attempt(tier, complete, True, status))
-            outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
-            yield Token(verdict.content, tier.name)
-            return
-        outcome.escalation_reason = reason
-        outcome.attempts.append(_attempt(tier, complete, False, status, reason))
+        return verdict, status, reason
 
     def _retry_on_another(
         self, failure: TierFailed, tier: TierConfig, tried: list[Replica]

@@ -22,7 +22,7 @@ from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scorers import Scorer, build_scorer
 from tierroute.router.selection.fit import Fit, Need
-from tierroute.router.selection.operating import DriftWatch, OperatingPoint
+from tierroute.router.selection.operating import DriftWatch, EmbeddingReference, OperatingPoint
 from tierroute.router.selection.policy import (
     Bounds,
     Policy,
@@ -90,7 +90,7 @@ class Decider:
         """Load the embedder and embed the scorer's reference prompts (off the event loop)."""
         cfg = self.cfg.router
 
-        def _load() -> tuple[Embedder, Scorer, QualityModel | None]:
+        def _load() -> tuple[Embedder, Scorer, QualityModel | None, EmbeddingReference | None]:
             embedder = Embedder(
                 cfg.model,
                 max_tokens=cfg.embed_max_tokens,
@@ -107,9 +107,11 @@ class Decider:
                     {t.name: t.quality_model or t.name for t in self.cfg.tiers},
                 )
             embedder.embed(["warm-up run, so the first request does not pay for it"])
-            return embedder, scorer, quality
+            calibration = getattr(scorer, "reference_embeddings", lambda: None)()
+            reference = None if calibration is None else EmbeddingReference.of(calibration)
+            return embedder, scorer, quality, reference
 
-        embedder, scorer, self.quality = await asyncio.to_thread(_load)
+        embedder, scorer, self.quality, reference = await asyncio.to_thread(_load)
         prior = getattr(scorer, "prior_scores", lambda: None)()
         self.drift = DriftWatch(
             cfg.operating_point_half_life,
@@ -118,6 +120,7 @@ class Decider:
             cfg.drift_psi_max,
             cfg.drift_share_band,
             cfg.drift_escalation_max,
+            reference,
         )
         if cfg.target_large_share is not None:
             self.operating = OperatingPoint(
@@ -303,6 +306,8 @@ class Decider:
         assert self.batcher is not None and self.scorer is not None
         vector, truncated = await self.batcher.embed(normalized)
         (score,) = self.scorer.score(vector[None, :], [normalized])
+        if self.drift is not None:
+            self.drift.embedded(vector)
         scored = Scored(
             score.value,
             score.category,

@@ -52,6 +52,14 @@ class LearnedScorer:
         self.version = f"learned:{self._model}@{meta['version']}"
         self.meta = meta
 
+    def reference_embeddings(self) -> np.ndarray | None:
+        """The calibration prompts' embeddings, if the artifact carries them (a kNN scorer's
+        neighbours): what the embedding drift signal judges live prompts against."""
+        for key in ("neighbours", "base_neighbours"):
+            if key in self._arrays:
+                return np.asarray(self._arrays[key], dtype=np.float32)
+        return None
+
     def prior_scores(self) -> np.ndarray | None:
         """The 0-10 scores of the calibration prompts at evenly spaced quantiles, if the
         artifact carries them: where the operating point starts."""

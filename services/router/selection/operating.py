@@ -14,10 +14,12 @@ read back at start.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -217,6 +219,43 @@ def decile_edges(prior: np.ndarray) -> np.ndarray:
     return np.quantile(np.asarray(prior, dtype=float), np.linspace(0, 1, DRIFT_BINS + 1)[1:-1])
 
 
+# Every EMBED_EVERY-th freshly embedded prompt is sampled for the embedding signal, and its
+# nearest-calibration-neighbour similarity computed in batches of EMBED_BATCH, off the loop.
+EMBED_EVERY = 4
+EMBED_BATCH = 25
+# Calibration prompts whose own nearest-neighbour similarity (leave one out) is the reference.
+EMBED_REFERENCE_SAMPLE = 1000
+
+
+def nearest_similarity(vectors: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Each vector's cosine similarity to its nearest reference vector (all unit length)."""
+    return np.asarray((vectors @ reference.T).max(axis=1), dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class EmbeddingReference:
+    """What the embedding signal judges live prompts against: the calibration prompts'
+    embeddings, and the deciles of their similarity to their nearest other calibration prompt."""
+
+    embeddings: np.ndarray
+    edges: np.ndarray
+
+    @classmethod
+    def of(cls, embeddings: np.ndarray, seed: int = 0) -> EmbeddingReference | None:
+        n = len(embeddings)
+        if n < 2 * DRIFT_BINS:
+            return None
+        rng = np.random.default_rng(seed)
+        picked = rng.choice(n, size=min(n, EMBED_REFERENCE_SAMPLE), replace=False)
+        sims = embeddings[picked] @ embeddings.T
+        sims[np.arange(len(picked)), picked] = -np.inf  # not itself
+        return cls(embeddings, decile_edges(sims.max(axis=1)))
+
+    def bins(self, vectors: np.ndarray) -> np.ndarray:
+        """The reference decile each vector's nearest-neighbour similarity falls in."""
+        return np.searchsorted(self.edges, nearest_similarity(vectors, self.embeddings), "right")
+
+
 class DriftWatch:
     """Three signals over the same window as the operating point (a score's, a decision's and
     an answer's weight halve every `operating_point_half_life` requests; judged every
@@ -227,7 +266,13 @@ class DriftWatch:
     - `large_share`: the share of decisions for the large tier against its target
       (router.target_large_share; without one, not judged: the calibration data's own share
       says little about a user's traffic);
-    - `escalation_rate`: the share of delivered answers that were escalated.
+    - `escalation_rate`: the share of delivered answers that were escalated;
+    - `embedding`: the PSI of the live prompts' similarity to their nearest calibration prompt
+      against the calibration prompts' own (leave one out; DRIFT_BINS bins at its deciles),
+      when the artifact carries its calibration embeddings (a learned kNN scorer's do): prompts
+      unlike anything the router was fitted on, whatever they score. Every EMBED_EVERY-th
+      embedded prompt is sampled, and the similarities are computed in batches off the event
+      loop.
 
     A signal outside its band (router.drift_psi_max, drift_share_band, drift_escalation_max)
     raises its alert: the `alerts` dict (Prometheus' tierroute_drift_alert), and a log line
@@ -241,9 +286,18 @@ class DriftWatch:
         psi_max: float,
         share_band: float,
         escalation_max: float,
+        reference: EmbeddingReference | None = None,
     ) -> None:
         self.decay = 0.5 ** (1.0 / half_life)
         self.sketch = ScoreSketch(half_life)
+        self.reference = reference
+        # Decayed counts of the sampled prompts' reference deciles (sampled every EMBED_EVERY
+        # prompts: the same window in requests).
+        self.embedding_counts = np.zeros(DRIFT_BINS)
+        self._embed_decay = 0.5 ** (EMBED_EVERY / half_life)
+        self._embedded = 0
+        self._pending: list[np.ndarray] = []
+        self.embedding_job: asyncio.Future[np.ndarray] | None = None
         self.edges = decile_edges(prior) if prior is not None and len(prior) else None
         self.expected_share = target
         self.psi_max, self.share_band, self.escalation_max = psi_max, share_band, escalation_max
@@ -265,6 +319,41 @@ class DriftWatch:
     def answered(self, escalated: bool) -> None:
         self.escalated.add(1.0 if escalated else 0.0)
 
+    def embedded(self, vector: np.ndarray) -> None:
+        """A freshly embedded prompt (unit length): sampled for the embedding signal."""
+        if self.reference is None:
+            return
+        self._embedded += 1
+        if self._embedded % EMBED_EVERY:
+            return
+        self._pending.append(vector)
+        if len(self._pending) >= EMBED_BATCH and (
+            self.embedding_job is None or self.embedding_job.done()
+        ):
+            batch, self._pending = np.stack(self._pending), []
+            loop = asyncio.get_running_loop()
+            reference = self.reference
+            self.embedding_job = loop.run_in_executor(None, reference.bins, batch)
+            self.embedding_job.add_done_callback(self._add_bins)
+
+    def _add_bins(self, job: asyncio.Future[np.ndarray]) -> None:
+        if job.cancelled() or job.exception() is not None:
+            logger.warning("drift: embedding similarities not computed: %r", job.exception())
+            return
+        self.add_bins(job.result())
+
+    def add_bins(self, bins: np.ndarray) -> None:
+        for b in bins:
+            self.embedding_counts *= self._embed_decay
+            self.embedding_counts[int(b)] += 1.0
+
+    def embedding_psi(self) -> float | None:
+        # DRIFT_MIN_REQUESTS sampled prompts, not requests: the PSI of fewer is mostly noise
+        # (about (DRIFT_BINS - 1) / n for traffic exactly like the calibration's).
+        if self.embedding_counts.sum() < DRIFT_MIN_REQUESTS:
+            return None
+        return psi(np.full(DRIFT_BINS, 1.0 / DRIFT_BINS), self.embedding_counts)
+
     def score_psi(self) -> float | None:
         if self.edges is None or self.sketch.total < DRIFT_MIN_REQUESTS:
             return None
@@ -283,6 +372,14 @@ class DriftWatch:
         if value is not None:
             checks["score"] = (value, f"PSI {value:.3f} (band < {self.psi_max:g})",
                                value > self.psi_max)  # fmt: skip
+        value = self.embedding_psi()
+        if value is not None:
+            checks["embedding"] = (
+                value,
+                f"PSI {value:.3f} of the nearest-calibration-prompt similarity "
+                f"(band < {self.psi_max:g})",
+                value > self.psi_max,
+            )
         if self.expected_share is not None and self.large.weight >= DRIFT_MIN_REQUESTS:
             share, expected = self.large.value, self.expected_share
             checks["large_share"] = (

@@ -268,6 +268,12 @@ class TierConfig(_Strict):
     # (its lowest value over `logprob_window` consecutive tokens).
     logprob_aggregation: Literal["mean", "min_window"] = "mean"
     logprob_window: int = Field(default=8, ge=1)
+    # When a validated answer reaches the client: "full" holds the whole answer until the
+    # validator has judged it; "prefix" (validation "logprob" only) judges the first
+    # `commit_prefix_tokens` tokens' log-probabilities, streams from then on if they clear the
+    # bar, and escalates before anything was sent if not (the rest of the answer is not judged).
+    commit: Literal["full", "prefix"] = "full"
+    commit_prefix_tokens: int = Field(default=16, ge=1)
     # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
     # first tier, 10 for the last; tiers in between must set it.
     max_score: float | None = Field(default=None, ge=0, le=10)
@@ -293,6 +299,16 @@ class TierConfig(_Strict):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Most Generate/Describe calls in flight at the tier; more get RESOURCE_EXHAUSTED.
     max_concurrent_requests: int = Field(default=1024, ge=1)
+
+    @model_validator(mode="after")
+    def _check_commit(self) -> TierConfig:
+        if self.commit == "prefix" and self.validation != "logprob":
+            raise ValueError(
+                f"tier {self.name!r}: commit prefix judges token log-probabilities as they "
+                f"stream, so it needs validation logprob (this tier has {self.validation!r}); "
+                "use commit full"
+            )
+        return self
 
     @model_validator(mode="before")
     @classmethod

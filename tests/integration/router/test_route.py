@@ -40,6 +40,8 @@ pytestmark = pytest.mark.tier
 
 SIMPLE = "What is the capital of France?"
 COMPLEX = "Prove that there are infinitely many primes and explain each step of the proof."
+# Tokens of a small-tier answer judged before it streams (commit: prefix).
+PREFIX_TOKENS = 4
 
 
 def route_config(
@@ -50,6 +52,7 @@ def route_config(
     small_max_tokens: int = 96,
     validation: str = "self_reported",
     breaker: dict[str, Any] | None = None,
+    commit: str = "full",
     **escalation: Any,
 ) -> dict[str, Any]:
     return {
@@ -60,6 +63,8 @@ def route_config(
                 "address": small,
                 "model": "smollm2",
                 "validation": validation,
+                "commit": commit,
+                "commit_prefix_tokens": PREFIX_TOKENS,
                 "max_tokens": small_max_tokens,
                 "temperature": 0.0,
                 "engine_args": {"max_model_len": 2048},  # what the tier processes run
@@ -196,6 +201,40 @@ async def test_low_confidence_escalates_then_streams_the_large_tier(
     assert [(a.tier, a.delivered) for a in s.attempts] == [("small", False), ("large", True)]
     assert s.usage.completion_tokens == sum(a.usage.completion_tokens for a in s.attempts)
     assert s.latencies.escalation_ms > 0
+
+
+async def test_a_prefix_that_clears_the_bar_is_committed_and_the_rest_streams_live(
+    suite: tuple[str, str, str],
+) -> None:
+    data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.05)
+    long = "Name five European capitals and say one thing about each."
+    r = await route_once(data, prompt=long, sampling={"max_tokens": 48})
+    assert r.decision.tier == "small" and not r.escalations
+    # Held whole, the answer would be one chunk after the validator; committed on its first
+    # tokens, the prefix is one chunk and the rest follows live.
+    assert len(r.chunks) > 2 and all(c.tier == "small" for c in r.chunks), r.chunks
+    s = r.summary
+    assert s is not None and s.tier == "small" and not s.escalated
+    assert s.attempts[0].validation == pb.VALIDATION_STATUS_PASSED
+    assert s.usage.completion_tokens > PREFIX_TOKENS
+    assert s.latencies.validate_ms > 0
+
+
+async def test_a_prefix_below_the_bar_escalates_before_anything_is_sent(
+    suite: tuple[str, str, str],
+) -> None:
+    data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.999)
+    r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
+    assert r.decision.tier == "small"
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
+    assert r.order.index("escalation") < r.order.index("chunk")
+    assert all(c.tier == "large" for c in r.chunks) and r.text
+    s = r.summary
+    assert s is not None and s.tier == "large" and s.escalated
+    small = s.attempts[0]
+    assert (small.tier, small.delivered) == ("small", False)
+    # The small tier's call was cancelled at its prefix, not left to finish its 48 tokens.
+    assert PREFIX_TOKENS <= small.usage.completion_tokens < 48
 
 
 async def test_unparseable_small_answer_escalates(suite: tuple[str, str, str]) -> None:

@@ -1,0 +1,349 @@
+"""Streaming a validated tier without holding back its whole answer: prefix commit against full
+buffering, side by side in one run, with the tiers direct as the bounds.
+
+Starts the configured suite (`--config`, the embedded default unless told): both tiers, the
+validator, and two routers on them that differ only in the small tier's `commit`: `full` (the
+answer held until the validator has judged all of it) and `prefix` (judged on its first
+`--prefix` tokens' log-probabilities, streamed from then on if they clear the bar, escalated
+before anything is sent if not). The small tier is validated by `logprob` at the config's
+`escalation.min_confidence`.
+
+Workload: the questions of data/checkable whose answers a program checks (`--questions` of
+them, every kind in proportion, drawn with `--seed`), one user turn, greedy, at most
+`--max-tokens` tokens, one request at a time, each question through each of four ways in a
+rotating order: small tier direct, large tier direct (Generate), Route with commit full,
+Route with commit prefix. Reported per way: time to first token p50/p95 (over every answer,
+and over the answers the small tier delivered), share answered right (95% bootstrap
+interval), share escalated.
+
+And, on every question of data/checkable, how often the decision on the prefix agrees with the
+decision on the whole answer (the validator's logprob rule, exp(mean log-prob) >= the bar), for
+prefixes of 4, 8, 16 and 32 tokens, computed from the small tier's own greedy answers with
+their log-probabilities (the answers the routers' small tier gives, greedy).
+
+Goals (issue 16): a delivered small-tier answer's TTFT with prefix commit at most the direct
+small tier's TTFT plus the time to decode the prefix; the prefix decision agreeing with the
+full-answer decision on >= 95% of questions.
+
+    make bench-commit         # or: .venv/bin/python benchmarks/bench_commit.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import math
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_e2e import free_port, percentile, router_yaml
+from benchmarks.common import RESULTS, machine, write_result
+from benchmarks.escalation import QUESTIONS, right
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.config import Config, load_config
+from tierroute.quality.evaluate import bootstrap
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
+
+WAYS = ("small direct", "large direct", "Route, commit full", "Route, commit prefix")
+PREFIXES = (4, 8, 16, 32)
+
+
+def questions() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(QUESTIONS.read_text())
+    return [{"kind": k, "q": q["q"], "answers": q["answers"]} for k, qs in doc.items() for q in qs]
+
+
+def drawn(items: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
+    """`n` questions, every kind in proportion."""
+    rng = random.Random(seed)
+    kinds = sorted({i["kind"] for i in items})
+    out = []
+    for kind in kinds:
+        of = [i for i in items if i["kind"] == kind]
+        out += rng.sample(of, max(1, round(n * len(of) / len(items))))
+    rng.shuffle(out)
+    return out[:n]
+
+
+async def direct(
+    stub: tier_grpc.TierServiceStub, item: dict[str, Any], max_tokens: int, logprobs: bool
+) -> dict[str, Any]:
+    request = tier_pb.GenerateRequest(
+        messages=[common_pb.ChatMessage(role="user", content=item["q"])],
+        sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        logprobs=logprobs,
+    )
+    started = time.perf_counter()
+    first = None
+    parts: list[str] = []
+    values: list[float] = []
+    complete = None
+    async for response in stub.Generate(request, timeout=900):
+        if response.HasField("chunk"):
+            if response.chunk.text and first is None:
+                first = time.perf_counter()
+            parts.append(response.chunk.text)
+            values += [t.logprob for t in response.chunk.logprobs]
+        else:
+            complete = response.complete
+    assert complete is not None
+    done = time.perf_counter()
+    text = "".join(parts)
+    return {
+        "ttft_ms": ((first or done) - started) * 1e3,
+        "total_ms": (done - started) * 1e3,
+        "tokens": complete.completion_tokens,
+        "text": text,
+        "right": right(text, item["answers"]),
+        "tier": "",
+        "escalated": False,
+        "logprobs": values,
+    }
+
+
+async def routed(
+    stub: pb_grpc.RouterServiceStub, item: dict[str, Any], max_tokens: int
+) -> dict[str, Any]:
+    request = pb.RouteRequest(
+        messages=[common_pb.ChatMessage(role="user", content=item["q"])],
+        sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        bypass_cache=True,
+    )
+    started = time.perf_counter()
+    first = None
+    parts: list[str] = []
+    summary = None
+    async for event in stub.Route(request, timeout=900):
+        if event.HasField("chunk"):
+            if event.chunk.text and first is None:
+                first = time.perf_counter()
+            parts.append(event.chunk.text)
+        elif event.HasField("summary"):
+            summary = event.summary
+    assert summary is not None
+    done = time.perf_counter()
+    text = "".join(parts)
+    return {
+        "ttft_ms": ((first or done) - started) * 1e3,
+        "total_ms": (done - started) * 1e3,
+        "tokens": summary.usage.completion_tokens,
+        "text": text,
+        "right": right(text, item["answers"]),
+        "tier": summary.tier,
+        "escalated": summary.escalated,
+    }
+
+
+def agreement(answers: list[list[float]], bar: float) -> dict[str, Any]:
+    """How often the decision on a prefix of k tokens agrees with the one on the whole answer."""
+    full = [math.exp(statistics.fmean(v)) >= bar for v in answers if v]
+    out: dict[str, Any] = {"questions": len(full), "delivered_full": sum(full)}
+    for k in PREFIXES:
+        prefix = [math.exp(statistics.fmean(v[:k])) >= bar for v in answers if v]
+        same = [a == b for a, b in zip(prefix, full, strict=True)]
+        out[f"prefix {k}"] = {
+            "agreement": sum(same) / len(same),
+            "delivered": sum(prefix),
+            # Decided to deliver on the prefix, but the whole answer would have escalated.
+            "delivered_but_full_escalates": sum(
+                p and not f for p, f in zip(prefix, full, strict=True)
+            ),
+        }
+    return out
+
+
+async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    from tests.helpers.services import start_service
+
+    config = str(args.config)
+    root = Path(tempfile.mkdtemp(prefix="bench-commit-"))
+    started: list[Any] = []
+    try:
+        tiers = {}
+        for tier in cfg.tiers:
+            print(f"starting tier {tier.name} ...", file=sys.stderr)
+            process = await asyncio.to_thread(
+                start_service,
+                ["tierroute.tier", "--config", config, "--tier", tier.name,
+                 "--listen", "127.0.0.1:0"],
+                root / f"tier-{tier.name}.log",
+            )  # fmt: skip
+            started.append(process)
+            tiers[tier.name] = process.address
+        validator = await asyncio.to_thread(
+            start_service,
+            ["tierroute.validator", "--config", config, "--listen", "127.0.0.1:0"],
+            root / "validator.log",
+        )
+        started.append(validator)
+        routers = {}
+        for commit in ("full", "prefix"):
+            workdir = root / commit
+            workdir.mkdir()
+            path = router_yaml(cfg, tiers, validator.address, free_port(), workdir)
+            doc = yaml.safe_load(path.read_text())
+            doc["router"].pop("http_listen")
+            doc["tiers"][0].update(
+                validation="logprob", commit=commit, commit_prefix_tokens=args.prefix
+            )
+            path.write_text(yaml.safe_dump(doc))
+            routers[commit] = await asyncio.to_thread(
+                start_service, ["tierroute.router", "--config", str(path)], workdir / "router.log"
+            )
+            started.append(routers[commit])
+        small, large = cfg.tiers[0].name, cfg.tiers[-1].name
+        channels = {
+            "small": grpc.aio.insecure_channel(tiers[small]),
+            "large": grpc.aio.insecure_channel(tiers[large]),
+            "full": grpc.aio.insecure_channel(routers["full"].address),
+            "prefix": grpc.aio.insecure_channel(routers["prefix"].address),
+        }
+        try:
+            s_stub = tier_grpc.TierServiceStub(channels["small"])
+            l_stub = tier_grpc.TierServiceStub(channels["large"])
+            f_stub = pb_grpc.RouterServiceStub(channels["full"])
+            p_stub = pb_grpc.RouterServiceStub(channels["prefix"])
+            ways = {
+                WAYS[0]: lambda item: direct(s_stub, item, args.max_tokens, False),
+                WAYS[1]: lambda item: direct(l_stub, item, args.max_tokens, False),
+                WAYS[2]: lambda item: routed(f_stub, item, args.max_tokens),
+                WAYS[3]: lambda item: routed(p_stub, item, args.max_tokens),
+            }
+            warm = {"q": "Say hello.", "answers": ["hello"]}
+            for ask in ways.values():
+                await ask(warm)
+            samples: dict[str, list[dict[str, Any]]] = {w: [] for w in WAYS}
+            items = drawn(questions(), args.questions, args.seed)
+            for i, item in enumerate(items):
+                print(f"question {i + 1}/{len(items)}", file=sys.stderr, end="\r")
+                order = WAYS[i % len(WAYS) :] + WAYS[: i % len(WAYS)]
+                for way in order:
+                    samples[way].append(await ways[way](item))
+            print("the small tier's log-probabilities on every question ...", file=sys.stderr)
+            logprobs = []
+            for item in questions():
+                got = await direct(s_stub, item, args.max_tokens, True)
+                logprobs.append(got["logprobs"])
+        finally:
+            for channel in channels.values():
+                await channel.close()
+        return {"samples": samples, "logprobs": logprobs, "questions": len(items)}
+    finally:
+        for process in reversed(started):
+            process.stop()
+
+
+def figures(samples: list[dict[str, Any]], small: str) -> dict[str, Any]:
+    ttft = [s["ttft_ms"] for s in samples]
+    by_small = [s["ttft_ms"] for s in samples if s["tier"] == small and not s["escalated"]]
+    right_ = [float(s["right"]) for s in samples]
+    low, high = bootstrap(lambda i: sum(right_[j] for j in i) / len(i), len(right_))
+    return {
+        "ttft_p50_ms": statistics.median(ttft),
+        "ttft_p95_ms": percentile(ttft, 95),
+        "small_delivered": len(by_small),
+        "small_ttft_p50_ms": statistics.median(by_small) if by_small else None,
+        "small_ttft_p95_ms": percentile(by_small, 95) if by_small else None,
+        "right": sum(right_) / len(right_),
+        "right_ci95": [low, high],
+        "escalated": sum(s["escalated"] for s in samples) / len(samples),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
+    parser.add_argument("--questions", type=int, default=30)
+    parser.add_argument("--prefix", type=int, default=16, help="commit_prefix_tokens")
+    parser.add_argument("--max-tokens", type=int, default=48)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=RESULTS / "commit.json")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config)
+    result = asyncio.run(bench(args, cfg))
+    return report(result, args, cfg)
+
+
+def report(result: dict[str, Any], args: argparse.Namespace, cfg: Config) -> int:
+    small = cfg.tiers[0].name
+    ways = {w: figures(result["samples"][w], small) for w in WAYS}
+    direct_small = result["samples"][WAYS[0]]
+    tpot = statistics.median(
+        (s["total_ms"] - s["ttft_ms"]) / (s["tokens"] - 1) for s in direct_small if s["tokens"] > 1
+    )
+    bound = ways[WAYS[0]]["ttft_p50_ms"] + args.prefix * tpot
+    prefix_small = ways[WAYS[3]]["small_ttft_p50_ms"]
+    bar = cfg.escalation.min_confidence
+    agree = agreement(result["logprobs"], bar)
+    doc = {
+        "benchmark": "prefix commit against full buffering, with the tiers direct",
+        "command": "make bench-commit",
+        "machine": machine(grpc=grpc.__version__),
+        "workload": {
+            "questions": result["questions"],
+            "source": "data/checkable, every kind in proportion",
+            "seed": args.seed,
+            "max_tokens": args.max_tokens,
+            "concurrency": 1,
+            "greedy": True,
+        },
+        "small_tier": {
+            "validation": "logprob",
+            "min_confidence": bar,
+            "prefix_tokens": args.prefix,
+        },
+        "ways": ways,
+        "direct_small_time_per_token_ms": tpot,
+        "goal_ttft_bound_ms": bound,
+        "prefix_agreement": agree,
+        "goals": {
+            "prefix-commit small TTFT p50 <= direct small TTFT p50 + prefix decode": (
+                prefix_small is not None and prefix_small <= bound
+            ),
+            f"prefix {args.prefix} decision agrees with the full one on >= 95%": (
+                agree[f"prefix {args.prefix}"]["agreement"] >= 0.95
+                if f"prefix {args.prefix}" in agree
+                else False
+            ),
+        },
+    }
+    print(f"\n{result['questions']} checkable questions, one at a time, greedy, max_tokens "
+          f"{args.max_tokens}; small tier logprob at {bar:g}, "
+          f"prefix {args.prefix} tokens")  # fmt: skip
+    print(f"{'way':<22}{'TTFT p50':>9}{'p95':>7}{'small p50':>11}{'p95':>7}"
+          f"{'right':>7}{'95% CI':>12}{'escal.':>8}")  # fmt: skip
+    for way, f in ways.items():
+        s50 = "-" if f["small_ttft_p50_ms"] is None else f"{f['small_ttft_p50_ms']:.0f}"
+        s95 = "-" if f["small_ttft_p95_ms"] is None else f"{f['small_ttft_p95_ms']:.0f}"
+        lo, hi = f["right_ci95"]
+        print(f"{way:<22}{f['ttft_p50_ms']:>9.0f}{f['ttft_p95_ms']:>7.0f}{s50:>11}{s95:>7}"
+              f"{f['right']:>7.0%}{f'{lo:.0%}-{hi:.0%}':>12}{f['escalated']:>8.0%}")  # fmt: skip
+    print(f"\nprefix vs whole-answer decision on {agree['questions']} questions "
+          f"(whole answer delivers {agree['delivered_full']}):")  # fmt: skip
+    for k in PREFIXES:
+        a = agree[f"prefix {k}"]
+        print(f"  prefix {k:>2}: agreement {a['agreement']:.1%}, delivers {a['delivered']}, "
+              f"{a['delivered_but_full_escalates']} of them the whole answer would "
+              "escalate")  # fmt: skip
+    for goal, met in doc["goals"].items():
+        print(f"  {'met ' if met else 'MISS'} {goal}")
+    write_result(args.out, doc)
+    print(f"\nwrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
