@@ -37,7 +37,6 @@ import random
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -46,15 +45,12 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_e2e import free_port, percentile, router_yaml
-from benchmarks.common import RESULTS, machine, write_result
-from benchmarks.escalation import QUESTIONS, right
-from tierroute.common.v1 import common_pb2 as common_pb
+from benchmarks.bench_e2e import free_port, percentile, router_yaml, via_generate, via_route
+from benchmarks.common import RESULTS, machine, start_suite, write_result
+from benchmarks.escalation import QUESTIONS
 from tierroute.core.config import Config, load_config
 from tierroute.quality.evaluate import bootstrap
-from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
-from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
 WAYS = ("small direct", "large direct", "Route, commit full", "Route, commit prefix")
@@ -63,7 +59,9 @@ PREFIXES = (4, 8, 16, 32)
 
 def questions() -> list[dict[str, Any]]:
     doc = yaml.safe_load(QUESTIONS.read_text())
-    return [{"kind": k, "q": q["q"], "answers": q["answers"]} for k, qs in doc.items() for q in qs]
+    return [
+        {"kind": k, "prompt": q["q"], "answers": q["answers"]} for k, qs in doc.items() for q in qs
+    ]
 
 
 def drawn(items: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]]:
@@ -76,75 +74,6 @@ def drawn(items: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]
         out += rng.sample(of, max(1, round(n * len(of) / len(items))))
     rng.shuffle(out)
     return out[:n]
-
-
-async def direct(
-    stub: tier_grpc.TierServiceStub, item: dict[str, Any], max_tokens: int, logprobs: bool
-) -> dict[str, Any]:
-    request = tier_pb.GenerateRequest(
-        messages=[common_pb.ChatMessage(role="user", content=item["q"])],
-        sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
-        logprobs=logprobs,
-    )
-    started = time.perf_counter()
-    first = None
-    parts: list[str] = []
-    values: list[float] = []
-    complete = None
-    async for response in stub.Generate(request, timeout=900):
-        if response.HasField("chunk"):
-            if response.chunk.text and first is None:
-                first = time.perf_counter()
-            parts.append(response.chunk.text)
-            values += [t.logprob for t in response.chunk.logprobs]
-        else:
-            complete = response.complete
-    assert complete is not None
-    done = time.perf_counter()
-    text = "".join(parts)
-    return {
-        "ttft_ms": ((first or done) - started) * 1e3,
-        "total_ms": (done - started) * 1e3,
-        "tokens": complete.completion_tokens,
-        "text": text,
-        "right": right(text, item["answers"]),
-        "tier": "",
-        "escalated": False,
-        "logprobs": values,
-    }
-
-
-async def routed(
-    stub: pb_grpc.RouterServiceStub, item: dict[str, Any], max_tokens: int
-) -> dict[str, Any]:
-    request = pb.RouteRequest(
-        messages=[common_pb.ChatMessage(role="user", content=item["q"])],
-        sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
-        bypass_cache=True,
-    )
-    started = time.perf_counter()
-    first = None
-    parts: list[str] = []
-    summary = None
-    async for event in stub.Route(request, timeout=900):
-        if event.HasField("chunk"):
-            if event.chunk.text and first is None:
-                first = time.perf_counter()
-            parts.append(event.chunk.text)
-        elif event.HasField("summary"):
-            summary = event.summary
-    assert summary is not None
-    done = time.perf_counter()
-    text = "".join(parts)
-    return {
-        "ttft_ms": ((first or done) - started) * 1e3,
-        "total_ms": (done - started) * 1e3,
-        "tokens": summary.usage.completion_tokens,
-        "text": text,
-        "right": right(text, item["answers"]),
-        "tier": summary.tier,
-        "escalated": summary.escalated,
-    }
 
 
 def agreement(answers: list[list[float]], bar: float) -> dict[str, Any]:
@@ -168,27 +97,10 @@ def agreement(answers: list[list[float]], bar: float) -> dict[str, Any]:
 async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     from tests.helpers.services import start_service
 
-    config = str(args.config)
     root = Path(tempfile.mkdtemp(prefix="bench-commit-"))
     started: list[Any] = []
     try:
-        tiers = {}
-        for tier in cfg.tiers:
-            print(f"starting tier {tier.name} ...", file=sys.stderr)
-            process = await asyncio.to_thread(
-                start_service,
-                ["tierroute.tier", "--config", config, "--tier", tier.name,
-                 "--listen", "127.0.0.1:0"],
-                root / f"tier-{tier.name}.log",
-            )  # fmt: skip
-            started.append(process)
-            tiers[tier.name] = process.address
-        validator = await asyncio.to_thread(
-            start_service,
-            ["tierroute.validator", "--config", config, "--listen", "127.0.0.1:0"],
-            root / "validator.log",
-        )
-        started.append(validator)
+        tiers, validator = await start_suite(args.config, cfg, root, started)
         routers = {}
         for commit in ("full", "prefix"):
             workdir = root / commit
@@ -217,12 +129,12 @@ async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
             f_stub = pb_grpc.RouterServiceStub(channels["full"])
             p_stub = pb_grpc.RouterServiceStub(channels["prefix"])
             ways = {
-                WAYS[0]: lambda item: direct(s_stub, item, args.max_tokens, False),
-                WAYS[1]: lambda item: direct(l_stub, item, args.max_tokens, False),
-                WAYS[2]: lambda item: routed(f_stub, item, args.max_tokens),
-                WAYS[3]: lambda item: routed(p_stub, item, args.max_tokens),
+                WAYS[0]: lambda item: via_generate(s_stub, item, args.max_tokens, ""),
+                WAYS[1]: lambda item: via_generate(l_stub, item, args.max_tokens, ""),
+                WAYS[2]: lambda item: via_route(f_stub, item, args.max_tokens),
+                WAYS[3]: lambda item: via_route(p_stub, item, args.max_tokens),
             }
-            warm = {"q": "Say hello.", "answers": ["hello"]}
+            warm = {"kind": "warm-up", "prompt": "Say hello.", "answers": ["hello"]}
             for ask in ways.values():
                 await ask(warm)
             samples: dict[str, list[dict[str, Any]]] = {w: [] for w in WAYS}
@@ -235,7 +147,7 @@ async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
             print("the small tier's log-probabilities on every question ...", file=sys.stderr)
             logprobs = []
             for item in questions():
-                got = await direct(s_stub, item, args.max_tokens, True)
+                got = await via_generate(s_stub, item, args.max_tokens, "", logprobs=True)
                 logprobs.append(got["logprobs"])
         finally:
             for channel in channels.values():

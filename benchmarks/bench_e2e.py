@@ -48,7 +48,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import RESULTS, ROOT, machine, write_result
+from benchmarks.common import RESULTS, ROOT, machine, start_suite, write_result
 from benchmarks.escalation import QUESTIONS, right
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import Config, load_config
@@ -146,25 +146,37 @@ def router_yaml(cfg: Config, tiers: dict[str, str], validator: str, http_port: i
 # --- one request, each way ---
 
 
-async def via_generate(stub: tier_grpc.TierServiceStub, item: Item, max_tokens: int) -> Sample:
+async def via_generate(
+    stub: tier_grpc.TierServiceStub,
+    item: Item,
+    max_tokens: int,
+    tier: str = "large",
+    logprobs: bool = False,
+) -> Sample:
+    """One request to a tier's Generate; with `logprobs`, the sample keeps its answer's token
+    log-probabilities."""
     request = tier_pb.GenerateRequest(
         messages=[common_pb.ChatMessage(role="user", content=item["prompt"])],
         sampling=common_pb.SamplingParams(temperature=0.0, max_tokens=max_tokens),
+        logprobs=logprobs,
     )
     started = time.perf_counter()
     first = None
     parts: list[str] = []
+    values: list[float] = []
     complete = None
     async for response in stub.Generate(request, timeout=900):
         if response.HasField("chunk"):
             if response.chunk.text and first is None:
                 first = time.perf_counter()
             parts.append(response.chunk.text)
+            values += [t.logprob for t in response.chunk.logprobs]
         else:
             complete = response.complete
     assert complete is not None
-    return sample(item, started, first, "".join(parts), complete.completion_tokens,
-                  complete.cost_usd, "large", False)  # fmt: skip
+    got = sample(item, started, first, "".join(parts), complete.completion_tokens,
+                 complete.cost_usd, tier, False)  # fmt: skip
+    return {**got, "logprobs": values} if logprobs else got
 
 
 async def via_route(stub: pb_grpc.RouterServiceStub, item: Item, max_tokens: int) -> Sample:
@@ -289,26 +301,9 @@ async def bench(args: argparse.Namespace, cfg: Config, items: list[Item]) -> dic
     from tests.helpers.services import start_service
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
-    config = str(args.config)
     started: list[Any] = []
     try:
-        tiers = {}
-        for tier in cfg.tiers:
-            print(f"starting tier {tier.name} ...", file=sys.stderr)
-            process = await asyncio.to_thread(
-                start_service,
-                ["tierroute.tier", "--config", config, "--tier", tier.name,
-                 "--listen", "127.0.0.1:0"],
-                workdir / f"tier-{tier.name}.log",
-            )  # fmt: skip
-            started.append(process)
-            tiers[tier.name] = process.address
-        validator = await asyncio.to_thread(
-            start_service,
-            ["tierroute.validator", "--config", config, "--listen", "127.0.0.1:0"],
-            workdir / "validator.log",
-        )
-        started.append(validator)
+        tiers, validator = await start_suite(args.config, cfg, workdir, started)
         http_port = free_port()
         router_cfg = router_yaml(cfg, tiers, validator.address, http_port, workdir)
         router = await asyncio.to_thread(

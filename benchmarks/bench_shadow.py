@@ -44,7 +44,7 @@ from prometheus_client.parser import text_string_to_metric_families
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_e2e import EVERYDAY, free_port, percentile, router_yaml, via_route
-from benchmarks.common import RESULTS, machine, write_result
+from benchmarks.common import RESULTS, machine, start_suite, write_result
 from tierroute.core.config import Config, load_config
 from tierroute.quality.labelled import half
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -102,27 +102,10 @@ async def bench(
 ) -> dict[str, Any]:
     from tests.helpers.services import start_service
 
-    config = str(args.config)
     root = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     started: list[Any] = []
     try:
-        tiers = {}
-        for tier in cfg.tiers:
-            print(f"starting tier {tier.name} ...", file=sys.stderr)
-            process = await asyncio.to_thread(
-                start_service,
-                ["tierroute.tier", "--config", config, "--tier", tier.name,
-                 "--listen", "127.0.0.1:0"],
-                root / f"tier-{tier.name}.log",
-            )  # fmt: skip
-            started.append(process)
-            tiers[tier.name] = process.address
-        validator = await asyncio.to_thread(
-            start_service,
-            ["tierroute.validator", "--config", config, "--listen", "127.0.0.1:0"],
-            root / "validator.log",
-        )
-        started.append(validator)
+        tiers, validator = await start_suite(args.config, cfg, root, started)
         routers = {}
         for name in ROUTERS:
             workdir = root / name.replace(" ", "-")

@@ -101,3 +101,31 @@ def paired(
         "ratio": median_iqr([m[ratio_of] / b[ratio_of] for m, b in pairs]),
         "diff": median_iqr([m[mine] - b[theirs] for m, b in pairs]),
     }
+
+
+async def start_suite(
+    config: Path, cfg: Any, workdir: Path, started: list[Any]
+) -> tuple[dict[str, str], Any]:
+    """Every tier of `cfg` and the validator, each as its own process on a free port, logs in
+    `workdir`. Each is appended to `started` as it comes up, so that the caller stops them all
+    whatever happens. Returns the tiers' addresses by name, and the validator."""
+    from tests.helpers.services import start_service
+
+    tiers = {}
+    for tier in cfg.tiers:
+        print(f"starting tier {tier.name} ...", file=sys.stderr)
+        process = await asyncio.to_thread(
+            start_service,
+            ["tierroute.tier", "--config", str(config), "--tier", tier.name,
+             "--listen", "127.0.0.1:0"],
+            workdir / f"tier-{tier.name}.log",
+        )  # fmt: skip
+        started.append(process)
+        tiers[tier.name] = process.address
+    validator = await asyncio.to_thread(
+        start_service,
+        ["tierroute.validator", "--config", str(config), "--listen", "127.0.0.1:0"],
+        workdir / "validator.log",
+    )
+    started.append(validator)
+    return tiers, validator
