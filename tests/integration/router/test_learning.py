@@ -189,7 +189,9 @@ async def test_the_next_artifact_sends_the_topic_the_small_tier_failed_on_to_the
         "calibrate", "--from-log", str(log), "--config", str(cfg), "-o", str(learned)
     )
     assert code == 0, err
-    assert "answers of tier 'small' judged by the validator" in out
+    # No shadow mode here: every label is the validator's verdict.
+    assert "answers of tier 'small' judged (" in out
+    assert "by the validator, 0 against the large tier in shadow mode)" in out, out
     assert f"of the {len(rows)} scored requests in the log" in out
     meta = json.loads((learned / "router.json").read_text())
     assert meta["source"].startswith(f"routing log {log}")

@@ -76,7 +76,7 @@ async def test_describe_reports_model_limits_prices_and_readiness(
     assert d.max_context_tokens == 2048
     assert d.price_per_1k_input_usd == pytest.approx(0.0001)
     assert d.price_per_1k_output_usd == pytest.approx(0.0002)
-    assert d.dtype == "bfloat16" and d.device == "cpu" and d.ready
+    assert d.dtype == "float32" and d.device == "cpu" and d.ready  # configs/default.yaml
     assert d.default_max_tokens == 256
 
 
