@@ -144,6 +144,59 @@ def baseline(prompts: list[str], total: int, model: Any, scorer: Any) -> dict[st
     return summarize(latencies, time.perf_counter() - started)
 
 
+def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, float]]:
+    """Where one Score's time goes, stage by stage, in this process (microseconds, median and
+    p99 over every prompt `reps` times): tokenizer, ONNX run, the scorer (numpy's BLAS on one
+    thread, as the router runs it, and on its default threads), the whole in-process decision
+    (through the batcher's worker thread; cache bypassed)."""
+    from threadpoolctl import threadpool_limits
+
+    from tierroute.router.scoring.decider import Decider
+
+    cfg = load_config(config)
+    decider = Decider(cfg)
+
+    def stage(fn: Any) -> dict[str, float]:
+        times = []
+        for _ in range(reps):
+            for p in prompts:
+                t0 = time.perf_counter()
+                fn(p)
+                times.append((time.perf_counter() - t0) * 1e6)
+        return {"p50_us": float(np.median(times)), "p99_us": float(np.percentile(times, 99))}
+
+    async def run() -> dict[str, dict[str, float]]:
+        await decider.load()
+        embedder, scorer = decider.embedder, decider.scorer
+        assert embedder is not None and scorer is not None
+        encoded = {p: embedder.encode([p]) for p in prompts}
+        vectors = {p: embedder.run(encoded[p]) for p in prompts}
+        out = {
+            "tokenize": stage(lambda p: embedder.encode([p])),
+            "onnx_run": stage(lambda p: embedder.run(encoded[p])),
+            "scorer_blas_1_thread": stage(lambda p: scorer.score(vectors[p], [p])),
+        }
+        with threadpool_limits(os.cpu_count(), user_api="blas"):
+            out["scorer_blas_default_threads"] = stage(lambda p: scorer.score(vectors[p], [p]))
+        if decider.degraded is not None:
+            degraded = decider.degraded
+            out["degraded_embedding"] = stage(lambda p: degraded.embed(p))
+        times = []
+        for _ in range(reps):
+            for p in prompts:
+                t0 = time.perf_counter()
+                await decider.decide(p, bypass_cache=True)
+                times.append((time.perf_counter() - t0) * 1e6)
+        out["decision_in_process"] = {
+            "p50_us": float(np.median(times)),
+            "p99_us": float(np.percentile(times, 99)),
+        }
+        await decider.close()
+        return out
+
+    return asyncio.run(run())
+
+
 def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:
     return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
 
@@ -175,6 +228,8 @@ def main() -> int:
     st_scorer = build_scorer(seed, st_embed, "sentence-transformers-fp32")
     st_model.encode(prompts[:8])  # warm-up
 
+    print("profiling the stages in this process ...", file=sys.stderr)
+    stages = profile(args.config, prompts, reps=5)
     proc, address = start_router(args.config)
     rows: dict[str, list[dict[str, float]]] = {
         "score_c1": [],
@@ -220,6 +275,7 @@ def main() -> int:
         },
         "rounds": args.rounds,
         "results": result,
+        "profile_us": stages,
         "speedup_p50_vs_baseline": speedup,
         "goals_met": goals,
     }
@@ -240,6 +296,12 @@ def main() -> int:
         m = result[key]
         print(f"{label:<42}{m['p50_ms']:>9.2f}{m['p99_ms']:>9.2f}{m['throughput_rps']:>9.0f}")
     print(f"\nper-request speed-up over the baseline (p50): {speedup:.1f}x")
+    grpc_us = result["score_c1"]["p50_ms"] * 1000 - stages["decision_in_process"]["p50_us"]
+    print("\nwhere a Score's time goes (one prompt, in-process stages, microseconds)")
+    print(f"{'stage':<42}{'p50 us':>9}{'p99 us':>9}")
+    for name, m in stages.items():
+        print(f"{name:<42}{m['p50_us']:>9.0f}{m['p99_us']:>9.0f}")
+    print(f"{'gRPC, protobuf and client (c=1 p50 - decision)':<42}{grpc_us:>9.0f}")
     print_goals(goals, args.out)
     return 0
 

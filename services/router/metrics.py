@@ -31,6 +31,14 @@ DECISIONS = Counter(
     "Routing decisions (Score and Route), by the tier chosen and each reason code.",
     ("tier", "reason"),
 )
+DEGRADED = Counter(
+    "tierroute_score_degraded",
+    "Prompts the embedder could not score within the budget, by why: queue_full, "
+    "predicted_late (its measured pace said too late), late (the budget ran out), failed. "
+    "The degraded scorer decided them (reason score_degraded), or without one the default "
+    "tier (reason router_fallback).",
+    ("why",),
+)
 SCORES = Histogram(
     "tierroute_complexity_score",
     "Complexity scores of the prompts scored (0 to 10; not the fallback's, not a forced tier's).",

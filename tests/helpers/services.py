@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 MODELS = Path(os.environ.get("TIERROUTE_MODELS_DIR", ROOT / "models"))
 EMBEDDER_DIR = MODELS / "minilm-l6-v2-int8"
 SMOLLM_DIR = MODELS / "smollm2-135m-instruct"
+DEGRADED_DIR = ROOT / "artifacts" / "degraded-default"
 DEFAULT_CONFIG = ROOT / "configs" / "default.yaml"
 SERVICES = ("tierroute.router", "tierroute.tier", "tierroute.validator")
 PROMPTS = yaml.safe_load((ROOT / "tests" / "data" / "prompts.yaml").read_text())

@@ -1,9 +1,14 @@
-"""Micro-batching: concurrent embedding requests share one ONNX run.
+"""Micro-batching: concurrent scoring requests share one ONNX run.
 
-Requests queue up; one worker takes everything queued (up to `max_size`) and embeds it in one
-run on a dedicated thread, so the event loop keeps accepting requests meanwhile. Requests that
+Requests queue up; a worker takes everything queued (up to `max_size`) and scores it in one
+run on its own thread, so the event loop keeps accepting requests meanwhile. Requests that
 arrive during a run form the next batch, so batches grow with load and a lone request never
 waits. With `max_wait_ms` > 0 the worker also waits up to that long for a batch to fill.
+`workers` batches may run at once (router.scorer_threads).
+
+The batcher measures how long a batch takes (a moving average), so the decider can tell
+before queueing a prompt whether its answer would come within the budget
+(`predicted_wait`), and refuses prompts beyond `max_queue` (`full`).
 """
 
 from __future__ import annotations
@@ -14,60 +19,97 @@ import logging
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-
-import numpy as np
+from typing import Generic, TypeVar
 
 logger = logging.getLogger(__name__)
 
-EmbedFn = Callable[[list[str]], tuple[np.ndarray, list[bool]]]
+T = TypeVar("T")
+
+# Weight of the newest batch in the moving average of a batch's duration.
+_SMOOTHING = 0.2
 
 
 @dataclass
-class _Item:
+class _Item(Generic[T]):
     text: str
-    future: asyncio.Future[tuple[np.ndarray, bool]]
+    future: asyncio.Future[T]
 
 
-class MicroBatcher:
-    def __init__(self, embed: EmbedFn, max_size: int = 32, max_wait_ms: float = 0.0) -> None:
-        self._embed = embed
+class MicroBatcher(Generic[T]):
+    def __init__(
+        self,
+        run: Callable[[list[str]], list[T]],
+        max_size: int = 32,
+        max_wait_ms: float = 0.0,
+        workers: int = 1,
+        max_queue: int = 1024,
+    ) -> None:
+        self._run_batch = run
         self._max_size = max_size
         self._max_wait = max_wait_ms / 1000.0
-        self._queue: asyncio.Queue[_Item] = asyncio.Queue()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed")
-        self._worker: asyncio.Task[None] | None = None
-        self._current: list[_Item] = []  # the batch being embedded, for close()
+        self._max_queue = max_queue
+        self._queue: asyncio.Queue[_Item[T]] = asyncio.Queue()
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="score")
+        self._workers: list[asyncio.Task[None]] = []
+        self._count = workers
+        self._current: dict[int, list[_Item[T]]] = {}  # the batches being run, for close()
         self.batches = 0
         self.items = 0
+        self.batch_seconds: float | None = None  # moving average of a batch's duration
 
     def start(self) -> None:
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+        if not self._workers:
+            loop = asyncio.get_running_loop()
+            self._workers = [
+                loop.create_task(self._run(i), name=f"batcher-{i}") for i in range(self._count)
+            ]
 
     async def close(self) -> None:
-        """Stop the worker; every caller still waiting gets an error, none is left hanging."""
-        if self._worker is not None:
-            self._worker.cancel()
+        """Stop the workers; every caller still waiting gets an error, none is left hanging."""
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
             with contextlib.suppress(asyncio.CancelledError):
-                await self._worker
-            self._worker = None
-        waiting = self._current + [self._queue.get_nowait() for _ in range(self._queue.qsize())]
+                await worker
+        self._workers = []
+        waiting = [item for batch in self._current.values() for item in batch]
+        waiting += [self._queue.get_nowait() for _ in range(self._queue.qsize())]
         for item in waiting:
             if not item.future.done():
-                item.future.set_exception(RuntimeError("the embedder is shutting down"))
-        self._current = []
+                item.future.set_exception(RuntimeError("the scorer is shutting down"))
+        self._current = {}
         await asyncio.to_thread(self._executor.shutdown, True)
 
-    async def embed(self, text: str) -> tuple[np.ndarray, bool]:
-        """The embedding of `text` and whether it was truncated for embedding."""
-        if self._worker is None:
+    @property
+    def full(self) -> bool:
+        """`max_queue` prompts are waiting: one more would only wait longer."""
+        return self._queue.qsize() >= self._max_queue
+
+    def predicted_wait(self) -> float:
+        """Seconds a prompt queued now would take to be scored: the batches ahead of it and
+        its own, plus the running ones when every worker is busy, at the measured duration of
+        a batch, shared among the workers. 0 until a batch has been measured, and while no
+        batch runs or waits: that prompt is the probe that measures the pace again."""
+        running = sum(1 for batch in self._current.values() if batch)
+        if self.batch_seconds is None or (running == 0 and self._queue.empty()):
+            return 0.0
+        batches = -(-(self._queue.qsize() + 1) // self._max_size)
+        if running >= self._count:
+            batches += 1
+        return batches * self.batch_seconds / self._count
+
+    async def submit(self, text: str) -> T:
+        """What `run` made of `text`, in a batch with whatever else is waiting."""
+        if not self._workers:
             raise RuntimeError("MicroBatcher.start() was not called")
-        future: asyncio.Future[tuple[np.ndarray, bool]] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Item(text, future))
         return await future
 
-    async def _take_batch(self) -> list[_Item]:
-        batch = [await self._queue.get()]
+    async def _take_batch(self, worker: int) -> list[_Item[T]]:
+        # The batch is this worker's from its first item on: taken from the queue, its prompts
+        # count as running for predicted_wait and close().
+        batch = self._current[worker] = [await self._queue.get()]
         # Let calls that have arrived be accepted and enqueue their prompts before the batch
         # is cut: the worker is woken by the first put, and grpc.aio accepts calls one loop
         # iteration at a time. Stop yielding as soon as an iteration adds nothing.
@@ -90,27 +132,35 @@ class MicroBatcher:
                 break
         return batch
 
-    async def _run(self) -> None:
+    async def _run(self, worker: int) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = self._current = await self._take_batch()
+            self._current[worker] = []
+            batch = await self._take_batch(worker)
             live = [item for item in batch if not item.future.done()]  # skip cancelled callers
             if not live:
                 continue
             texts = [item.text for item in live]
+            started = loop.time()
             try:
                 # Off the event loop, so that calls keep being accepted (and so form the next
                 # batch) while this one runs; the hand-off costs about 0.2 ms here. Running
                 # inline instead blocks grpc.aio from accepting calls: no batch ever forms.
-                vectors, truncated = await loop.run_in_executor(self._executor, self._embed, texts)
+                results = await loop.run_in_executor(self._executor, self._run_batch, texts)
             except Exception as exc:
-                logger.exception("embedding a batch of %d failed", len(live))
+                logger.exception("scoring a batch of %d failed", len(live))
                 for item in live:
                     if not item.future.done():
                         item.future.set_exception(exc)
                 continue
+            took = loop.time() - started
+            self.batch_seconds = (
+                took
+                if self.batch_seconds is None
+                else (1 - _SMOOTHING) * self.batch_seconds + _SMOOTHING * took
+            )
             self.batches += 1
             self.items += len(live)
-            for row, item in enumerate(live):
+            for item, result in zip(live, results, strict=True):
                 if not item.future.done():
-                    item.future.set_result((vectors[row], truncated[row]))
+                    item.future.set_result(result)

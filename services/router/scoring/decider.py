@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from tierroute.core.config import Config
 from tierroute.core.errors import InvalidArgument, Unavailable
@@ -19,8 +20,9 @@ from tierroute.quality.multi import QualityModel
 from tierroute.router import metrics
 from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
+from tierroute.router.scoring.degraded import DegradedEmbedder
 from tierroute.router.scoring.embedder import Embedder
-from tierroute.router.scoring.scorers import Scorer, build_scorer
+from tierroute.router.scoring.scorers import Score, Scorer, build_scorer
 from tierroute.router.selection.fit import Fit, Need
 from tierroute.router.selection.operating import DriftWatch, EmbeddingReference, OperatingPoint
 from tierroute.router.selection.policy import (
@@ -56,6 +58,16 @@ class Scored:
 
 
 @dataclass(frozen=True)
+class _Scoring:
+    """What the scorer's worker thread made of one prompt."""
+
+    vector: np.ndarray
+    truncated: bool
+    score: Score
+    quality: dict[str, float] | None
+
+
+@dataclass(frozen=True)
 class Ask:
     """What one request asks of the tiers beyond quality: what it needs of each, its SLO."""
 
@@ -74,7 +86,8 @@ class Decider:
         )
         self.embedder: Embedder | None = None
         self.scorer: Scorer | None = None
-        self.batcher: MicroBatcher | None = None
+        self.batcher: MicroBatcher[_Scoring] | None = None
+        self.degraded: DegradedEmbedder | None = None
         self.operating: OperatingPoint | None = None
         self.drift: DriftWatch | None = None
         self._large = cfg.tiers[-1].name if cfg.tiers else ""
@@ -91,6 +104,11 @@ class Decider:
         cfg = self.cfg.router
 
         def _load() -> tuple[Embedder, Scorer, QualityModel | None, EmbeddingReference | None]:
+            # numpy's BLAS on one thread: the scorer's matrix-vector products are small, and
+            # OpenBLAS's threads, waking for each one while onnxruntime and the event loop
+            # hold the cores, made the default artifact's kNN take 8 ms instead of 0.55 ms
+            # (README, "Where a Score's time goes").
+            threadpool_limits(1, user_api="blas")
             embedder = Embedder(
                 cfg.model,
                 max_tokens=cfg.embed_max_tokens,
@@ -109,6 +127,10 @@ class Decider:
             embedder.embed(["warm-up run, so the first request does not pay for it"])
             calibration = getattr(scorer, "reference_embeddings", lambda: None)()
             reference = None if calibration is None else EmbeddingReference.of(calibration)
+            if cfg.degraded_scorer is not None:
+                self.degraded = DegradedEmbedder(
+                    cfg.degraded_scorer, cfg.model, embedder.version, cfg.embed_max_tokens
+                )
             return embedder, scorer, quality, reference
 
         embedder, scorer, self.quality, reference = await asyncio.to_thread(_load)
@@ -131,11 +153,16 @@ class Decider:
                 prior,
             )
             self.policy.shift(self.operating.offset)
+        self.embedder, self.scorer = embedder, scorer
         batcher = MicroBatcher(
-            embedder.embed_with_truncation, cfg.batch_max_size, cfg.batch_max_wait_ms
+            self._score_batch,
+            cfg.batch_max_size,
+            cfg.batch_max_wait_ms,
+            cfg.scorer_threads,
+            cfg.score_queue_max,
         )
         batcher.start()
-        self.embedder, self.scorer, self.batcher = embedder, scorer, batcher
+        self.batcher = batcher
         logger.info(
             "scorer %s ready (embedder %s%s)",
             scorer.version,
@@ -220,18 +247,10 @@ class Decider:
         key = cache_key(normalized, self.embedder.version, scorer_version, self._routing_version)
         scored = None if bypass_cache else self.cache.get(key)
         hit = scored is not None
+        degraded = ""
         if scored is None:
-            # Shielded: a decision that arrives after the budget still fills the cache.
-            scoring = asyncio.ensure_future(self._score(normalized, key))
-            scoring.add_done_callback(_log_late_failure)
-            budget = self.cfg.router.score_budget_ms / 1000.0
-            try:
-                scored = await asyncio.wait_for(asyncio.shield(scoring), budget)
-            except TimeoutError:
-                why = f"over its {budget * 1000:g} ms budget"
-                return *self._fallback(started, why, ask), None
-            except Exception as exc:
-                why = f"failed: {type(exc).__name__}: {exc}"
+            scored, degraded, why = await self._score_in_budget(normalized, key)
+            if scored is None:
                 return *self._fallback(started, why, ask), None
         ranking = self.policy.rank(scored.score)
         if self.operating is not None:
@@ -242,6 +261,9 @@ class Decider:
         )
         chosen = next(c for c in ranking if c.tier == selection.tiers[0])
         reasons = list(ranking[0].reasons)
+        if degraded:
+            reasons.append(pb.REASON_CODE_SCORE_DEGRADED)
+            selection.reasons.insert(0, f"score_degraded:{degraded}")
         if scored.truncated:
             reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
         if hit:
@@ -302,19 +324,76 @@ class Decider:
             return self.cfg.tier(tier).cost_per_1k(0, 0)
         return self.cfg.tier(tier).cost_per_1k(need.prompt_tokens, need.max_tokens)
 
-    async def _score(self, normalized: str, key: str) -> Scored:
-        assert self.batcher is not None and self.scorer is not None
-        vector, truncated = await self.batcher.embed(normalized)
-        (score,) = self.scorer.score(vector[None, :], [normalized])
-        if self.drift is not None:
-            self.drift.embedded(vector)
-        scored = Scored(
-            score.value,
-            score.category,
-            truncated,
-            vector if self._keep_vectors else None,
-            self.quality.predict(vector) if self.quality is not None else None,
+    async def _score_in_budget(self, normalized: str, key: str) -> tuple[Scored | None, str, str]:
+        """The prompt scored within `score_budget_ms`: by the embedder if its queue and pace
+        allow, else by the degraded scorer, with why (queue_full, predicted_late, late,
+        failed); None and why when neither could."""
+        assert self.batcher is not None
+        budget = self.cfg.router.score_budget_ms / 1000.0
+        if self.batcher.full:
+            degraded, why = "queue_full", f"{self.cfg.router.score_queue_max} prompts queued"
+        elif self.degraded is not None and self.batcher.predicted_wait() > budget:
+            # Without a degraded scorer the prompt still queues: the fallback is dearer.
+            wait = self.batcher.predicted_wait() * 1000
+            degraded, why = "predicted_late", f"predicted {wait:.0f} ms, over its budget"
+        else:
+            # Shielded: a decision that arrives after the budget still fills the cache.
+            scoring = asyncio.ensure_future(self._score(normalized, key))
+            scoring.add_done_callback(_log_late_failure)
+            try:
+                return await asyncio.wait_for(asyncio.shield(scoring), budget), "", ""
+            except TimeoutError:
+                degraded, why = "late", f"over its {budget * 1000:g} ms budget"
+            except Exception as exc:
+                degraded, why = "failed", f"failed: {type(exc).__name__}: {exc}"
+        metrics.DEGRADED.labels(degraded).inc()
+        if self.degraded is None:
+            return None, degraded, why
+        try:
+            vector, truncated = self.degraded.embed(normalized)
+            (approximate,) = self._score_batch_of(vector[None, :], [truncated], [normalized])
+            # not cached, and its approximate vector kept out of the routing log
+            return self._scored(approximate, keep_vector=False), degraded, why
+        except Exception as exc:  # the last resort stays the default tier
+            logger.exception("the degraded scorer failed")
+            return None, degraded, f"{why}; the degraded scorer failed: {exc}"
+
+    def _score_batch(self, texts: list[str]) -> list[_Scoring]:
+        """Embed and score a batch, on the scorer's worker thread."""
+        assert self.embedder is not None
+        vectors, truncated = self.embedder.embed_with_truncation(texts)
+        return self._score_batch_of(vectors, truncated, texts)
+
+    def _score_batch_of(
+        self, vectors: np.ndarray, truncated: list[bool], texts: list[str]
+    ) -> list[_Scoring]:
+        assert self.scorer is not None
+        scores = self.scorer.score(vectors, texts)
+        return [
+            _Scoring(
+                vectors[i],
+                truncated[i],
+                scores[i],
+                self.quality.predict(vectors[i]) if self.quality is not None else None,
+            )
+            for i in range(len(texts))
+        ]
+
+    def _scored(self, scoring: _Scoring, keep_vector: bool = True) -> Scored:
+        return Scored(
+            scoring.score.value,
+            scoring.score.category,
+            scoring.truncated,
+            scoring.vector if self._keep_vectors and keep_vector else None,
+            scoring.quality,
         )
+
+    async def _score(self, normalized: str, key: str) -> Scored:
+        assert self.batcher is not None
+        scoring = await self.batcher.submit(normalized)
+        if self.drift is not None:
+            self.drift.embedded(scoring.vector)
+        scored = self._scored(scoring)
         self.cache.put(key, scored)
         return scored
 

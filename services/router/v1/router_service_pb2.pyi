@@ -20,6 +20,7 @@ class ReasonCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REASON_CODE_PROMPT_TRUNCATED: _ClassVar[ReasonCode]
     REASON_CODE_FORCED_TIER: _ClassVar[ReasonCode]
     REASON_CODE_VALIDATOR_UNAVAILABLE: _ClassVar[ReasonCode]
+    REASON_CODE_SCORE_DEGRADED: _ClassVar[ReasonCode]
 
 class EscalationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -48,6 +49,7 @@ REASON_CODE_CIRCUIT_OPEN: ReasonCode
 REASON_CODE_PROMPT_TRUNCATED: ReasonCode
 REASON_CODE_FORCED_TIER: ReasonCode
 REASON_CODE_VALIDATOR_UNAVAILABLE: ReasonCode
+REASON_CODE_SCORE_DEGRADED: ReasonCode
 ESCALATION_REASON_UNSPECIFIED: EscalationReason
 ESCALATION_REASON_LOW_CONFIDENCE: EscalationReason
 ESCALATION_REASON_PARSE_FAILURE: EscalationReason

