@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-tier bench-tiers bench-route bench-e2e bench-shadow bench-commit \
+.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-e2e bench-shadow bench-commit \
 	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
@@ -97,6 +97,10 @@ run: setup
 bench-router: setup
 	$(PY) benchmarks/bench_router.py --config $(CONFIG)
 	$(PY) benchmarks/bench_selection.py --config $(CONFIG)
+
+# Score with both engines decoding beside the router: fallbacks, degraded decisions, busy vs idle.
+bench-router-contention: setup
+	$(PY) benchmarks/bench_contention.py --config $(CONFIG)
 
 bench-tier: setup
 	$(PY) benchmarks/bench_tier.py --config $(CONFIG)

@@ -2,19 +2,21 @@
 buffering, side by side in one run, with the tiers direct as the bounds.
 
 Starts the configured suite (`--config`, the embedded default unless told): both tiers, the
-validator, and two routers on them that differ only in the small tier's `commit`: `full` (the
-answer held until the validator has judged all of it) and `prefix` (judged on its first
+validator, and three routers on them that differ only in the small tier's `commit`: `full`
+(the answer held until the validator has judged all of it), `prefix` (judged on its first
 `--prefix` tokens' log-probabilities, streamed from then on if they clear the bar, escalated
-before anything is sent if not). The small tier is validated by `logprob` at the config's
+before anything is sent if not), and `prefix` with hedging (`hedge_margin` `--hedge-margin`:
+a score that close to the small tier's bound also starts the large tier at once; the commit
+decision cancels the loser). The small tier is validated by `logprob` at the config's
 `escalation.min_confidence`.
 
 Workload: the questions of data/checkable whose answers a program checks (`--questions` of
 them, every kind in proportion, drawn with `--seed`), one user turn, greedy, at most
-`--max-tokens` tokens, one request at a time, each question through each of four ways in a
+`--max-tokens` tokens, one request at a time, each question through each of five ways in a
 rotating order: small tier direct, large tier direct (Generate), Route with commit full,
-Route with commit prefix. Reported per way: time to first token p50/p95 (over every answer,
-and over the answers the small tier delivered), share answered right (95% bootstrap
-interval), share escalated.
+Route with commit prefix, Route with prefix and hedging. Reported per way: time to first
+token p50/p95 (over every answer, and over the answers the small tier delivered), share
+answered right (95% bootstrap interval), share escalated, share hedged, mean cost.
 
 And, on every question of data/checkable, how often the decision on the prefix agrees with the
 decision on the whole answer (the validator's logprob rule, exp(mean log-prob) >= the bar), for
@@ -53,7 +55,13 @@ from tierroute.quality.evaluate import bootstrap
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
-WAYS = ("small direct", "large direct", "Route, commit full", "Route, commit prefix")
+WAYS = (
+    "small direct",
+    "large direct",
+    "Route, commit full",
+    "Route, commit prefix",
+    "Route, prefix + hedge",
+)
 PREFIXES = (4, 8, 16, 32)
 
 
@@ -102,15 +110,19 @@ async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
     try:
         tiers, validator = await start_suite(args.config, cfg, root, started)
         routers = {}
-        for commit in ("full", "prefix"):
+        for commit in ("full", "prefix", "hedge"):
             workdir = root / commit
             workdir.mkdir()
             path = router_yaml(cfg, tiers, validator.address, free_port(), workdir)
             doc = yaml.safe_load(path.read_text())
             doc["router"].pop("http_listen")
             doc["tiers"][0].update(
-                validation="logprob", commit=commit, commit_prefix_tokens=args.prefix
+                validation="logprob",
+                commit="full" if commit == "full" else "prefix",
+                commit_prefix_tokens=args.prefix,
             )
+            if commit == "hedge":
+                doc["tiers"][0]["hedge_margin"] = args.hedge_margin
             path.write_text(yaml.safe_dump(doc))
             routers[commit] = await asyncio.to_thread(
                 start_service, ["tierroute.router", "--config", str(path)], workdir / "router.log"
@@ -122,17 +134,20 @@ async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
             "large": grpc.aio.insecure_channel(tiers[large]),
             "full": grpc.aio.insecure_channel(routers["full"].address),
             "prefix": grpc.aio.insecure_channel(routers["prefix"].address),
+            "hedge": grpc.aio.insecure_channel(routers["hedge"].address),
         }
         try:
             s_stub = tier_grpc.TierServiceStub(channels["small"])
             l_stub = tier_grpc.TierServiceStub(channels["large"])
             f_stub = pb_grpc.RouterServiceStub(channels["full"])
             p_stub = pb_grpc.RouterServiceStub(channels["prefix"])
+            h_stub = pb_grpc.RouterServiceStub(channels["hedge"])
             ways = {
                 WAYS[0]: lambda item: via_generate(s_stub, item, args.max_tokens, ""),
                 WAYS[1]: lambda item: via_generate(l_stub, item, args.max_tokens, ""),
                 WAYS[2]: lambda item: via_route(f_stub, item, args.max_tokens),
                 WAYS[3]: lambda item: via_route(p_stub, item, args.max_tokens),
+                WAYS[4]: lambda item: via_route(h_stub, item, args.max_tokens),
             }
             warm = {"kind": "warm-up", "prompt": "Say hello.", "answers": ["hello"]}
             for ask in ways.values():
@@ -172,6 +187,8 @@ def figures(samples: list[dict[str, Any]], small: str) -> dict[str, Any]:
         "right": sum(right_) / len(right_),
         "right_ci95": [low, high],
         "escalated": sum(s["escalated"] for s in samples) / len(samples),
+        "hedged": sum(s.get("hedged", False) for s in samples) / len(samples),
+        "cost_usd_mean": statistics.mean(s["cost_usd"] for s in samples),
     }
 
 
@@ -180,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
     parser.add_argument("--questions", type=int, default=30)
     parser.add_argument("--prefix", type=int, default=16, help="commit_prefix_tokens")
+    parser.add_argument(
+        "--hedge-margin", type=float, default=1.5, help="the hedging router's hedge_margin"
+    )
     parser.add_argument("--max-tokens", type=int, default=48)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=RESULTS / "commit.json")
@@ -216,6 +236,7 @@ def report(result: dict[str, Any], args: argparse.Namespace, cfg: Config) -> int
             "validation": "logprob",
             "min_confidence": bar,
             "prefix_tokens": args.prefix,
+            "hedge_margin": args.hedge_margin,
         },
         "ways": ways,
         "direct_small_time_per_token_ms": tpot,
@@ -236,13 +257,14 @@ def report(result: dict[str, Any], args: argparse.Namespace, cfg: Config) -> int
           f"{args.max_tokens}; small tier logprob at {bar:g}, "
           f"prefix {args.prefix} tokens")  # fmt: skip
     print(f"{'way':<22}{'TTFT p50':>9}{'p95':>7}{'small p50':>11}{'p95':>7}"
-          f"{'right':>7}{'95% CI':>12}{'escal.':>8}")  # fmt: skip
+          f"{'right':>7}{'95% CI':>12}{'escal.':>8}{'hedged':>8}{'cost/req':>10}")  # fmt: skip
     for way, f in ways.items():
         s50 = "-" if f["small_ttft_p50_ms"] is None else f"{f['small_ttft_p50_ms']:.0f}"
         s95 = "-" if f["small_ttft_p95_ms"] is None else f"{f['small_ttft_p95_ms']:.0f}"
         lo, hi = f["right_ci95"]
         print(f"{way:<22}{f['ttft_p50_ms']:>9.0f}{f['ttft_p95_ms']:>7.0f}{s50:>11}{s95:>7}"
-              f"{f['right']:>7.0%}{f'{lo:.0%}-{hi:.0%}':>12}{f['escalated']:>8.0%}")  # fmt: skip
+              f"{f['right']:>7.0%}{f'{lo:.0%}-{hi:.0%}':>12}{f['escalated']:>8.0%}"
+              f"{f['hedged']:>8.0%}{f['cost_usd_mean']:>10.2e}")  # fmt: skip
     print(f"\nprefix vs whole-answer decision on {agree['questions']} questions "
           f"(whole answer delivers {agree['delivered_full']}):")  # fmt: skip
     for k in PREFIXES:

@@ -197,8 +197,9 @@ async def via_route(stub: pb_grpc.RouterServiceStub, item: Item, max_tokens: int
         elif event.HasField("summary"):
             summary = event.summary
     assert summary is not None
-    return sample(item, started, first, "".join(parts), summary.usage.completion_tokens,
-                  summary.cost_usd, summary.tier, summary.escalated)  # fmt: skip
+    got = sample(item, started, first, "".join(parts), summary.usage.completion_tokens,
+                 summary.cost_usd, summary.tier, summary.escalated)  # fmt: skip
+    return {**got, "hedged": any(a.hedged for a in summary.attempts)}
 
 
 async def via_http(http: httpx.AsyncClient, item: Item, max_tokens: int) -> Sample:

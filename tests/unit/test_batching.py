@@ -58,13 +58,14 @@ async def test_a_full_queue_is_refused_and_the_wait_is_predicted_from_the_pace()
         held.started.clear()
         running = asyncio.ensure_future(batcher.submit("holds the worker"))
         await asyncio.to_thread(held.started.wait, 30)
-        # one batch running, the only worker busy: its batch and the new prompt's
-        assert batcher.predicted_wait() == pytest.approx(2 * pace)
+        # one batch running, the only worker busy: what is left of it (at the measured pace,
+        # less the time it has run), then the new prompt's own batch
+        assert pace <= batcher.predicted_wait() <= 2 * pace
         queued = [asyncio.ensure_future(batcher.submit(f"q{i}")) for i in range(3)]
         await asyncio.sleep(0)  # let them enqueue
         assert batcher.full
-        # 3 queued, 2 per batch: the new prompt's batch is the second, after the running one
-        assert batcher.predicted_wait() == pytest.approx(3 * pace)
+        # 3 queued, 2 per batch: the new prompt's batch is the second after the running one
+        assert 2 * pace <= batcher.predicted_wait() <= 3 * pace
         held.release.set()
         assert await running == len("holds the worker")
         assert await asyncio.gather(*queued) == [2, 2, 2]

@@ -196,3 +196,33 @@ def test_prefix_commit_needs_logprob_validation(tmp_path: Path) -> None:
         load_config(write(tmp_path, tiers), environ={})
     fine = tiers.replace("self_reported", "logprob")
     assert load_config(write(tmp_path, fine), environ={}).tiers[0].commit == "prefix"
+
+
+@pytest.mark.parametrize(
+    ("small", "large", "message"),
+    [
+        ("validation: none, hedge_margin: 0.5", "", r"hedge_margin .* needs validation"),
+        (
+            "validation: logprob",
+            ", validation: logprob, hedge_margin: 0.5",
+            r"the last tier has none; remove it",
+        ),
+        ("validation: logprob, hedge_margin: -1", "", r"hedge_margin"),
+    ],
+)
+def test_hedging_needs_a_held_answer_and_a_larger_tier(
+    tmp_path: Path, small: str, large: str, message: str
+) -> None:
+    tiers = (
+        "tiers:\n"
+        f"  - {{name: small, address: 'h:1', model: m, {small}}}\n"
+        f"  - {{name: large, address: 'h:2', model: m{large}}}\n"
+    )
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, tiers), environ={})
+    fine = (
+        "tiers:\n"
+        "  - {name: small, address: 'h:1', model: m, validation: logprob, hedge_margin: 0.5}\n"
+        "  - {name: large, address: 'h:2', model: m}\n"
+    )
+    assert load_config(write(tmp_path, fine), environ={}).tiers[0].hedge_margin == 0.5

@@ -45,6 +45,7 @@ from tierroute.quality.artifact import prompt_features
 from tierroute.router import metrics
 from tierroute.router.route.affinity import Affinity
 from tierroute.router.route.budgets import Deadline
+from tierroute.router.route.hedge import Hedge
 from tierroute.router.route.judge import ESCALATION_FOR, Judge, ValidatorDown
 from tierroute.router.route.limits import ClientLimits
 from tierroute.router.route.routing_log import Entry, RoutingLog
@@ -146,6 +147,8 @@ class Outcome:
     category: str = ""
     # Tiers an escalation may go to (the selection's: within the request's SLO, fitting it).
     usable: frozenset[str] = frozenset()
+    # The complexity score the decision was made on (None: forced, or the fallback's).
+    score: float | None = None
 
     def summary(self) -> pb.RouteSummary:
         """The summary; before anything was delivered (a partial one), it names no tier."""
@@ -265,6 +268,7 @@ class RouteFlow:
                     )
                     score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
                 outcome.usable = selection.usable
+                outcome.score = decision.complexity_score if scored is not None else None
                 ranking = self._without_unjudgeable(selection.tiers, request, decision)
                 if held is not None:
                     ranking, why = self.affinity.first(ranking, held)
@@ -482,68 +486,111 @@ class RouteFlow:
     ) -> AsyncIterator[RouteEvent]:
         escalations_left = 0 if request.disable_escalation else self.cfg.escalation.max_retries
         first = True
-        while True:
-            tier = self.cfg.tier(tier_name)
-            following = None
-            if escalations_left > 0:
-                following, _ = self.pool.first_available(self._larger(tier_name, outcome), None)
-            tier_started = time.perf_counter()
-            hold = tier.validation != "none" and following is not None
-            try:
-                attempt = self._attempt(tier, request, deadline, outcome, first, hold, holder)
-                async for event in attempt:
-                    yield event
-            except TierFailed as failure:
-                if failure.tier_fault:
-                    self.pool.record(tier_name, False, holder)
-                    self._measured.observe(tier_name, outcome.category, ERROR_RATE, 1.0)
-                else:
-                    self.pool.release(tier_name, holder)
-                outcome.attempts.append(
-                    pb.TierAttempt(
-                        tier=tier_name,
-                        escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE,
-                        latency_ms=(time.perf_counter() - tier_started) * 1000.0,
+        hedge: Hedge | None = None  # the next larger tier, racing the first tier's answer
+        try:
+            while True:
+                tier = self.cfg.tier(tier_name)
+                following = None
+                if escalations_left > 0:
+                    following, _ = self.pool.first_available(self._larger(tier_name, outcome), None)
+                tier_started = time.perf_counter()
+                hold = tier.validation != "none" and following is not None
+                if first and hold and following is not None:
+                    hedge = self._hedge(tier, following, request, deadline, outcome)
+                serving = hedge if hedge is not None and hedge.tier.name == tier_name else None
+                racing = hedge if serving is None else None
+                try:
+                    attempt = self._attempt(
+                        tier, request, deadline, outcome, first, hold, holder, serving, racing
                     )
-                )
-                client_error = failure.error.code() == grpc.StatusCode.INVALID_ARGUMENT
-                if failure.sent_chars or following is None or client_error:
-                    raise _error_for(failure, outcome) from failure
-                logger.warning("%s; failing over", failure)
-                outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
-            except BaseException:
-                self.pool.release(tier_name, holder)  # the client left: no verdict on the tier
-                raise
-            else:
-                self.pool.record(tier_name, True, holder)
-                self._measured.observe(tier_name, outcome.category, ERROR_RATE, 0.0)
-            finally:
-                elapsed = (time.perf_counter() - tier_started) * 1000.0
-                if first:
-                    outcome.first_tier_ms = elapsed
+                    async for event in attempt:
+                        yield event
+                except TierFailed as failure:
+                    if failure.tier_fault:
+                        self.pool.record(tier_name, False, holder)
+                        self._measured.observe(tier_name, outcome.category, ERROR_RATE, 1.0)
+                    else:
+                        self.pool.release(tier_name, holder)
+                    outcome.attempts.append(
+                        pb.TierAttempt(
+                            tier=tier_name,
+                            escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE,
+                            latency_ms=(time.perf_counter() - tier_started) * 1000.0,
+                        )
+                    )
+                    client_error = failure.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                    if failure.sent_chars or following is None or client_error:
+                        raise _error_for(failure, outcome) from failure
+                    logger.warning("%s; failing over", failure)
+                    outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
+                except BaseException:
+                    self.pool.release(tier_name, holder)  # the client left: no verdict
+                    raise
                 else:
-                    outcome.escalation_ms += elapsed
-            if outcome.attempts[-1].delivered:
-                yield Finished(outcome.summary())
-                return
-            # Not delivered: only possible where a following tier existed.
-            escalations_left -= 1
-            first = False
-            previous = tier_name
-            nxt, _ = self.pool.first_available(self._larger(previous, outcome), holder)
-            if nxt is None:
-                raise Unavailable(
-                    f"tier {previous!r} could not answer "
-                    f"({pb.EscalationReason.Name(outcome.escalation_reason)}) and no larger tier "
-                    "can take the request now (circuit open or unreachable)",
-                    outcome.partial(),
-                )
-            tier_name = nxt
-            try:
-                yield Escalated(self._escalation(previous, tier_name, outcome))
-            except BaseException:  # the client left: free a half-open probe slot
-                self.pool.release(tier_name, holder)
-                raise
+                    self.pool.record(tier_name, True, holder)
+                    self._measured.observe(tier_name, outcome.category, ERROR_RATE, 0.0)
+                finally:
+                    elapsed = (time.perf_counter() - tier_started) * 1000.0
+                    if first:
+                        outcome.first_tier_ms = elapsed
+                    else:
+                        outcome.escalation_ms += elapsed
+                if serving is not None:
+                    outcome.attempts[-1].hedged = True  # it answered with the head start
+                if outcome.attempts[-1].delivered:
+                    if racing is not None:  # the hedge lost: charged for what it generated
+                        outcome.attempts.append(await racing.lost())
+                    yield Finished(outcome.summary())
+                    return
+                # Not delivered: only possible where a following tier existed.
+                escalations_left -= 1
+                first = False
+                previous = tier_name
+                nxt, _ = self.pool.first_available(self._larger(previous, outcome), holder)
+                if nxt is None:
+                    raise Unavailable(
+                        f"tier {previous!r} could not answer "
+                        f"({pb.EscalationReason.Name(outcome.escalation_reason)}) and no larger "
+                        "tier can take the request now (circuit open or unreachable)",
+                        outcome.partial(),
+                    )
+                tier_name = nxt
+                if hedge is not None and not hedge.used and hedge.tier.name != tier_name:
+                    outcome.attempts.append(await hedge.lost())  # its tier cannot serve now
+                    hedge = None
+                try:
+                    yield Escalated(self._escalation(previous, tier_name, outcome))
+                except BaseException:  # the client left: free a half-open probe slot
+                    self.pool.release(tier_name, holder)
+                    raise
+        finally:
+            if hedge is not None:
+                hedge.stop()  # whatever ended the request, no call is left running
+
+    def _hedge(
+        self,
+        tier: TierConfig,
+        following: str,
+        request: pb.RouteRequest,
+        deadline: Deadline,
+        outcome: Outcome,
+    ) -> Hedge | None:
+        """The next larger tier, asked now, if the request's score lies within `tier`'s
+        hedge_margin of its bound and a replica of it is left."""
+        margin, score = tier.hedge_margin, outcome.score
+        if margin is None or score is None:
+            return None
+        if abs(self.decider.policy.bound(tier.name) - score) > margin:
+            return None
+        replica = self.pool.pick(following)
+        if replica is None:
+            return None
+        larger = self.cfg.tier(following)
+        self.shadow.live_call_started(following)
+        generate = self._generate_request(larger, request, "none")
+        call = self._call(larger, replica, generate, deadline, False, outcome.category)
+        logger.info("hedging %s with %s (score %.2f)", tier.name, following, score)
+        return Hedge(larger, replica, call)
 
     def _escalation(self, from_tier: str, to_tier: str, outcome: Outcome) -> pb.Escalation:
         reason = pb.EscalationReason.Name(outcome.escalation_reason)
@@ -654,9 +701,13 @@ class RouteFlow:
         first: bool,
         hold: bool,
         holder: object,
+        serving: Hedge | None = None,
+        racing: Hedge | None = None,
     ) -> AsyncIterator[RouteEvent]:
         """One tier's answer: streamed live, or (`hold`) held back until the validator has
-        judged it. Appends the attempt to `outcome`."""
+        judged it. Appends the attempt to `outcome`. `serving`: a hedge already calling this
+        tier, whose responses are the answer; `racing`: a larger tier's hedge, stopped the
+        moment this answer is committed."""
         validation = tier.validation if hold else "none"
         generate = self._generate_request(tier, request, validation)
         # Prefix commit: judged once this many tokens are in, then streamed (or escalated).
@@ -665,20 +716,28 @@ class RouteFlow:
         rejected: tuple[pb.ValidationStatus, pb.EscalationReason] | None = None
         tried: list[Replica] = []
         while True:  # over the tier's replicas, while none has sent the client anything
-            replica = self.pool.pick(tier.name, tried)
-            if replica is None:  # every replica ejected, yet the breaker let the tier through
-                replica = self.pool.replicas[tier.name][0]
+            stream: AsyncGenerator[tier_pb.GenerateResponse, None]
+            own_call = serving is None or bool(tried)  # a hedge counts its own call
+            if not own_call:
+                assert serving is not None
+                replica, stream = serving.replica, serving.responses()
+            else:
+                picked = self.pool.pick(tier.name, tried)
+                # every replica ejected, yet the breaker let the tier through: the first
+                replica = picked or self.pool.replicas[tier.name][0]
+                stream = self._call(tier, replica, generate, deadline, first, outcome.category)
             tried.append(replica)
             parts: list[str] = []
             logprobs: list[common_pb.TokenLogprob] = []
             complete = None
             sent_chars = 0
             holding = hold
-            replica.in_flight += 1
-            self.shadow.live_call_started(tier.name)
+            if own_call:
+                replica.in_flight += 1
+                self.shadow.live_call_started(tier.name)
             try:
                 async with contextlib.aclosing(
-                    self._call(tier, replica, generate, deadline, first, outcome.category)
+                    stream
                 ) as calling:  # closed early (a rejected prefix): the tier's call is cancelled
                     async for response in calling:
                         if response.HasField("complete"):
@@ -695,6 +754,8 @@ class RouteFlow:
                                     rejected = (status, reason)
                                     break
                                 committed, holding = status, False
+                                if racing is not None:
+                                    racing.stop()
                                 outcome.first_chunk_at = time.perf_counter()
                                 sent_chars += len(prefix)
                                 yield Token(prefix, tier.name)
@@ -715,7 +776,8 @@ class RouteFlow:
                 self.pool.replica_result(tier.name, replica, True)
                 break
             finally:
-                replica.in_flight -= 1
+                if own_call:
+                    replica.in_flight -= 1
         if rejected is not None:  # escalated on its prefix: what it generated so far is paid
             status, reason = rejected
             outcome.escalation_reason = reason
@@ -737,6 +799,8 @@ class RouteFlow:
             tier, request, deadline, outcome, "".join(parts), logprobs, holder
         )
         if verdict.verdict == val_pb.VERDICT_DELIVER:
+            if racing is not None:
+                racing.stop()
             outcome.attempts.append(_attempt(tier, complete, True, status))
             outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
             yield Token(verdict.content, tier.name)

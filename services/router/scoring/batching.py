@@ -53,6 +53,7 @@ class MicroBatcher(Generic[T]):
         self._workers: list[asyncio.Task[None]] = []
         self._count = workers
         self._current: dict[int, list[_Item[T]]] = {}  # the batches being run, for close()
+        self._started: dict[int, float] = {}  # when each worker's batch started
         self.batches = 0
         self.items = 0
         self.batch_seconds: float | None = None  # moving average of a batch's duration
@@ -86,17 +87,21 @@ class MicroBatcher(Generic[T]):
         return self._queue.qsize() >= self._max_queue
 
     def predicted_wait(self) -> float:
-        """Seconds a prompt queued now would take to be scored: the batches ahead of it and
-        its own, plus the running ones when every worker is busy, at the measured duration of
-        a batch, shared among the workers. 0 until a batch has been measured, and while no
-        batch runs or waits: that prompt is the probe that measures the pace again."""
-        running = sum(1 for batch in self._current.values() if batch)
-        if self.batch_seconds is None or (running == 0 and self._queue.empty()):
+        """Seconds a prompt queued now would take to be scored, at the measured duration of a
+        batch: the rest of the running batch that ends first when every worker is busy, then
+        the batches ahead of it and its own, shared among the workers. 0 until a batch has
+        been measured, and while no batch runs or waits: that prompt is the probe that
+        measures the pace again."""
+        pace = self.batch_seconds
+        running = [self._started[w] for w, batch in self._current.items() if batch]
+        if pace is None or (not running and self._queue.empty()):
             return 0.0
+        now = asyncio.get_running_loop().time()
+        first_free = 0.0
+        if len(running) >= self._count:
+            first_free = min(max(0.0, pace - (now - started)) for started in running)
         batches = -(-(self._queue.qsize() + 1) // self._max_size)
-        if running >= self._count:
-            batches += 1
-        return batches * self.batch_seconds / self._count
+        return first_free + batches * pace / self._count
 
     async def submit(self, text: str) -> T:
         """What `run` made of `text`, in a batch with whatever else is waiting."""
@@ -110,6 +115,7 @@ class MicroBatcher(Generic[T]):
         # The batch is this worker's from its first item on: taken from the queue, its prompts
         # count as running for predicted_wait and close().
         batch = self._current[worker] = [await self._queue.get()]
+        self._started[worker] = asyncio.get_running_loop().time()
         # Let calls that have arrived be accepted and enqueue their prompts before the batch
         # is cut: the worker is woken by the first put, and grpc.aio accepts calls one loop
         # iteration at a time. Stop yielding as soon as an iteration adds nothing.
@@ -141,7 +147,7 @@ class MicroBatcher(Generic[T]):
             if not live:
                 continue
             texts = [item.text for item in live]
-            started = loop.time()
+            started = self._started[worker] = loop.time()
             try:
                 # Off the event loop, so that calls keep being accepted (and so form the next
                 # batch) while this one runs; the hand-off costs about 0.2 ms here. Running

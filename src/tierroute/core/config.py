@@ -287,6 +287,12 @@ class TierConfig(_Strict):
     # bar, and escalates before anything was sent if not (the rest of the answer is not judged).
     commit: Literal["full", "prefix"] = "full"
     commit_prefix_tokens: int = Field(default=16, ge=1)
+    # Hedging: when a request's complexity score lies within this distance of this tier's
+    # upper bound, the next larger tier is asked at once, beside this tier's held answer. The
+    # commit decision (the prefix's, or the whole answer's) cancels the loser: the larger
+    # tier's call when this tier's answer is delivered, else it answers with the head start.
+    # Needs validation (an answer held back) and a larger tier. Unset: no hedging.
+    hedge_margin: float | None = Field(default=None, ge=0, le=10)
     # Highest complexity score this tier serves. Unset: `router.complexity_threshold` for the
     # first tier, 10 for the last; tiers in between must set it.
     max_score: float | None = Field(default=None, ge=0, le=10)
@@ -315,6 +321,12 @@ class TierConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_commit(self) -> TierConfig:
+        if self.hedge_margin is not None and self.validation == "none":
+            raise ValueError(
+                f"tier {self.name!r}: hedge_margin races a larger tier against this tier's "
+                "held-back answer, so it needs validation (logprob or self_reported); set "
+                "validation or remove hedge_margin"
+            )
         if self.commit == "prefix" and self.validation != "logprob":
             raise ValueError(
                 f"tier {self.name!r}: commit prefix judges token log-probabilities as they "
@@ -569,6 +581,11 @@ class Config(_Strict):
             raise ValueError(
                 f"router.default_tier {self.router.default_tier!r} is not a tier "
                 f"(tiers: {', '.join(names) or 'none'})"
+            )
+        if self.tiers and self.tiers[-1].hedge_margin is not None:
+            raise ValueError(
+                f"tiers[{len(self.tiers) - 1}] ({self.tiers[-1].name}): hedge_margin asks the "
+                "next larger tier in parallel, and the last tier has none; remove it"
             )
         if self.tiers and self.tiers[-1].max_score not in (None, 10.0):
             raise ValueError(

@@ -237,6 +237,50 @@ async def test_a_prefix_below_the_bar_escalates_before_anything_is_sent(
     assert PREFIX_TOKENS <= small.usage.completion_tokens < 48
 
 
+async def test_a_hedge_that_loses_is_cancelled_when_the_small_answer_is_committed(
+    suite: tuple[str, str, str],
+) -> None:
+    large = suite[1]
+    data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.05)
+    data["tiers"][0]["hedge_margin"] = 10.0  # every score: the large tier races the small one
+    long = "Name five European capitals and say one thing about each."
+    r = await route_once(data, prompt=long, sampling={"max_tokens": 200})
+    assert r.decision.tier == "small" and not r.escalations
+    assert r.chunks and all(c.tier == "small" for c in r.chunks)
+    s = r.summary
+    assert s is not None and s.tier == "small" and not s.escalated
+    assert [(a.tier, a.delivered, a.hedged) for a in s.attempts] == [
+        ("small", True, False),
+        ("large", False, True),
+    ]
+    hedge = s.attempts[1]
+    # Stopped at the small tier's commit (its first tokens judged), long before 200 tokens;
+    # what it generated until then is charged.
+    assert hedge.usage.completion_tokens < 200
+    assert s.cost_usd == pytest.approx(sum(a.cost_usd for a in s.attempts))
+    async with grpc.aio.insecure_channel(large) as channel:
+        describe = tier_grpc.TierServiceStub(channel).Describe
+        assert await active_requests(describe, until=lambda n: n == 0) == 0
+
+
+async def test_a_hedge_answers_when_the_small_answer_is_escalated(
+    suite: tuple[str, str, str],
+) -> None:
+    data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.999)
+    data["tiers"][0]["hedge_margin"] = 10.0
+    r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
+    assert r.order.index("escalation") < r.order.index("chunk")
+    assert all(c.tier == "large" for c in r.chunks) and "Paris" in r.text
+    s = r.summary
+    assert s is not None and s.tier == "large" and s.escalated
+    # One call to the large tier: the hedge, started with the small one, served the answer.
+    assert [(a.tier, a.delivered, a.hedged) for a in s.attempts] == [
+        ("small", False, False),
+        ("large", True, True),
+    ]
+
+
 async def test_unparseable_small_answer_escalates(suite: tuple[str, str, str]) -> None:
     # Six tokens cannot hold the JSON envelope: the answer is cut and does not parse.
     r = await route_once(route_config(*suite, small_max_tokens=6), prompt=SIMPLE)
