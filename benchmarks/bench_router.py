@@ -39,6 +39,8 @@ from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
 RESULTS = ROOT / "benchmarks" / "results" / "router.json"
+BUDGET_MS = 5000
+UNSCORED = (pb.REASON_CODE_ROUTER_FALLBACK, pb.REASON_CODE_SCORE_DEGRADED)
 
 
 def prompt_set() -> list[str]:
@@ -61,6 +63,10 @@ def start_router(config: Path) -> tuple[subprocess.Popen[bytes], str]:
             str(port_file),
         ],
         stderr=subprocess.DEVNULL,
+        # What the scorer can do: every prompt scored by the embedder, none sent to the
+        # degraded scorer or the fallback by the budget (make bench-router-contention is
+        # about those).
+        env={**os.environ, "TIERROUTE__ROUTER__SCORE_BUDGET_MS": str(BUDGET_MS)},
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -86,6 +92,7 @@ async def grpc_load(
     address: str, prompts: list[str], concurrency: int, total: int, bypass_cache: bool
 ) -> dict[str, float]:
     latencies: list[float] = []
+    unscored = 0  # decided by the degraded scorer or the fallback
     async with grpc.aio.insecure_channel(address) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
         for p in prompts[:concurrency]:  # warm the connection (and, if wanted, the cache)
@@ -98,13 +105,16 @@ async def grpc_load(
                     prompt=prompts[i % len(prompts)], bypass_cache=bypass_cache
                 )
                 t0 = time.perf_counter()
-                await stub.Score(request, timeout=30)
+                got = await stub.Score(request, timeout=30)
                 latencies.append((time.perf_counter() - t0) * 1000)
+                codes = got.decision.reason_codes
+                nonlocal unscored
+                unscored += any(c in UNSCORED for c in codes)
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - started
-    return summarize(latencies, elapsed)
+    return {**summarize(latencies, elapsed), "unscored": unscored}
 
 
 def sync_load(address: str, prompts: list[str], total: int) -> dict[str, float]:
