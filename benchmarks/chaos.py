@@ -108,6 +108,7 @@ def suite_config(path: Path, **sections: dict[str, Any]) -> Path:
     data["router"]["metrics_listen"] = f"127.0.0.1:{free_port()}"
     data["router"]["model"] = str(MODELS / "minilm-l6-v2-int8")
     data["router"]["artifact"] = str(ROOT / "artifacts" / "router-default")
+    data["router"]["degraded_scorer"] = str(ROOT / "artifacts" / "degraded-default")
     data["router"]["routing_log"] = str(path.parent / "routing-log.sqlite")
     for tier in data["tiers"]:
         tier["address"] = f"127.0.0.1:{free_port()}"
