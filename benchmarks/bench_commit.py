@@ -21,7 +21,10 @@ answered right (95% bootstrap interval), share escalated, share hedged, mean cos
 And, on every question of data/checkable, how often the decision on the prefix agrees with the
 decision on the whole answer (the validator's logprob rule, exp(mean log-prob) >= the bar), for
 prefixes of 4, 8, 16 and 32 tokens, computed from the small tier's own greedy answers with
-their log-probabilities (the answers the routers' small tier gives, greedy).
+their log-probabilities (the answers the routers' small tier gives, greedy): the prefix alone,
+and as the router decides with `commit_prefix_margin` (`--prefix-margin`): a prefix too close
+to call is judged again every k more tokens, and on the whole answer if none decides. The
+log-probabilities are kept in the JSON, so the rule can be re-run offline.
 
 Goals (issue 16): a delivered small-tier answer's TTFT with prefix commit at most the direct
 small tier's TTFT plus the time to decode the prefix; the prefix decision agreeing with the
@@ -47,13 +50,14 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_e2e import free_port, percentile, router_yaml, via_generate, via_route
+from benchmarks.bench_e2e import percentile, start_router_variant, via_generate, via_route
 from benchmarks.common import RESULTS, machine, start_suite, write_result
 from benchmarks.escalation import QUESTIONS
-from tierroute.core.config import Config, load_config
+from tierroute.core.config import Config, TierConfig, load_config
 from tierroute.quality.evaluate import bootstrap
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
+from tierroute.validator.policies import too_close
 
 WAYS = (
     "small direct",
@@ -84,26 +88,48 @@ def drawn(items: list[dict[str, Any]], n: int, seed: int) -> list[dict[str, Any]
     return out[:n]
 
 
-def agreement(answers: list[list[float]], bar: float) -> dict[str, Any]:
-    """How often the decision on a prefix of k tokens agrees with the one on the whole answer."""
-    full = [math.exp(statistics.fmean(v)) >= bar for v in answers if v]
-    out: dict[str, Any] = {"questions": len(full), "delivered_full": sum(full)}
+def sequential(logprobs: list[float], bar: float, step: int, margin: float) -> tuple[bool, int]:
+    """Whether a prefix-committed answer is delivered, and on how many tokens that was
+    decided, as the router and the validator decide it: a prefix of `step` tokens, then every
+    `step` more while the prefix is too close to call (`margin` standard errors), else the
+    whole answer."""
+    at = step
+    while at <= len(logprobs):
+        prefix = logprobs[:at]
+        if not too_close(prefix, bar, margin):
+            return math.exp(statistics.fmean(prefix)) >= bar, at
+        at += step
+    return math.exp(statistics.fmean(logprobs)) >= bar, len(logprobs)
+
+
+def agreement(answers: list[list[float]], bar: float, margin: float) -> dict[str, Any]:
+    """How often the decision on a prefix of k tokens agrees with the one on the whole answer:
+    the prefix alone (margin 0), and with the tier's `commit_prefix_margin`."""
+    answers = [v for v in answers if v]
+    full = [math.exp(statistics.fmean(v)) >= bar for v in answers]
+    out: dict[str, Any] = {"questions": len(full), "delivered_full": sum(full), "margin": margin}
     for k in PREFIXES:
-        prefix = [math.exp(statistics.fmean(v[:k])) >= bar for v in answers if v]
-        same = [a == b for a, b in zip(prefix, full, strict=True)]
-        out[f"prefix {k}"] = {
-            "agreement": sum(same) / len(same),
-            "delivered": sum(prefix),
-            # Decided to deliver on the prefix, but the whole answer would have escalated.
-            "delivered_but_full_escalates": sum(
-                p and not f for p, f in zip(prefix, full, strict=True)
-            ),
-        }
+        for m in (0.0, margin):
+            decided = [sequential(v, bar, k, m) for v in answers]
+            prefix = [d for d, _ in decided]
+            same = [a == b for a, b in zip(prefix, full, strict=True)]
+            out[f"prefix {k}" if m == 0 else f"prefix {k}, margin {m:g}"] = {
+                "agreement": sum(same) / len(same),
+                "delivered": sum(prefix),
+                # Decided to deliver on the prefix, but the whole answer would have escalated.
+                "delivered_but_full_escalates": sum(
+                    p and not f for p, f in zip(prefix, full, strict=True)
+                ),
+                # How many tokens the decision waited for (the whole answer, if shorter).
+                "decided_at_tokens_p50": statistics.median(at for _, at in decided),
+                "decided_on_whole_answer": sum(
+                    at >= len(v) for (_, at), v in zip(decided, answers, strict=True)
+                ),
+            }
     return out
 
 
 async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
-    from tests.helpers.services import start_service
 
     root = Path(tempfile.mkdtemp(prefix="bench-commit-"))
     started: list[Any] = []
@@ -111,21 +137,19 @@ async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         tiers, validator = await start_suite(args.config, cfg, root, started)
         routers = {}
         for commit in ("full", "prefix", "hedge"):
-            workdir = root / commit
-            workdir.mkdir()
-            path = router_yaml(cfg, tiers, validator.address, free_port(), workdir)
-            doc = yaml.safe_load(path.read_text())
-            doc["router"].pop("http_listen")
-            doc["tiers"][0].update(
-                validation="logprob",
-                commit="full" if commit == "full" else "prefix",
-                commit_prefix_tokens=args.prefix,
-            )
-            if commit == "hedge":
-                doc["tiers"][0]["hedge_margin"] = args.hedge_margin
-            path.write_text(yaml.safe_dump(doc))
-            routers[commit] = await asyncio.to_thread(
-                start_service, ["tierroute.router", "--config", str(path)], workdir / "router.log"
+
+            def change(doc: dict[str, Any], commit: str = commit) -> None:
+                doc["tiers"][0].update(
+                    validation="logprob",
+                    commit="full" if commit == "full" else "prefix",
+                    commit_prefix_tokens=args.prefix,
+                    commit_prefix_margin=args.prefix_margin,
+                )
+                if commit == "hedge":
+                    doc["tiers"][0]["hedge_margin"] = args.hedge_margin
+
+            routers[commit] = await start_router_variant(
+                cfg, tiers, validator.address, root / commit, change
             )
             started.append(routers[commit])
         small, large = cfg.tiers[0].name, cfg.tiers[-1].name
@@ -198,6 +222,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--questions", type=int, default=30)
     parser.add_argument("--prefix", type=int, default=16, help="commit_prefix_tokens")
     parser.add_argument(
+        "--prefix-margin",
+        type=float,
+        default=TierConfig.model_fields["commit_prefix_margin"].default,
+        help="commit_prefix_margin (standard errors)",
+    )
+    parser.add_argument(
         "--hedge-margin", type=float, default=1.5, help="the hedging router's hedge_margin"
     )
     parser.add_argument("--max-tokens", type=int, default=48)
@@ -219,7 +249,10 @@ def report(result: dict[str, Any], args: argparse.Namespace, cfg: Config) -> int
     bound = ways[WAYS[0]]["ttft_p50_ms"] + args.prefix * tpot
     prefix_small = ways[WAYS[3]]["small_ttft_p50_ms"]
     bar = cfg.escalation.min_confidence
-    agree = agreement(result["logprobs"], bar)
+    agree = agreement(result["logprobs"], bar, args.prefix_margin)
+    deciding = f"prefix {args.prefix}, margin {args.prefix_margin:g}"
+    if args.prefix_margin == 0:
+        deciding = f"prefix {args.prefix}"
     doc = {
         "benchmark": "prefix commit against full buffering, with the tiers direct",
         "command": "make bench-commit",
@@ -236,26 +269,26 @@ def report(result: dict[str, Any], args: argparse.Namespace, cfg: Config) -> int
             "validation": "logprob",
             "min_confidence": bar,
             "prefix_tokens": args.prefix,
+            "prefix_margin": args.prefix_margin,
             "hedge_margin": args.hedge_margin,
         },
         "ways": ways,
         "direct_small_time_per_token_ms": tpot,
         "goal_ttft_bound_ms": bound,
         "prefix_agreement": agree,
+        "answer_logprobs": [[round(x, 4) for x in v] for v in result["logprobs"]],
         "goals": {
             "prefix-commit small TTFT p50 <= direct small TTFT p50 + prefix decode": (
                 prefix_small is not None and prefix_small <= bound
             ),
-            f"prefix {args.prefix} decision agrees with the full one on >= 95%": (
-                agree[f"prefix {args.prefix}"]["agreement"] >= 0.95
-                if f"prefix {args.prefix}" in agree
-                else False
+            f"{deciding} decision agrees with the full one on >= 95%": (
+                agree[deciding]["agreement"] >= 0.95 if deciding in agree else False
             ),
         },
     }
     print(f"\n{result['questions']} checkable questions, one at a time, greedy, max_tokens "
           f"{args.max_tokens}; small tier logprob at {bar:g}, "
-          f"prefix {args.prefix} tokens")  # fmt: skip
+          f"prefix {args.prefix} tokens, margin {args.prefix_margin:g}")  # fmt: skip
     print(f"{'way':<22}{'TTFT p50':>9}{'p95':>7}{'small p50':>11}{'p95':>7}"
           f"{'right':>7}{'95% CI':>12}{'escal.':>8}{'hedged':>8}{'cost/req':>10}")  # fmt: skip
     for way, f in ways.items():
@@ -267,11 +300,13 @@ def report(result: dict[str, Any], args: argparse.Namespace, cfg: Config) -> int
               f"{f['hedged']:>8.0%}{f['cost_usd_mean']:>10.2e}")  # fmt: skip
     print(f"\nprefix vs whole-answer decision on {agree['questions']} questions "
           f"(whole answer delivers {agree['delivered_full']}):")  # fmt: skip
-    for k in PREFIXES:
-        a = agree[f"prefix {k}"]
-        print(f"  prefix {k:>2}: agreement {a['agreement']:.1%}, delivers {a['delivered']}, "
-              f"{a['delivered_but_full_escalates']} of them the whole answer would "
-              "escalate")  # fmt: skip
+    for name, a in agree.items():
+        if not name.startswith("prefix"):
+            continue
+        print(f"  {name:<22} agreement {a['agreement']:6.1%}, delivers {a['delivered']:>3}, "
+              f"{a['delivered_but_full_escalates']} of them the whole answer would escalate; "
+              f"decided at {a['decided_at_tokens_p50']:g} tokens (median), "
+              f"{a['decided_on_whole_answer']} on the whole answer")  # fmt: skip
     for goal, met in doc["goals"].items():
         print(f"  {'met ' if met else 'MISS'} {goal}")
     write_result(args.out, doc)

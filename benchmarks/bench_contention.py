@@ -30,9 +30,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_e2e import router_yaml
+from benchmarks.bench_e2e import start_router_variant
 from benchmarks.common import LONG_PROMPTS, ROOT, machine, print_goals, start_suite, write_result
-from tests.helpers.services import free_port
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import Config, load_config
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -104,7 +103,6 @@ def summary(samples: list[tuple[float, str]]) -> dict[str, Any]:
 
 
 async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
-    from tests.helpers.services import start_service
 
     root = Path(tempfile.mkdtemp(prefix="bench-contention-"))
     started: list[Any] = []
@@ -112,16 +110,13 @@ async def bench(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         tiers, validator = await start_suite(args.config, cfg, root, started)
         routers = {}
         for name in ROUTERS:
-            workdir = root / name.replace(" ", "-")
-            workdir.mkdir()
-            path = router_yaml(cfg, tiers, validator.address, free_port(), workdir)
-            doc = yaml.safe_load(path.read_text())
-            doc["router"].pop("http_listen")
-            if name == "fallback only":
-                doc["router"].pop("degraded_scorer", None)
-            path.write_text(yaml.safe_dump(doc))
-            routers[name] = await asyncio.to_thread(
-                start_service, ["tierroute.router", "--config", str(path)], workdir / "router.log"
+
+            def change(doc: dict[str, Any], name: str = name) -> None:
+                if name == "fallback only":
+                    doc["router"].pop("degraded_scorer", None)
+
+            routers[name] = await start_router_variant(
+                cfg, tiers, validator.address, root / name.replace(" ", "-"), change
             )
             started.append(routers[name])
         texts = prompts()

@@ -143,6 +143,29 @@ def router_yaml(cfg: Config, tiers: dict[str, str], validator: str, http_port: i
     return path
 
 
+async def start_router_variant(
+    cfg: Config,
+    tiers: dict[str, str],
+    validator: str,
+    workdir: Path,
+    change: Callable[[dict[str, Any]], None],
+) -> Any:
+    """A gRPC-only router on the started suite (`router_yaml`, no HTTP front), its config
+    document changed by `change`, started as its own process with its files in `workdir`."""
+    from tests.helpers.services import start_service
+
+    def start() -> Any:
+        workdir.mkdir()
+        path = router_yaml(cfg, tiers, validator, free_port(), workdir)
+        doc = yaml.safe_load(path.read_text())
+        doc["router"].pop("http_listen")
+        change(doc)
+        path.write_text(yaml.safe_dump(doc))
+        return start_service(["tierroute.router", "--config", str(path)], workdir / "router.log")
+
+    return await asyncio.to_thread(start)
+
+
 # --- one request, each way ---
 
 

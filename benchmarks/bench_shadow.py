@@ -43,7 +43,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_e2e import EVERYDAY, free_port, percentile, router_yaml, via_route
+from benchmarks.bench_e2e import EVERYDAY, percentile, start_router_variant, via_route
 from benchmarks.common import RESULTS, machine, start_suite, write_result
 from tierroute.core.config import Config, load_config
 from tierroute.quality.labelled import half
@@ -100,7 +100,6 @@ async def drained(metrics: str, timeout: float = 600) -> None:  # noqa: ASYNC109
 async def bench(
     args: argparse.Namespace, cfg: Config, items: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    from tests.helpers.services import start_service
 
     root = Path(tempfile.mkdtemp(prefix="bench-shadow-"))
     started: list[Any] = []
@@ -108,21 +107,18 @@ async def bench(
         tiers, validator = await start_suite(args.config, cfg, root, started)
         routers = {}
         for name in ROUTERS:
-            workdir = root / name.replace(" ", "-")
-            workdir.mkdir()
-            path = router_yaml(cfg, tiers, validator.address, free_port(), workdir)
-            doc = yaml.safe_load(path.read_text())
-            doc["router"].pop("http_listen")
-            # Delivered as generated: every small-tier answer is an answer to shadow (a
-            # validated one is often escalated, and then the large tier answered anyway).
-            doc["tiers"][0]["validation"] = "none"
-            doc["shadow"] = (
-                {"fraction": 1.0, "yield_to": YIELD_TO[name]} if name in YIELD_TO
-                else {"fraction": 0.0}
-            )  # fmt: skip
-            path.write_text(yaml.safe_dump(doc))
-            routers[name] = await asyncio.to_thread(
-                start_service, ["tierroute.router", "--config", str(path)], workdir / "router.log"
+
+            def change(doc: dict[str, Any], name: str = name) -> None:
+                # Delivered as generated: every small-tier answer is an answer to shadow (a
+                # validated one is often escalated, and then the large tier answered anyway).
+                doc["tiers"][0]["validation"] = "none"
+                doc["shadow"] = (
+                    {"fraction": 1.0, "yield_to": YIELD_TO[name]} if name in YIELD_TO
+                    else {"fraction": 0.0}
+                )  # fmt: skip
+
+            routers[name] = await start_router_variant(
+                cfg, tiers, validator.address, root / name.replace(" ", "-"), change
             )
             started.append(routers[name])
         shadowing = {n: routers[n].metrics_address for n in YIELD_TO}

@@ -5,6 +5,11 @@
 - log-probability: confidence is computed from the answer's token log-probabilities (the
   geometric mean token probability, or its minimum over a sliding window), because models'
   self-reported confidence is known to be poorly calibrated.
+
+A partial answer (the prefix of an answer still being generated, for the router's prefix
+commit) judged by the geometric mean may be UNDECIDED: when its mean log-probability lies
+within `prefix_margin` standard errors of log(threshold), the prefix does not tell what the
+whole answer's verdict will be, and the caller asks again with more of it.
 """
 
 from __future__ import annotations
@@ -106,8 +111,29 @@ def logprob_confidence(
     return math.exp(sum(logprobs) / len(logprobs))
 
 
-def by_logprob(answer: str, logprobs: Sequence[float], policy: pb.ValidationPolicy) -> Judgement:
+def too_close(logprobs: Sequence[float], threshold: float, margin: float) -> bool:
+    """Whether a prefix's mean log-probability lies within `margin` standard errors (the
+    sample standard deviation over sqrt(n)) of log(threshold): too close to call."""
+    if margin <= 0 or len(logprobs) < 2 or threshold <= 0:
+        return False
+    n = len(logprobs)
+    mean = sum(logprobs) / n
+    variance = sum((lp - mean) ** 2 for lp in logprobs) / (n - 1)
+    return abs(mean - math.log(threshold)) < margin * math.sqrt(variance / n)
+
+
+def by_logprob(
+    answer: str,
+    logprobs: Sequence[float],
+    policy: pb.ValidationPolicy,
+    partial: bool = False,
+) -> Judgement:
     threshold = _threshold(policy)
+    margin = policy.prefix_margin
+    if not margin >= 0 or math.isinf(margin):
+        raise InvalidArgument(
+            f"policy.prefix_margin is {margin:g}; use a number of standard errors >= 0"
+        )
     if not answer.strip():
         return Judgement(
             pb.VERDICT_ESCALATE, 0.0, pb.VALIDATION_REASON_EMPTY_ANSWER, "", "the answer is empty"
@@ -121,6 +147,16 @@ def by_logprob(answer: str, logprobs: Sequence[float], policy: pb.ValidationPoli
             raise InvalidArgument(f"logprobs[{i}].logprob is {lp}; log-probabilities are <= 0")
     window = policy.window or DEFAULT_WINDOW
     confidence = logprob_confidence(logprobs, policy.aggregation, window)
+    mean = policy.aggregation != pb.LOGPROB_AGGREGATION_MIN_WINDOW
+    if partial and mean and too_close(logprobs, threshold, margin):
+        return Judgement(
+            pb.VERDICT_UNDECIDED,
+            confidence,
+            pb.VALIDATION_REASON_TOO_CLOSE,
+            answer,
+            f"confidence {confidence:.3f} of {len(logprobs)} tokens is within {margin:g} "
+            f"standard errors of the threshold {threshold:.3f}",
+        )
     return _by_confidence(confidence, threshold, answer)
 
 
@@ -133,5 +169,10 @@ def judge(request: pb.ValidateRequest) -> Judgement:
     if request.policy.kind == pb.POLICY_KIND_SELF_REPORTED:
         return self_reported(request.answer, request.policy)
     if request.policy.kind == pb.POLICY_KIND_LOGPROB:
-        return by_logprob(request.answer, [lp.logprob for lp in request.logprobs], request.policy)
+        return by_logprob(
+            request.answer,
+            [lp.logprob for lp in request.logprobs],
+            request.policy,
+            request.partial,
+        )
     raise InvalidArgument(f"policy.kind {request.policy.kind} is not a known policy")

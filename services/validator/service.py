@@ -21,7 +21,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["ValidatorService"].full_name
 
 VERDICTS = Counter(
     "tierroute_validator_verdicts",
-    "Answers judged, by policy, verdict (deliver or escalate) and reason.",
+    "Answers judged, by policy, verdict (deliver, escalate, undecided) and reason.",
     ("policy", "verdict", "reason"),
 )
 CONFIDENCE = Histogram(

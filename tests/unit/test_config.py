@@ -208,9 +208,10 @@ def test_prefix_commit_needs_logprob_validation(tmp_path: Path) -> None:
             r"the last tier has none; remove it",
         ),
         ("validation: logprob, hedge_margin: -1", "", r"hedge_margin"),
+        ("validation: logprob, commit: prefix, commit_prefix_margin: -1", "", "commit_prefix"),
     ],
 )
-def test_hedging_needs_a_held_answer_and_a_larger_tier(
+def test_hedging_and_prefix_settings_are_checked(
     tmp_path: Path, small: str, large: str, message: str
 ) -> None:
     tiers = (

@@ -88,6 +88,47 @@ def test_logprob_mean_is_the_geometric_mean_probability() -> None:
     assert (low.verdict, low.reason) == (pb.VERDICT_ESCALATE, pb.VALIDATION_REASON_LOW_CONFIDENCE)
 
 
+def partial_request(logprobs: list[float], margin: float, **policy: object) -> pb.ValidateRequest:
+    r = logprob_request(logprobs, prefix_margin=margin, **policy)
+    r.partial = True
+    return r
+
+
+def test_a_prefix_too_close_to_the_bar_is_undecided_and_a_clear_one_decides() -> None:
+    # mean log-prob -0.4, sample sd 0.2: the standard error of 4 tokens is 0.1
+    wobbly = [-0.2, -0.6, -0.2, -0.6]
+    sd_error = 0.2 / math.sqrt(len(wobbly)) * math.sqrt(4 / 3)
+    bar = math.exp(-0.4 + 0.5 * sd_error)  # half a standard error above the mean
+    close = judge(partial_request(wobbly, 1.0, min_confidence=bar))
+    assert (close.verdict, close.reason) == (pb.VERDICT_UNDECIDED, pb.VALIDATION_REASON_TOO_CLOSE)
+    assert close.confidence == pytest.approx(math.exp(-0.4))
+    assert "within 1 standard errors" in close.detail
+    # the same prefix with a smaller margin, or judged as a whole answer, decides
+    assert judge(partial_request(wobbly, 0.25, min_confidence=bar)).verdict == pb.VERDICT_ESCALATE
+    assert judge(partial_request(wobbly, 0.0, min_confidence=bar)).verdict == pb.VERDICT_ESCALATE
+    whole = logprob_request(wobbly, prefix_margin=1.0, min_confidence=bar)
+    assert judge(whole).verdict == pb.VERDICT_ESCALATE
+    # two standard errors clear of the bar, on either side
+    above = math.exp(-0.4 - 2 * sd_error)
+    below = math.exp(-0.4 + 2 * sd_error)
+    assert judge(partial_request(wobbly, 1.0, min_confidence=above)).verdict == pb.VERDICT_DELIVER
+    assert judge(partial_request(wobbly, 1.0, min_confidence=below)).verdict == pb.VERDICT_ESCALATE
+
+
+def test_a_prefix_judged_by_its_weakest_window_always_decides() -> None:
+    # A window's minimum can only fall as the answer grows: the prefix's verdict stands.
+    r = judge(
+        partial_request(
+            [-0.2, -0.6, -0.2, -0.6],
+            10.0,
+            min_confidence=math.exp(-0.35),
+            aggregation=pb.LOGPROB_AGGREGATION_MIN_WINDOW,
+            window=2,
+        )
+    )
+    assert r.verdict == pb.VERDICT_ESCALATE
+
+
 def test_min_window_catches_a_weak_stretch_the_mean_hides() -> None:
     confident = [math.log(0.99)] * 20
     weak = [math.log(0.2)] * 3
@@ -115,6 +156,8 @@ def test_min_window_longer_than_the_answer_uses_the_whole_answer() -> None:
         (logprob_request([]), "needs `logprobs`"),
         (logprob_request([0.5]), "log-probabilities are <= 0"),
         (logprob_request([-0.1], min_confidence=1.5), "min_confidence is 1.5"),
+        (logprob_request([-0.1], prefix_margin=-1), "prefix_margin is -1"),
+        (logprob_request([-0.1], prefix_margin=math.nan), "prefix_margin is nan"),
     ],
 )
 def test_requests_that_cannot_be_judged_are_invalid(

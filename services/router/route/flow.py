@@ -8,9 +8,10 @@ over) is asked for the answer envelope (self_reported) or for token log-probabil
 (logprob). Its answer is held back until the validator has judged it, then delivered, or
 replaced by an Escalated event and the next tier's answer; or, with the tier's `commit:
 prefix`, judged on its first `commit_prefix_tokens` tokens, then streamed live from there
-(committed), or escalated before anything was sent (the tier's call cancelled). Other tiers
-stream live. Both run on
-one skeleton (`_attempt`). A tier that fails before any token reached the client is skipped (an
+(committed), or escalated before anything was sent (the tier's call cancelled); a prefix too
+close to call (the validator's UNDECIDED) is judged again every `commit_prefix_tokens` more
+tokens, and on the whole answer if none decides. Other tiers stream live. Both run on one
+skeleton (`_attempt`). A tier that fails before any token reached the client is skipped (an
 escalation with reason TIER_FAILURE); after tokens were sent the request ends with UNAVAILABLE
 (or DEADLINE_EXCEEDED), saying how much was delivered, with a partial RouteSummary in the
 error's trailing metadata `tierroute-partial-summary-bin`.
@@ -711,7 +712,7 @@ class RouteFlow:
         validation = tier.validation if hold else "none"
         generate = self._generate_request(tier, request, validation)
         # Prefix commit: judged once this many tokens are in, then streamed (or escalated).
-        prefix_at = tier.commit_prefix_tokens if hold and tier.commit == "prefix" else 0
+        first_prefix = tier.commit_prefix_tokens if hold and tier.commit == "prefix" else 0
         committed: pb.ValidationStatus | None = None  # the prefix's judgement, once delivered
         rejected: tuple[pb.ValidationStatus, pb.EscalationReason] | None = None
         tried: list[Replica] = []
@@ -732,6 +733,7 @@ class RouteFlow:
             complete = None
             sent_chars = 0
             holding = hold
+            prefix_at = first_prefix
             if own_call:
                 replica.in_flight += 1
                 self.shadow.live_call_started(tier.name)
@@ -748,8 +750,19 @@ class RouteFlow:
                             if prefix_at and len(logprobs) >= prefix_at:
                                 prefix = "".join(parts)
                                 verdict, status, reason = await self._verdict(
-                                    tier, request, deadline, outcome, prefix, logprobs, holder
+                                    tier,
+                                    request,
+                                    deadline,
+                                    outcome,
+                                    prefix,
+                                    logprobs,
+                                    holder,
+                                    partial=True,
                                 )
+                                if verdict.verdict == val_pb.VERDICT_UNDECIDED:
+                                    # too close to call: judged again on a longer prefix
+                                    prefix_at += first_prefix
+                                    continue
                                 if verdict.verdict != val_pb.VERDICT_DELIVER:
                                     rejected = (status, reason)
                                     break
@@ -817,11 +830,15 @@ class RouteFlow:
         answer: str,
         logprobs: list[common_pb.TokenLogprob],
         holder: object,
+        partial: bool = False,
     ) -> tuple[val_pb.ValidateResponse, pb.ValidationStatus, pb.EscalationReason]:
-        """The validator's verdict on an answer (or a prefix of one), kept in `outcome`."""
+        """The validator's verdict on an answer (or, `partial`, a prefix of one, which may be
+        undecided), kept in `outcome` once it decides."""
         verdict, status, reason = await self._judge(
-            tier, request, deadline, outcome, answer, logprobs, holder
+            tier, request, deadline, outcome, answer, logprobs, holder, partial
         )
+        if verdict.verdict == val_pb.VERDICT_UNDECIDED:
+            return verdict, status, reason
         outcome.confidence = verdict.confidence
         if outcome.judged is None:
             outcome.judged = (
@@ -858,6 +875,7 @@ class RouteFlow:
         answer: str,
         logprobs: list[common_pb.TokenLogprob],
         holder: object,
+        partial: bool,
     ) -> tuple[val_pb.ValidateResponse, pb.ValidationStatus, pb.EscalationReason]:
         """The validator's verdict on a held-back answer, the validation status to record, and
         the escalation reason if it is not delivered."""
@@ -874,6 +892,7 @@ class RouteFlow:
                 logprobs,
                 timeout,
                 holder,
+                partial,
             )
         except (ValidatorDown, grpc.aio.AioRpcError) as error:
             why = error.why if isinstance(error, ValidatorDown) else error.code().name
@@ -895,7 +914,7 @@ class RouteFlow:
             return val_pb.ValidateResponse(verdict=val_pb.VERDICT_ESCALATE), status, reason
         finally:
             outcome.validate_ms += (time.perf_counter() - judged_at) * 1000.0
-        if verdict.verdict == val_pb.VERDICT_DELIVER:
+        if verdict.verdict in (val_pb.VERDICT_DELIVER, val_pb.VERDICT_UNDECIDED):
             return verdict, pb.VALIDATION_STATUS_PASSED, pb.ESCALATION_REASON_UNSPECIFIED
         reason = ESCALATION_FOR.get(verdict.reason, pb.ESCALATION_REASON_UNSPECIFIED)
         return verdict, pb.VALIDATION_STATUS_FAILED, reason

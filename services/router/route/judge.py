@@ -74,6 +74,7 @@ class Judge:
                     else val_pb.LOGPROB_AGGREGATION_MEAN
                 ),
                 window=tier.logprob_window,
+                prefix_margin=tier.commit_prefix_margin if tier.commit == "prefix" else 0.0,
             )
         return val_pb.ValidationPolicy(
             kind=val_pb.POLICY_KIND_SELF_REPORTED,
@@ -90,13 +91,15 @@ class Judge:
         logprobs: list[common_pb.TokenLogprob],
         timeout: float,  # noqa: ASYNC109 - passed on to the gRPC call as its deadline
         holder: object,
+        partial: bool = False,
     ) -> val_pb.ValidateResponse:
-        """The validator's verdict. Raises ValidatorDown when its breaker is open (the call is
-        not made) or it cannot be reached; `holder` is the request, for the breaker."""
+        """The validator's verdict (`partial`: on a prefix of the answer, which may be
+        undecided). Raises ValidatorDown when its breaker is open (the call is not made) or it
+        cannot be reached; `holder` is the request, for the breaker."""
         if not self.breaker.allow(holder):
             raise ValidatorDown("its circuit breaker is open")
         try:
-            verdict = await self._call(tier, request_id, prompt, answer, logprobs, timeout)
+            verdict = await self._call(tier, request_id, prompt, answer, logprobs, timeout, partial)
         except grpc.aio.AioRpcError as error:
             if error.code() in _OUTAGES:
                 self.breaker.record(False, holder)
@@ -117,6 +120,7 @@ class Judge:
         answer: str,
         logprobs: list[common_pb.TokenLogprob],
         timeout: float,  # noqa: ASYNC109 - passed on to the gRPC call as its deadline
+        partial: bool,
     ) -> val_pb.ValidateResponse:
         with telemetry.client_span(VALIDATE_METHOD, __name__, {"tierroute.tier": tier.name}) as (
             span,
@@ -129,6 +133,7 @@ class Judge:
                     answer=answer,
                     logprobs=logprobs,
                     policy=self.policy(tier),
+                    partial=partial,
                 ),
                 timeout=timeout,
                 metadata=metadata,

@@ -25,27 +25,27 @@ _sym_db = _symbol_database.Default()
 from tierroute.common.v1 import common_pb2 as tierroute_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.tierroute/validator/v1/validator_service.proto\x12\x16tierroute.validator.v1\x1a tierroute/common/v1/common.proto\"\xef\x01\n\x10ValidationPolicy\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".tierroute.validator.v1.PolicyKind\x12\x16\n\x0emin_confidence\x18\x02 \x01(\x01\x12$\n\x17\x66\x61llback_on_parse_error\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12?\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32*.tierroute.validator.v1.LogprobAggregation\x12\x0e\n\x06window\x18\x05 \x01(\rB\x1a\n\x18_fallback_on_parse_error\"\xb4\x01\n\x0fValidateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x33\n\x08logprobs\x18\x04 \x03(\x0b\x32!.tierroute.common.v1.TokenLogprob\x12\x38\n\x06policy\x18\x05 \x01(\x0b\x32(.tierroute.validator.v1.ValidationPolicy\"\xb3\x01\n\x10ValidateResponse\x12\x30\n\x07verdict\x18\x01 \x01(\x0e\x32\x1f.tierroute.validator.v1.Verdict\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12\x38\n\x06reason\x18\x03 \x01(\x0e\x32(.tierroute.validator.v1.ValidationReason\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t*a\n\nPolicyKind\x12\x1b\n\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19POLICY_KIND_SELF_REPORTED\x10\x01\x12\x17\n\x13POLICY_KIND_LOGPROB\x10\x02*{\n\x12LogprobAggregation\x12#\n\x1fLOGPROB_AGGREGATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18LOGPROB_AGGREGATION_MEAN\x10\x01\x12\"\n\x1eLOGPROB_AGGREGATION_MIN_WINDOW\x10\x02*M\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_DELIVER\x10\x01\x12\x14\n\x10VERDICT_ESCALATE\x10\x02*\xed\x01\n\x10ValidationReason\x12!\n\x1dVALIDATION_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bVALIDATION_REASON_CONFIDENT\x10\x01\x12$\n VALIDATION_REASON_LOW_CONFIDENCE\x10\x02\x12#\n\x1fVALIDATION_REASON_PARSE_FAILURE\x10\x03\x12&\n\"VALIDATION_REASON_SCHEMA_VIOLATION\x10\x04\x12\"\n\x1eVALIDATION_REASON_EMPTY_ANSWER\x10\x05\x32q\n\x10ValidatorService\x12]\n\x08Validate\x12\'.tierroute.validator.v1.ValidateRequest\x1a(.tierroute.validator.v1.ValidateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n.tierroute/validator/v1/validator_service.proto\x12\x16tierroute.validator.v1\x1a tierroute/common/v1/common.proto\"\x86\x02\n\x10ValidationPolicy\x12\x30\n\x04kind\x18\x01 \x01(\x0e\x32\".tierroute.validator.v1.PolicyKind\x12\x16\n\x0emin_confidence\x18\x02 \x01(\x01\x12$\n\x17\x66\x61llback_on_parse_error\x18\x03 \x01(\x08H\x00\x88\x01\x01\x12?\n\x0b\x61ggregation\x18\x04 \x01(\x0e\x32*.tierroute.validator.v1.LogprobAggregation\x12\x0e\n\x06window\x18\x05 \x01(\r\x12\x15\n\rprefix_margin\x18\x06 \x01(\x01\x42\x1a\n\x18_fallback_on_parse_error\"\xc5\x01\n\x0fValidateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x0e\n\x06\x61nswer\x18\x03 \x01(\t\x12\x33\n\x08logprobs\x18\x04 \x03(\x0b\x32!.tierroute.common.v1.TokenLogprob\x12\x38\n\x06policy\x18\x05 \x01(\x0b\x32(.tierroute.validator.v1.ValidationPolicy\x12\x0f\n\x07partial\x18\x06 \x01(\x08\"\xb3\x01\n\x10ValidateResponse\x12\x30\n\x07verdict\x18\x01 \x01(\x0e\x32\x1f.tierroute.validator.v1.Verdict\x12\x12\n\nconfidence\x18\x02 \x01(\x01\x12\x38\n\x06reason\x18\x03 \x01(\x0e\x32(.tierroute.validator.v1.ValidationReason\x12\x0f\n\x07\x63ontent\x18\x04 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x05 \x01(\t*a\n\nPolicyKind\x12\x1b\n\x17POLICY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19POLICY_KIND_SELF_REPORTED\x10\x01\x12\x17\n\x13POLICY_KIND_LOGPROB\x10\x02*{\n\x12LogprobAggregation\x12#\n\x1fLOGPROB_AGGREGATION_UNSPECIFIED\x10\x00\x12\x1c\n\x18LOGPROB_AGGREGATION_MEAN\x10\x01\x12\"\n\x1eLOGPROB_AGGREGATION_MIN_WINDOW\x10\x02*d\n\x07Verdict\x12\x17\n\x13VERDICT_UNSPECIFIED\x10\x00\x12\x13\n\x0fVERDICT_DELIVER\x10\x01\x12\x14\n\x10VERDICT_ESCALATE\x10\x02\x12\x15\n\x11VERDICT_UNDECIDED\x10\x03*\x8e\x02\n\x10ValidationReason\x12!\n\x1dVALIDATION_REASON_UNSPECIFIED\x10\x00\x12\x1f\n\x1bVALIDATION_REASON_CONFIDENT\x10\x01\x12$\n VALIDATION_REASON_LOW_CONFIDENCE\x10\x02\x12#\n\x1fVALIDATION_REASON_PARSE_FAILURE\x10\x03\x12&\n\"VALIDATION_REASON_SCHEMA_VIOLATION\x10\x04\x12\"\n\x1eVALIDATION_REASON_EMPTY_ANSWER\x10\x05\x12\x1f\n\x1bVALIDATION_REASON_TOO_CLOSE\x10\x06\x32q\n\x10ValidatorService\x12]\n\x08Validate\x12\'.tierroute.validator.v1.ValidateRequest\x1a(.tierroute.validator.v1.ValidateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tierroute.validator.v1.validator_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_POLICYKIND']._serialized_start=715
-  _globals['_POLICYKIND']._serialized_end=812
-  _globals['_LOGPROBAGGREGATION']._serialized_start=814
-  _globals['_LOGPROBAGGREGATION']._serialized_end=937
-  _globals['_VERDICT']._serialized_start=939
-  _globals['_VERDICT']._serialized_end=1016
-  _globals['_VALIDATIONREASON']._serialized_start=1019
-  _globals['_VALIDATIONREASON']._serialized_end=1256
+  _globals['_POLICYKIND']._serialized_start=755
+  _globals['_POLICYKIND']._serialized_end=852
+  _globals['_LOGPROBAGGREGATION']._serialized_start=854
+  _globals['_LOGPROBAGGREGATION']._serialized_end=977
+  _globals['_VERDICT']._serialized_start=979
+  _globals['_VERDICT']._serialized_end=1079
+  _globals['_VALIDATIONREASON']._serialized_start=1082
+  _globals['_VALIDATIONREASON']._serialized_end=1352
   _globals['_VALIDATIONPOLICY']._serialized_start=109
-  _globals['_VALIDATIONPOLICY']._serialized_end=348
-  _globals['_VALIDATEREQUEST']._serialized_start=351
-  _globals['_VALIDATEREQUEST']._serialized_end=531
-  _globals['_VALIDATERESPONSE']._serialized_start=534
-  _globals['_VALIDATERESPONSE']._serialized_end=713
-  _globals['_VALIDATORSERVICE']._serialized_start=1258
-  _globals['_VALIDATORSERVICE']._serialized_end=1371
+  _globals['_VALIDATIONPOLICY']._serialized_end=371
+  _globals['_VALIDATEREQUEST']._serialized_start=374
+  _globals['_VALIDATEREQUEST']._serialized_end=571
+  _globals['_VALIDATERESPONSE']._serialized_start=574
+  _globals['_VALIDATERESPONSE']._serialized_end=753
+  _globals['_VALIDATORSERVICE']._serialized_start=1354
+  _globals['_VALIDATORSERVICE']._serialized_end=1467
 # @@protoc_insertion_point(module_scope)

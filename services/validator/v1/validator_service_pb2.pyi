@@ -25,6 +25,7 @@ class Verdict(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VERDICT_UNSPECIFIED: _ClassVar[Verdict]
     VERDICT_DELIVER: _ClassVar[Verdict]
     VERDICT_ESCALATE: _ClassVar[Verdict]
+    VERDICT_UNDECIDED: _ClassVar[Verdict]
 
 class ValidationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -34,6 +35,7 @@ class ValidationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     VALIDATION_REASON_PARSE_FAILURE: _ClassVar[ValidationReason]
     VALIDATION_REASON_SCHEMA_VIOLATION: _ClassVar[ValidationReason]
     VALIDATION_REASON_EMPTY_ANSWER: _ClassVar[ValidationReason]
+    VALIDATION_REASON_TOO_CLOSE: _ClassVar[ValidationReason]
 POLICY_KIND_UNSPECIFIED: PolicyKind
 POLICY_KIND_SELF_REPORTED: PolicyKind
 POLICY_KIND_LOGPROB: PolicyKind
@@ -43,40 +45,46 @@ LOGPROB_AGGREGATION_MIN_WINDOW: LogprobAggregation
 VERDICT_UNSPECIFIED: Verdict
 VERDICT_DELIVER: Verdict
 VERDICT_ESCALATE: Verdict
+VERDICT_UNDECIDED: Verdict
 VALIDATION_REASON_UNSPECIFIED: ValidationReason
 VALIDATION_REASON_CONFIDENT: ValidationReason
 VALIDATION_REASON_LOW_CONFIDENCE: ValidationReason
 VALIDATION_REASON_PARSE_FAILURE: ValidationReason
 VALIDATION_REASON_SCHEMA_VIOLATION: ValidationReason
 VALIDATION_REASON_EMPTY_ANSWER: ValidationReason
+VALIDATION_REASON_TOO_CLOSE: ValidationReason
 
 class ValidationPolicy(_message.Message):
-    __slots__ = ("kind", "min_confidence", "fallback_on_parse_error", "aggregation", "window")
+    __slots__ = ("kind", "min_confidence", "fallback_on_parse_error", "aggregation", "window", "prefix_margin")
     KIND_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_ON_PARSE_ERROR_FIELD_NUMBER: _ClassVar[int]
     AGGREGATION_FIELD_NUMBER: _ClassVar[int]
     WINDOW_FIELD_NUMBER: _ClassVar[int]
+    PREFIX_MARGIN_FIELD_NUMBER: _ClassVar[int]
     kind: PolicyKind
     min_confidence: float
     fallback_on_parse_error: bool
     aggregation: LogprobAggregation
     window: int
-    def __init__(self, kind: _Optional[_Union[PolicyKind, str]] = ..., min_confidence: _Optional[float] = ..., fallback_on_parse_error: _Optional[bool] = ..., aggregation: _Optional[_Union[LogprobAggregation, str]] = ..., window: _Optional[int] = ...) -> None: ...
+    prefix_margin: float
+    def __init__(self, kind: _Optional[_Union[PolicyKind, str]] = ..., min_confidence: _Optional[float] = ..., fallback_on_parse_error: _Optional[bool] = ..., aggregation: _Optional[_Union[LogprobAggregation, str]] = ..., window: _Optional[int] = ..., prefix_margin: _Optional[float] = ...) -> None: ...
 
 class ValidateRequest(_message.Message):
-    __slots__ = ("request_id", "prompt", "answer", "logprobs", "policy")
+    __slots__ = ("request_id", "prompt", "answer", "logprobs", "policy", "partial")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     PROMPT_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     LOGPROBS_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     answer: str
     logprobs: _containers.RepeatedCompositeFieldContainer[_common_pb2.TokenLogprob]
     policy: ValidationPolicy
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., policy: _Optional[_Union[ValidationPolicy, _Mapping]] = ...) -> None: ...
+    partial: bool
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., answer: _Optional[str] = ..., logprobs: _Optional[_Iterable[_Union[_common_pb2.TokenLogprob, _Mapping]]] = ..., policy: _Optional[_Union[ValidationPolicy, _Mapping]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class ValidateResponse(_message.Message):
     __slots__ = ("verdict", "confidence", "reason", "content", "detail")

@@ -287,6 +287,11 @@ class TierConfig(_Strict):
     # bar, and escalates before anything was sent if not (the rest of the answer is not judged).
     commit: Literal["full", "prefix"] = "full"
     commit_prefix_tokens: int = Field(default=16, ge=1)
+    # Prefix commit with the mean aggregation: a prefix whose mean token log-probability lies
+    # within this many standard errors of log(escalation.min_confidence) is too close to call;
+    # the answer stays held and is judged again every `commit_prefix_tokens` more tokens, and
+    # on the whole answer if no prefix decides. 0: the first prefix always decides.
+    commit_prefix_margin: float = Field(default=1.28, ge=0, le=10)
     # Hedging: when a request's complexity score lies within this distance of this tier's
     # upper bound, the next larger tier is asked at once, beside this tier's held answer. The
     # commit decision (the prefix's, or the whole answer's) cancels the loser: the larger

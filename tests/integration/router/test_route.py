@@ -224,6 +224,7 @@ async def test_a_prefix_below_the_bar_escalates_before_anything_is_sent(
     suite: tuple[str, str, str],
 ) -> None:
     data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.999)
+    data["tiers"][0]["commit_prefix_margin"] = 0.0  # the first prefix decides, however close
     r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
     assert r.decision.tier == "small"
     assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
@@ -235,6 +236,28 @@ async def test_a_prefix_below_the_bar_escalates_before_anything_is_sent(
     assert (small.tier, small.delivered) == ("small", False)
     # The small tier's call was cancelled at its prefix, not left to finish its 48 tokens.
     assert PREFIX_TOKENS <= small.usage.completion_tokens < 48
+    assert small.finish_reason == common_pb.FINISH_REASON_UNSPECIFIED
+
+
+async def test_prefixes_too_close_to_call_leave_the_decision_to_the_whole_answer(
+    suite: tuple[str, str, str],
+) -> None:
+    # The same request as above, but no prefix is clear of the bar by 10 standard errors of
+    # its mean log-probability: the validator says UNDECIDED at every 4 tokens, and the
+    # small answer is judged whole (escalated, as by commit: full) before anything is sent.
+    data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.999)
+    data["tiers"][0]["commit_prefix_margin"] = 10.0
+    r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
+    assert r.order.index("escalation") < r.order.index("chunk")
+    assert all(c.tier == "large" for c in r.chunks) and r.text
+    s = r.summary
+    assert s is not None and s.tier == "large" and s.escalated
+    small = s.attempts[0]
+    assert (small.tier, small.delivered) == ("small", False)
+    # generated to its end (a stop or the 48 tokens), then judged
+    assert small.finish_reason in (common_pb.FINISH_REASON_STOP, common_pb.FINISH_REASON_LENGTH)
+    assert small.usage.completion_tokens > PREFIX_TOKENS
 
 
 async def test_a_hedge_that_loses_is_cancelled_when_the_small_answer_is_committed(

@@ -12,6 +12,7 @@ import pytest_asyncio
 
 from tests.helpers.services import DEFAULT_CONFIG, start_service, started
 from tests.helpers.tools import grpcurl, run
+from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import load_config
 from tierroute.runtime.host import Host
 from tierroute.validator.service import host
@@ -48,6 +49,29 @@ async def test_validate_delivers_and_escalates_over_grpc(
             await stub.Validate(pb.ValidateRequest(answer="x"), timeout=5)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert "policy.kind is required" in info.value.details()
+
+
+async def test_a_partial_answer_close_to_the_bar_is_undecided_over_grpc(
+    validator: tuple[Host, str],
+) -> None:
+    logprobs = [common_pb.TokenLogprob(token="t", logprob=lp) for lp in (-0.2, -0.6, -0.2, -0.6)]
+    # mean log-prob -0.4 against log(0.67) = -0.40: within one standard error (0.115)
+    policy = pb.ValidationPolicy(
+        kind=pb.POLICY_KIND_LOGPROB, min_confidence=0.67, prefix_margin=1.0
+    )
+    request = pb.ValidateRequest(answer="The capital", logprobs=logprobs, policy=policy)
+    async with grpc.aio.insecure_channel(validator[1]) as channel:
+        stub = pb_grpc.ValidatorServiceStub(channel)
+        whole = await stub.Validate(request, timeout=5)
+        assert whole.verdict == pb.VERDICT_DELIVER  # 0.670 >= 0.67
+        request.partial = True
+        r = await stub.Validate(request, timeout=5)
+        assert (r.verdict, r.reason) == (pb.VERDICT_UNDECIDED, pb.VALIDATION_REASON_TOO_CLOSE)
+        request.policy.prefix_margin = -0.5
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Validate(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "prefix_margin is -0.5" in info.value.details()
 
 
 async def test_grpcurl_lists_and_calls_validate(validator: tuple[Host, str]) -> None:
