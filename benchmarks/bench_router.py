@@ -3,7 +3,8 @@
 Starts the router as its own process (the embedded default config, a free port), then in
 alternating rounds measures:
   - Score over gRPC at concurrency 1 (latency) and 32 (throughput, latency), cache bypassed;
-  - Score over gRPC answered by the routing cache, at concurrency 32;
+  - Score over gRPC answered by the routing cache, at concurrency 1 (the floor: the RPC, the
+    handler and the client without the scoring) and 32;
   - the baseline, the seed design: sentence-transformers (PyTorch, fp32, the same weights)
     encoding one prompt per call in this process, plus the hand-written anchor scorer, at
     concurrency 1. (The router runs the config's scorer: the calibrated one by default.)
@@ -117,15 +118,20 @@ async def grpc_load(
     return {**summarize(latencies, elapsed), "unscored": unscored}
 
 
-def sync_load(address: str, prompts: list[str], total: int) -> dict[str, float]:
-    """Concurrency 1 from a blocking client: the least client-side overhead Python offers."""
+def sync_load(
+    address: str, prompts: list[str], total: int, bypass_cache: bool = True
+) -> dict[str, float]:
+    """Concurrency 1 from a blocking client: the least client-side overhead Python offers.
+    With the cache (`bypass_cache` False, every prompt cached first): the floor of a Score
+    over gRPC, everything but the scoring."""
     latencies: list[float] = []
     with grpc.insecure_channel(address) as channel:
         stub = pb_grpc.RouterServiceStub(channel)
-        stub.Score(pb.ScoreRequest(prompt=prompts[0]))
+        for p in prompts if not bypass_cache else prompts[:1]:
+            stub.Score(pb.ScoreRequest(prompt=p))
         started = time.perf_counter()
         for i in range(total):
-            request = pb.ScoreRequest(prompt=prompts[i % len(prompts)], bypass_cache=True)
+            request = pb.ScoreRequest(prompt=prompts[i % len(prompts)], bypass_cache=bypass_cache)
             t0 = time.perf_counter()
             stub.Score(request, timeout=30)
             latencies.append((time.perf_counter() - t0) * 1000)
@@ -162,6 +168,7 @@ def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, 
     from threadpoolctl import threadpool_limits
 
     from tierroute.router.scoring.decider import Decider
+    from tierroute.router.scoring.learned import LearnedScorer
 
     cfg = load_config(config)
     decider = Decider(cfg)
@@ -186,6 +193,15 @@ def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, 
             "onnx_run": stage(lambda p: embedder.run(encoded[p])),
             "scorer_blas_1_thread": stage(lambda p: scorer.score(vectors[p], [p])),
         }
+        if cfg.router.scorer == "learned" and cfg.router.artifact is not None:
+            # the same scorer with the exact float32 kNN search (as `tierroute eval` runs it)
+            exact = LearnedScorer(
+                cfg.router.artifact,
+                cfg.tier_bounds()[0],
+                embedder.version,
+                int8_search=False,
+            )
+            out["scorer_exact_knn"] = stage(lambda p: exact.score(vectors[p], [p]))
         with threadpool_limits(os.cpu_count(), user_api="blas"):
             out["scorer_blas_default_threads"] = stage(lambda p: scorer.score(vectors[p], [p]))
         if decider.degraded is not None:
@@ -244,6 +260,7 @@ def main() -> int:
     rows: dict[str, list[dict[str, float]]] = {
         "score_c1": [],
         "score_c32": [],
+        "cached_c1": [],
         "cached_c32": [],
         "baseline_c1": [],
     }
@@ -252,6 +269,7 @@ def main() -> int:
             print(f"round {r + 1}/{args.rounds}", file=sys.stderr)
             rows["baseline_c1"].append(baseline(prompts, args.requests // 2, st_model, st_scorer))
             rows["score_c1"].append(sync_load(address, prompts, args.requests))
+            rows["cached_c1"].append(sync_load(address, prompts, args.requests, False))
             rows["score_c32"].append(
                 asyncio.run(grpc_load(address, prompts, 32, args.requests * 2, True))
             )
@@ -299,6 +317,7 @@ def main() -> int:
     labels = {
         "score_c1": "Score (gRPC, int8 ONNX), concurrency 1",
         "score_c32": "Score (gRPC, int8 ONNX), concurrency 32",
+        "cached_c1": "Score, routing-cache hits, concurrency 1",
         "cached_c32": "Score, routing-cache hits, concurrency 32",
         "baseline_c1": "baseline: sentence-transformers fp32, c=1",
     }

@@ -1,4 +1,5 @@
-"""The calibrated scorer: serves a router artifact (tierroute.quality.artifact) with numpy only.
+"""The calibrated scorer: serves a router artifact (tierroute.quality.artifact) with numpy (and
+onnxruntime for a kNN's int8 neighbour search, scoring/neighbours.py).
 
 The artifact's raw score maps piecewise-linearly onto 0-10 so that its threshold lands on the
 first tier's bound: the router's tier choice is then exactly the artifact's.
@@ -11,7 +12,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tierroute.quality.artifact import ArtifactError, load_artifact, raw_scores
+from tierroute.quality.artifact import (
+    ArtifactError,
+    Search,
+    exact_search,
+    load_artifact,
+    raw_scores,
+)
+from tierroute.router.scoring.neighbours import Int8Search
 from tierroute.router.scoring.scorers import Score
 
 
@@ -34,7 +42,13 @@ def _knots(meta: dict, complexity_threshold: float) -> tuple[list[float], list[f
 class LearnedScorer:
     kind = "learned"
 
-    def __init__(self, folder: Path, complexity_threshold: float, embedder_version: str) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        complexity_threshold: float,
+        embedder_version: str,
+        int8_search: bool = True,
+    ) -> None:
         meta, arrays = load_artifact(folder)
         if meta["embedder_version"] != embedder_version:
             raise ArtifactError(
@@ -51,6 +65,14 @@ class LearnedScorer:
         self._categories: list[str] = meta.get("categories", [])
         self.version = f"learned:{self._model}@{meta['version']}"
         self.meta = meta
+        # a kNN's calibration prompts (of any component), searched on int8 copies (without
+        # `int8_search`: exactly, as `tierroute eval` does; for comparison)
+        self._search: Search = exact_search
+        if int8_search:
+            self._search = search = Int8Search()
+            for name, array in arrays.items():
+                if name.endswith("neighbours"):
+                    search.prepare(array)
 
     def reference_embeddings(self) -> np.ndarray | None:
         """The calibration prompts' embeddings, if the artifact carries them (a kNN scorer's
@@ -67,7 +89,7 @@ class LearnedScorer:
         return None if raw is None else np.interp(raw, *self._knots)
 
     def score(self, embeddings: np.ndarray, texts: Sequence[str]) -> list[Score]:
-        raw = raw_scores(self._model, self._arrays, self._params, embeddings, texts)
+        raw = raw_scores(self._model, self._arrays, self._params, embeddings, texts, self._search)
         values = np.interp(raw, *self._knots)
         if self._categories:
             nearest = (embeddings @ self._arrays["category_centroids"].T).argmax(axis=1)

@@ -1,5 +1,5 @@
 """The router artifact: its format and its arithmetic, shared by the router (which serves it
-with numpy only) and the quality tooling (`tierroute calibrate` writes it, `tierroute eval`
+with numpy, no scikit-learn) and the quality tooling (`tierroute calibrate` writes it, `tierroute eval`
 runs it).
 
 An artifact is a folder: `router.json` (what model, which threshold, the embedder it was fitted
@@ -26,7 +26,9 @@ score from the unit-length embeddings, where higher means "the large tier is nee
 
 The raw score maps piecewise-linearly onto 0-10 so that the artifact's threshold lands on
 `router.complexity_threshold`: the router's tier choice is then exactly the artifact's.
-`raw_scores` is also what `tierroute eval` runs, so what is evaluated is what is served.
+`raw_scores` is also what `tierroute eval` runs, so what is evaluated is what is served. (The
+router may pass its own `search` for a kNN's nearest neighbours, one that finds the same ones
+faster: services/router/scoring/neighbours.py.)
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -110,10 +112,19 @@ def logistic_inputs(
     return np.hstack([e, f.astype(np.float32)])
 
 
-def _knn(arrays: dict[str, np.ndarray], k: int, e: np.ndarray) -> np.ndarray:
-    sims = e @ arrays["neighbours"].T
-    k = min(k, sims.shape[1])
-    top = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+# The rows of `neighbours` most similar to each unit-length query: (neighbours, queries, k)
+# -> indices, one row of k per query, in no particular order.
+Search = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
+
+
+def exact_search(neighbours: np.ndarray, e: np.ndarray, k: int) -> np.ndarray:
+    sims = e @ neighbours.T
+    return np.argpartition(-sims, k - 1, axis=1)[:, :k]
+
+
+def _knn(arrays: dict[str, np.ndarray], k: int, e: np.ndarray, search: Search) -> np.ndarray:
+    neighbours = arrays["neighbours"]
+    top = search(neighbours, e, min(k, len(neighbours)))
     return np.asarray(arrays["labels"][top].mean(axis=1))
 
 
@@ -139,14 +150,17 @@ def raw_scores(
     params: dict[str, Any],
     e: np.ndarray,
     texts: Sequence[str],
+    search: Search = exact_search,
 ) -> np.ndarray:
     """Raw scores (higher: the large tier is needed) for unit-length embeddings `e` of the
-    whitespace-folded `texts`."""
+    whitespace-folded `texts`; a kNN's neighbours found by `search`."""
     e = np.asarray(e, dtype=np.float32)
     if model == "blend":
-        own = raw_scores(params["own_model"], part(arrays, "own_"), params["own_params"], e, texts)
+        own = raw_scores(
+            params["own_model"], part(arrays, "own_"), params["own_params"], e, texts, search
+        )
         prior = raw_scores(
-            params["prior_model"], part(arrays, "prior_"), params["prior_params"], e, texts
+            params["prior_model"], part(arrays, "prior_"), params["prior_params"], e, texts, search
         )
         share = params["prior_share"]
         return np.asarray(
@@ -155,7 +169,7 @@ def raw_scores(
         )
     if model == "stacked":
         base = raw_scores(
-            params["base_model"], part(arrays, "base_"), params["base_params"], e, texts
+            params["base_model"], part(arrays, "base_"), params["base_params"], e, texts, search
         )
         general_arrays = part(arrays, "general_")
         general = expected_gain(
@@ -169,14 +183,14 @@ def raw_scores(
         logit = expected_gain(arrays, params, logistic_inputs(arrays, e, texts))
         if model == "logistic":
             return logit
-        knn = _knn(arrays, int(params["k"]), e)
+        knn = _knn(arrays, int(params["k"]), e, search)
         weight = float(params["knn_weight"])
         return np.asarray(
             (1.0 - weight) * np.interp(logit, arrays["logistic_quantiles"], QUANTILES)
             + weight * np.interp(knn, arrays["knn_quantiles"], QUANTILES)
         )
     if model == "knn":
-        return _knn(arrays, int(params["k"]), e)
+        return _knn(arrays, int(params["k"]), e, search)
     if model == "centroid":
         return np.asarray(e @ arrays["large_centroid"] - e @ arrays["small_centroid"])
     if model == "anchors":
