@@ -7,9 +7,9 @@ reads the whole matrix from memory: about 0.5 ms on one core here, most of the s
 approximate similarities with onnxruntime's integer matrix product (DynamicQuantizeLinear,
 MatMulInteger: VNNI or AMX where the CPU has them), takes the `candidates(k)` best, and re-ranks
 those in float32: the k it returns are the exact top k whenever they are among the candidates.
-On 2,000 held-out prompts against the default artifact that gave the same kNN score as the
-exact search for 99.85% of them, and at most 1/k apart for the rest (a tie at the k-th place
-broken another way). Measured in `make bench-router` (profile_us).
+On 2,000 RouterDC prompts the default artifact was not fitted on, that gave the same kNN score
+as the exact search for 99.85% of them, and at most 1/k apart for the rest (a near tie at the
+k-th place broken another way). Measured in `make bench-router` (profile_us).
 
 Matrices too small for it to pay, and any matrix not prepared at load, are searched exactly.
 """
