@@ -1,6 +1,6 @@
 """The router artifact: its format and its arithmetic, shared by the router (which serves it
-with numpy, no scikit-learn) and the quality tooling (`tierroute calibrate` writes it, `tierroute eval`
-runs it).
+with numpy, no scikit-learn) and the quality tooling (`tierroute calibrate` writes it,
+`tierroute eval` runs it).
 
 An artifact is a folder: `router.json` (what model, which threshold, the embedder it was fitted
 on, the data hash, the metrics) and one `.npy` file per array. Every model kind computes a raw
