@@ -71,6 +71,13 @@ ROUTES = Counter(
     "Routes ended, by the tier that answered (empty: none) and gRPC status code name.",
     ("tier", "code"),
 )
+JUDGED_TOKENS = Histogram(
+    "tierroute_judged_tokens",
+    "Tokens of a held answer that the deciding verdict judged (the prefix with commit: prefix, "
+    "the whole answer otherwise), by tier and verdict (deliver or escalate).",
+    ("tier", "verdict"),
+    buckets=(1, 2, 4, 8, 16, 24, 32, 48, 64, 128, 256, 512, 1024),
+)
 ESCALATIONS = Counter(
     "tierroute_escalations",
     "Answers not delivered and moved to a larger tier, by the tier left and the reason.",

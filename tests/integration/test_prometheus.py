@@ -176,6 +176,10 @@ async def test_counters_move_as_requests_are_routed_and_prometheus_reads_them(
     )
     verdicts = await prometheus.query("sum(tierroute_validator_verdicts_total)")
     assert total(verdicts) >= judged
+    # and the router counted the tokens each deciding verdict judged, as in the summaries
+    judged_tokens = await prometheus.query('sum(tierroute_judged_tokens_sum{job="router"})')
+    assert total(judged_tokens) == sum(a.judged_tokens for s in summaries for a in s.attempts)
+    assert (total(judged_tokens) > 0) == (judged > 0)
     breaker = await prometheus.query('tierroute_circuit_breaker_state{job="router",state="closed"}')
     assert {r["metric"]["tier"] for r in breaker} == {"small", "large"}
     assert all(float(r["value"][1]) == 1 for r in breaker)

@@ -798,10 +798,12 @@ class RouteFlow:
                 completion_tokens=len(logprobs),
                 cost_usd=len(logprobs) * tier.price_per_1k_output_usd / 1000.0,
             )
-            outcome.attempts.append(_attempt(tier, so_far, False, status, reason))
+            judged = _judged(tier, status, len(logprobs), False)
+            outcome.attempts.append(_attempt(tier, so_far, False, status, reason, judged))
             return
-        if committed is not None:
-            outcome.attempts.append(_attempt(tier, complete, True, committed))
+        if committed is not None:  # the prefix's tokens: none were added once it was judged
+            judged = _judged(tier, committed, len(logprobs), True)
+            outcome.attempts.append(_attempt(tier, complete, True, committed, judged=judged))
             return
         if not hold:
             outcome.attempts.append(
@@ -811,15 +813,19 @@ class RouteFlow:
         verdict, status, reason = await self._verdict(
             tier, request, deadline, outcome, "".join(parts), logprobs, holder
         )
-        if verdict.verdict == val_pb.VERDICT_DELIVER:
+        delivered = verdict.verdict == val_pb.VERDICT_DELIVER
+        # the whole answer: its log-probabilities, or (self_reported) its tokens
+        tokens = len(logprobs) or (complete.completion_tokens if complete is not None else 0)
+        judged = _judged(tier, status, tokens, delivered)
+        if delivered:
             if racing is not None:
                 racing.stop()
-            outcome.attempts.append(_attempt(tier, complete, True, status))
+            outcome.attempts.append(_attempt(tier, complete, True, status, judged=judged))
             outcome.first_chunk_at = outcome.first_chunk_at or time.perf_counter()
             yield Token(verdict.content, tier.name)
             return
         outcome.escalation_reason = reason
-        outcome.attempts.append(_attempt(tier, complete, False, status, reason))
+        outcome.attempts.append(_attempt(tier, complete, False, status, reason, judged))
 
     async def _verdict(
         self,
@@ -920,12 +926,23 @@ class RouteFlow:
         return verdict, pb.VALIDATION_STATUS_FAILED, reason
 
 
+def _judged(tier: TierConfig, status: pb.ValidationStatus, tokens: int, delivered: bool) -> int:
+    """The tokens a deciding verdict judged (0 when no validator judged them), counted in
+    tierroute_judged_tokens."""
+    if status == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE:
+        return 0
+    verdict = "deliver" if delivered else "escalate"
+    metrics.JUDGED_TOKENS.labels(tier.name, verdict).observe(tokens)
+    return tokens
+
+
 def _attempt(
     tier: TierConfig,
     complete: tier_pb.GenerateComplete | None,
     delivered: bool,
     validation: pb.ValidationStatus,
     reason: pb.EscalationReason = pb.ESCALATION_REASON_UNSPECIFIED,
+    judged: int = 0,
 ) -> pb.TierAttempt:
     c = complete or tier_pb.GenerateComplete()
     return pb.TierAttempt(
@@ -937,6 +954,7 @@ def _attempt(
         delivered=delivered,
         escalation_reason=reason,
         validation=validation,
+        judged_tokens=judged,
     )
 
 

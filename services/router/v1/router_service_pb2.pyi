@@ -187,7 +187,7 @@ class StageLatencies(_message.Message):
     def __init__(self, score_ms: _Optional[float] = ..., generate_ms: _Optional[float] = ..., validate_ms: _Optional[float] = ..., escalation_ms: _Optional[float] = ..., total_ms: _Optional[float] = ..., time_to_first_token_ms: _Optional[float] = ...) -> None: ...
 
 class TierAttempt(_message.Message):
-    __slots__ = ("tier", "usage", "cost_usd", "finish_reason", "latency_ms", "delivered", "escalation_reason", "validation", "hedged")
+    __slots__ = ("tier", "usage", "cost_usd", "finish_reason", "latency_ms", "delivered", "escalation_reason", "validation", "hedged", "judged_tokens")
     TIER_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     COST_USD_FIELD_NUMBER: _ClassVar[int]
@@ -197,6 +197,7 @@ class TierAttempt(_message.Message):
     ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
     VALIDATION_FIELD_NUMBER: _ClassVar[int]
     HEDGED_FIELD_NUMBER: _ClassVar[int]
+    JUDGED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     tier: str
     usage: _common_pb2.Usage
     cost_usd: float
@@ -206,7 +207,8 @@ class TierAttempt(_message.Message):
     escalation_reason: EscalationReason
     validation: ValidationStatus
     hedged: bool
-    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ..., hedged: _Optional[bool] = ...) -> None: ...
+    judged_tokens: int
+    def __init__(self, tier: _Optional[str] = ..., usage: _Optional[_Union[_common_pb2.Usage, _Mapping]] = ..., cost_usd: _Optional[float] = ..., finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., latency_ms: _Optional[float] = ..., delivered: _Optional[bool] = ..., escalation_reason: _Optional[_Union[EscalationReason, str]] = ..., validation: _Optional[_Union[ValidationStatus, str]] = ..., hedged: _Optional[bool] = ..., judged_tokens: _Optional[int] = ...) -> None: ...
 
 class RouteSummary(_message.Message):
     __slots__ = ("tier", "escalated", "escalation_reason", "usage", "cost_usd", "latencies", "finish_reason", "confidence", "attempts", "validation")

@@ -166,6 +166,7 @@ async def test_simple_prompt_is_served_by_the_small_tier_after_validation(router
     s = r.summary
     assert [a.tier for a in s.attempts] == ["small"] and s.attempts[0].delivered
     assert s.usage.completion_tokens == s.attempts[0].usage.completion_tokens > 0
+    assert s.attempts[0].judged_tokens == s.usage.completion_tokens  # held and judged whole
     assert s.cost_usd > 0 and s.confidence >= 0.05
     assert s.latencies.validate_ms > 0 and s.latencies.generate_ms > 0
     assert s.latencies.total_ms >= s.latencies.time_to_first_token_ms > 0
@@ -175,6 +176,7 @@ async def test_complex_prompt_is_streamed_live_by_the_large_tier(router: str) ->
     r = await route(router, prompt=COMPLEX)
     assert r.decision.tier == "large"
     assert r.summary is not None and r.summary.tier == "large"
+    assert r.summary.attempts[0].judged_tokens == 0  # streamed live, not validated
     assert len(r.chunks) > 1, "the large tier's answer should arrive as a live stream"
     assert r.order[0] == "decision" and r.order[-1] == "summary"
     assert r.summary.finish_reason in (common_pb.FINISH_REASON_STOP, common_pb.FINISH_REASON_LENGTH)
@@ -217,6 +219,9 @@ async def test_a_prefix_that_clears_the_bar_is_committed_and_the_rest_streams_li
     assert s is not None and s.tier == "small" and not s.escalated
     assert s.attempts[0].validation == pb.VALIDATION_STATUS_PASSED
     assert s.usage.completion_tokens > PREFIX_TOKENS
+    # committed on a prefix (of 4 tokens, or a multiple of 4 if a shorter one was too close)
+    judged = s.attempts[0].judged_tokens
+    assert PREFIX_TOKENS <= judged < s.usage.completion_tokens
     assert s.latencies.validate_ms > 0
 
 
@@ -237,6 +242,7 @@ async def test_a_prefix_below_the_bar_escalates_before_anything_is_sent(
     # The small tier's call was cancelled at its prefix, not left to finish its 48 tokens.
     assert PREFIX_TOKENS <= small.usage.completion_tokens < 48
     assert small.finish_reason == common_pb.FINISH_REASON_UNSPECIFIED
+    assert small.judged_tokens == small.usage.completion_tokens
 
 
 async def test_prefixes_too_close_to_call_leave_the_decision_to_the_whole_answer(
@@ -255,9 +261,10 @@ async def test_prefixes_too_close_to_call_leave_the_decision_to_the_whole_answer
     assert s is not None and s.tier == "large" and s.escalated
     small = s.attempts[0]
     assert (small.tier, small.delivered) == ("small", False)
-    # generated to its end (a stop or the 48 tokens), then judged
+    # generated to its end (a stop or the 48 tokens), then judged whole
     assert small.finish_reason in (common_pb.FINISH_REASON_STOP, common_pb.FINISH_REASON_LENGTH)
     assert small.usage.completion_tokens > PREFIX_TOKENS
+    assert small.judged_tokens == small.usage.completion_tokens
 
 
 async def test_a_hedge_that_loses_is_cancelled_when_the_small_answer_is_committed(
