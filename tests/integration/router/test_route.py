@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -265,6 +266,60 @@ async def test_prefixes_too_close_to_call_leave_the_decision_to_the_whole_answer
     assert small.finish_reason in (common_pb.FINISH_REASON_STOP, common_pb.FINISH_REASON_LENGTH)
     assert small.usage.completion_tokens > PREFIX_TOKENS
     assert small.judged_tokens == small.usage.completion_tokens
+
+
+class ScriptedTokens(tier_grpc.TierServiceServicer):
+    """A small tier whose answer carries chosen log-probabilities (a real engine's are not
+    chosen on cue): four tokens whose mean is too close to a bar of 0.5 to call, then eight
+    confident ones."""
+
+    LOGPROBS = (-0.4, -1.0, -0.4, -1.0) + (-0.01,) * 8
+
+    async def Generate(
+        self, request: tier_pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[tier_pb.GenerateResponse]:
+        assert request.logprobs, "a logprob-validated tier is asked for its log-probabilities"
+        for i, logprob in enumerate(self.LOGPROBS):
+            token = f" t{i}"
+            yield tier_pb.GenerateResponse(
+                chunk=tier_pb.GenerateChunk(
+                    text=token, logprobs=[common_pb.TokenLogprob(token=token, logprob=logprob)]
+                )
+            )
+        yield tier_pb.GenerateResponse(
+            complete=tier_pb.GenerateComplete(
+                completion_tokens=len(self.LOGPROBS),
+                finish_reason=common_pb.FINISH_REASON_STOP,
+            )
+        )
+
+
+async def test_a_prefix_too_close_to_call_is_judged_again_and_committed_on_a_longer_one(
+    suite: tuple[str, str, str],
+) -> None:
+    server = grpc.aio.server()
+    tier_grpc.add_TierServiceServicer_to_server(ScriptedTokens(), server)
+    small = f"127.0.0.1:{server.add_insecure_port('127.0.0.1:0')}"
+    await server.start()
+    try:
+        _, large, validator = suite
+        data = route_config(
+            small, large, validator, validation="logprob", commit="prefix", min_confidence=0.5
+        )
+        r = await route_once(data, prompt=SIMPLE)
+    finally:
+        await server.stop(0)
+    assert r.decision.tier == "small" and not r.escalations
+    # undecided at 4 tokens, committed at 8: those 8 in one chunk, the other 4 live
+    assert [c.text for c in r.chunks] == ["".join(f" t{i}" for i in range(8))] + [
+        f" t{i}" for i in range(8, 12)
+    ]
+    s = r.summary
+    assert s is not None and s.tier == "small" and not s.escalated
+    (attempt,) = s.attempts
+    assert attempt.delivered and attempt.validation == pb.VALIDATION_STATUS_PASSED
+    assert attempt.judged_tokens == 2 * PREFIX_TOKENS
+    assert s.confidence == pytest.approx(math.exp(sum(ScriptedTokens.LOGPROBS[:8]) / 8), abs=1e-3)
 
 
 async def test_a_hedge_that_loses_is_cancelled_when_the_small_answer_is_committed(
