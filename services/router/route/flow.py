@@ -798,12 +798,10 @@ class RouteFlow:
                 completion_tokens=len(logprobs),
                 cost_usd=len(logprobs) * tier.price_per_1k_output_usd / 1000.0,
             )
-            judged = _judged(tier, status, len(logprobs), False)
-            outcome.attempts.append(_attempt(tier, so_far, False, status, reason, judged))
+            outcome.attempts.append(_attempt(tier, so_far, False, status, reason, len(logprobs)))
             return
         if committed is not None:  # the prefix's tokens: none were added once it was judged
-            judged = _judged(tier, committed, len(logprobs), True)
-            outcome.attempts.append(_attempt(tier, complete, True, committed, judged=judged))
+            outcome.attempts.append(_attempt(tier, complete, True, committed, judged=len(logprobs)))
             return
         if not hold:
             outcome.attempts.append(
@@ -813,11 +811,9 @@ class RouteFlow:
         verdict, status, reason = await self._verdict(
             tier, request, deadline, outcome, "".join(parts), logprobs, holder
         )
-        delivered = verdict.verdict == val_pb.VERDICT_DELIVER
         # the whole answer: its log-probabilities, or (self_reported) its tokens
-        tokens = len(logprobs) or (complete.completion_tokens if complete is not None else 0)
-        judged = _judged(tier, status, tokens, delivered)
-        if delivered:
+        judged = len(logprobs) or (complete.completion_tokens if complete is not None else 0)
+        if verdict.verdict == val_pb.VERDICT_DELIVER:
             if racing is not None:
                 racing.stop()
             outcome.attempts.append(_attempt(tier, complete, True, status, judged=judged))
@@ -926,16 +922,6 @@ class RouteFlow:
         return verdict, pb.VALIDATION_STATUS_FAILED, reason
 
 
-def _judged(tier: TierConfig, status: pb.ValidationStatus, tokens: int, delivered: bool) -> int:
-    """The tokens a deciding verdict judged (0 when no validator judged them), counted in
-    tierroute_judged_tokens."""
-    if status == pb.VALIDATION_STATUS_VALIDATOR_UNAVAILABLE:
-        return 0
-    verdict = "deliver" if delivered else "escalate"
-    metrics.JUDGED_TOKENS.labels(tier.name, verdict).observe(tokens)
-    return tokens
-
-
 def _attempt(
     tier: TierConfig,
     complete: tier_pb.GenerateComplete | None,
@@ -944,6 +930,13 @@ def _attempt(
     reason: pb.EscalationReason = pb.ESCALATION_REASON_UNSPECIFIED,
     judged: int = 0,
 ) -> pb.TierAttempt:
+    # `judged`: the tokens its deciding verdict judged; they count only if a validator judged
+    # them (not an unvalidated answer, nor one the validator could not be asked about)
+    if validation not in (pb.VALIDATION_STATUS_PASSED, pb.VALIDATION_STATUS_FAILED):
+        judged = 0
+    else:
+        verdict = "deliver" if delivered else "escalate"
+        metrics.JUDGED_TOKENS.labels(tier.name, verdict).observe(judged)
     c = complete or tier_pb.GenerateComplete()
     return pb.TierAttempt(
         tier=tier.name,

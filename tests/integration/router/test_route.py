@@ -129,6 +129,17 @@ async def route(address: str, **fields: Any) -> Routed:
     return result
 
 
+def escalated_on_low_confidence(r: Routed) -> pb.RouteSummary:
+    """The summary of a route whose small-tier answer was escalated for low confidence before
+    any of it was sent, and answered by the large tier."""
+    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
+    assert r.order.index("escalation") < r.order.index("chunk")
+    assert all(c.tier == "large" for c in r.chunks) and r.text
+    s = r.summary
+    assert s is not None and s.tier == "large" and s.escalated
+    return s
+
+
 @pytest_asyncio.fixture(scope="module")
 async def suite(
     small_tier: ServiceProcess, large_tier: ServiceProcess, validator_process: ServiceProcess
@@ -233,11 +244,7 @@ async def test_a_prefix_below_the_bar_escalates_before_anything_is_sent(
     data["tiers"][0]["commit_prefix_margin"] = 0.0  # the first prefix decides, however close
     r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
     assert r.decision.tier == "small"
-    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
-    assert r.order.index("escalation") < r.order.index("chunk")
-    assert all(c.tier == "large" for c in r.chunks) and r.text
-    s = r.summary
-    assert s is not None and s.tier == "large" and s.escalated
+    s = escalated_on_low_confidence(r)
     small = s.attempts[0]
     assert (small.tier, small.delivered) == ("small", False)
     # The small tier's call was cancelled at its prefix, not left to finish its 48 tokens.
@@ -255,11 +262,7 @@ async def test_prefixes_too_close_to_call_leave_the_decision_to_the_whole_answer
     data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.999)
     data["tiers"][0]["commit_prefix_margin"] = 10.0
     r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
-    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
-    assert r.order.index("escalation") < r.order.index("chunk")
-    assert all(c.tier == "large" for c in r.chunks) and r.text
-    s = r.summary
-    assert s is not None and s.tier == "large" and s.escalated
+    s = escalated_on_low_confidence(r)
     small = s.attempts[0]
     assert (small.tier, small.delivered) == ("small", False)
     # generated to its end (a stop or the 48 tokens), then judged whole
@@ -354,11 +357,8 @@ async def test_a_hedge_answers_when_the_small_answer_is_escalated(
     data = route_config(*suite, validation="logprob", commit="prefix", min_confidence=0.999)
     data["tiers"][0]["hedge_margin"] = 10.0
     r = await route_once(data, prompt=SIMPLE, sampling={"max_tokens": 48})
-    assert [e.reason for e in r.escalations] == [pb.ESCALATION_REASON_LOW_CONFIDENCE]
-    assert r.order.index("escalation") < r.order.index("chunk")
-    assert all(c.tier == "large" for c in r.chunks) and "Paris" in r.text
-    s = r.summary
-    assert s is not None and s.tier == "large" and s.escalated
+    s = escalated_on_low_confidence(r)
+    assert "Paris" in r.text
     # One call to the large tier: the hedge, started with the small one, served the answer.
     assert [(a.tier, a.delivered, a.hedged) for a in s.attempts] == [
         ("small", False, False),
