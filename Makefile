@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint redis prometheus test test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-e2e bench-shadow bench-commit \
+.PHONY: setup deps constraints models gen lint redis prometheus test test-contended test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-e2e bench-shadow bench-commit \
 	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
@@ -86,6 +86,13 @@ prometheus:
 test: setup $(BUF) redis prometheus
 	$(BUF) lint
 	$(VENV)/bin/pytest -q tests/unit tests/integration
+
+# The same tests while busy processes take every core (../shared/tools/under-load): a test that
+# passes alone and fails here depends on timing, not behaviour.
+UNDER_LOAD ?= ../shared/tools/under-load
+test-contended: setup $(BUF) redis prometheus
+	$(BUF) lint
+	$(UNDER_LOAD) -- $(VENV)/bin/pytest -q tests/unit tests/integration
 
 # The fast part: no engine, no model, under a minute.
 test-unit: deps

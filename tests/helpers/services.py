@@ -17,8 +17,9 @@ import grpc
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.helpers.budgets import make_config
 from tests.helpers.otlp import OTLPReceiver
-from tierroute.core.config import Config, config_from_dict
+from tierroute.core.config import Config
 from tierroute.runtime.host import Host
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +39,8 @@ def free_port() -> int:
 
 
 def router_config(**router: Any) -> Config:
-    """A two-tier config on the real embedder, listening on a free loopback port."""
+    """A two-tier config on the real embedder, listening on a free loopback port, with the
+    budgets no loaded machine reaches (tests/helpers/budgets.py)."""
     data: dict[str, Any] = {
         "router": {"listen": "127.0.0.1:0", "model": str(EMBEDDER_DIR), **router},
         "tiers": [
@@ -46,7 +48,7 @@ def router_config(**router: Any) -> Config:
             {"name": "large", "address": "127.0.0.1:2", "model": "large-model"},
         ],
     }
-    return config_from_dict(data)
+    return make_config(data)
 
 
 @dataclass

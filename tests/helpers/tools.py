@@ -24,4 +24,4 @@ async def run(*args: str, timeout: float = 60) -> tuple[int, str, str]:  # noqa:
 
 async def cli(*args: str) -> tuple[int, str, str]:
     """`tierroute ARGS...` as a user runs it."""
-    return await run(sys.executable, "-m", "tierroute.tools.cli", *args, timeout=300)
+    return await run(sys.executable, "-m", "tierroute.tools.cli", *args, timeout=900)

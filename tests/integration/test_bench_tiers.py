@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.helpers.budgets import generous
 from tests.helpers.redis import RedisServer
 from tests.helpers.services import ServiceProcess, router_config
 from tests.helpers.tools import cli
@@ -39,7 +40,7 @@ def write_config(tmp_path: Path, small: str, large: str) -> Path:
         ],
     }
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(data))
+    path.write_text(yaml.safe_dump(generous(data)))
     return path
 
 

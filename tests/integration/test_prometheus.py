@@ -18,6 +18,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
+from tests.helpers.budgets import CALL_TIMEOUT_SECONDS, generous
 from tests.helpers.prometheus import PrometheusServer
 from tests.helpers.services import EMBEDDER_DIR, ROOT, ServiceProcess, start_service
 from tests.helpers.tools import cli
@@ -46,30 +47,31 @@ def router(
     config = folder / "router.yaml"
     config.write_text(
         yaml.safe_dump(
-            {
-                "router": {
-                    "listen": "127.0.0.1:0",
-                    "model": str(EMBEDDER_DIR),
-                    "score_budget_ms": 5000,
-                    "routing_log": str(folder / "routing-log.sqlite"),
-                },
-                "tiers": [
-                    {
-                        "name": "small",
-                        "address": small_tier.address,
-                        "validation": "logprob",
-                        **tier,
+            generous(
+                {
+                    "router": {
+                        "listen": "127.0.0.1:0",
+                        "model": str(EMBEDDER_DIR),
+                        "routing_log": str(folder / "routing-log.sqlite"),
                     },
-                    {
-                        "name": "large",
-                        "address": large_tier.address,
-                        **tier,
-                        "price_per_1k_input_usd": LARGE_PRICES[0],
-                        "price_per_1k_output_usd": LARGE_PRICES[1],
-                    },
-                ],
-                "validator": {"address": validator_process.address},
-            }
+                    "tiers": [
+                        {
+                            "name": "small",
+                            "address": small_tier.address,
+                            "validation": "logprob",
+                            **tier,
+                        },
+                        {
+                            "name": "large",
+                            "address": large_tier.address,
+                            **tier,
+                            "price_per_1k_input_usd": LARGE_PRICES[0],
+                            "price_per_1k_output_usd": LARGE_PRICES[1],
+                        },
+                    ],
+                    "validator": {"address": validator_process.address},
+                }
+            )
         )
     )
     svc = start_service(["tierroute.router", "--config", str(config)], folder / "router.log")
@@ -103,7 +105,7 @@ async def route(stub: pb_grpc.RouterServiceStub, prompt: str, force: str = "") -
         sampling=common_pb.SamplingParams(max_tokens=12),
     )
     summary = None
-    async for event in stub.Route(request, timeout=300):
+    async for event in stub.Route(request, timeout=CALL_TIMEOUT_SECONDS):
         if event.HasField("summary"):
             summary = event.summary
     assert summary is not None

@@ -9,9 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, ROOT, ServiceProcess, started
 from tests.helpers.tools import run
-from tierroute.core.config import config_from_dict
 from tierroute.router.service import host
 
 pytestmark = pytest.mark.tier
@@ -37,7 +37,7 @@ def readme_commands() -> list[str]:
 async def addresses(
     small_tier: ServiceProcess, large_tier: ServiceProcess, validator_process: ServiceProcess
 ) -> AsyncIterator[dict[str, str]]:
-    cfg = config_from_dict(
+    cfg = make_config(
         {
             "router": {"listen": "127.0.0.1:0", "model": str(EMBEDDER_DIR)},
             "tiers": [

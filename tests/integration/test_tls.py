@@ -17,6 +17,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import (
     DEFAULT_CONFIG,
     EMBEDDER_DIR,
@@ -25,7 +26,7 @@ from tests.helpers.services import (
     started,
 )
 from tests.helpers.tools import cli, run
-from tierroute.core.config import Config, config_from_dict
+from tierroute.core.config import Config
 from tierroute.router.service import host as router_host
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -77,9 +78,7 @@ def credentials(certs: Path, client: bool = True) -> grpc.ChannelCredentials:
 
 @pytest_asyncio.fixture(scope="module")
 async def validator(certs: dict[str, Path]) -> AsyncIterator[str]:
-    cfg = config_from_dict(
-        {"validator": {"listen": "127.0.0.1:0"}, "tls": tls_section(certs["ours"])}
-    )
+    cfg = make_config({"validator": {"listen": "127.0.0.1:0"}, "tls": tls_section(certs["ours"])})
     server: Host
     server, address = await started(validator_host(cfg))
     yield address
@@ -132,13 +131,12 @@ def tls_tier(
 def router_config(tier: str, validator: str, certs: Path) -> Config:
     tier_cfg = {"address": tier, "model": "smollm2", "max_tokens": 16, "temperature": 0.0,
                 "engine_args": {"max_model_len": 2048}}  # fmt: skip
-    return config_from_dict(
+    return make_config(
         {
             "router": {
                 "listen": "127.0.0.1:0",
                 "http_listen": "127.0.0.1:0",
                 "model": str(EMBEDDER_DIR),
-                "score_budget_ms": 5000,
             },
             "tiers": [
                 {"name": "small", "validation": "self_reported", **tier_cfg},

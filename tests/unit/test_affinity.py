@@ -5,21 +5,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tests.helpers.clock import Clock
 from tierroute.router.route.affinity import Affinity
 from tierroute.router.tiers.measured import SqliteStore, StoreDown
 
 ORDER = ["small", "medium", "large"]
 
 
-class Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_a_conversation_moves_up_never_down_and_expires() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     a = Affinity(60, ORDER, clock=clock)
     assert await a.held("c1") is None
     assert await a.hold("c1", None, "small") == "small"

@@ -6,18 +6,11 @@ import logging
 
 import pytest
 
+from tests.helpers.clock import Clock
 from tierroute.core.config import BreakerConfig
 from tierroute.router.tiers.breaker import CircuitBreaker, State
 
 ME = object()  # the request in most steps
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def breaker(**cfg: object) -> tuple[CircuitBreaker, Clock]:

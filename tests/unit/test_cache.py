@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
+from tests.helpers.clock import Clock
 from tierroute.router.scoring.cache import TTLCache, cache_key
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_entries_expire_after_the_ttl() -> None:
-    clock = Clock()
+    clock = Clock(0.0)
     cache: TTLCache[str] = TTLCache(10, ttl_seconds=5, clock=clock)
     cache.put("k", "v")
     clock.now = 4.9

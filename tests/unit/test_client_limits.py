@@ -7,17 +7,10 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.clock import Clock
 from tierroute.core.config import config_from_dict
 from tierroute.core.errors import RETRY_PUSHBACK_KEY, Overloaded
 from tierroute.router.route.limits import ClientLimits
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def limits(clock: Clock, **router: Any) -> ClientLimits:

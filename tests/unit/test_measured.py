@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.clock import Clock
 from tierroute.router.route.routing_log import RoutingLog
 from tierroute.router.tiers.measured import (
     ERROR_RATE,
@@ -22,14 +23,6 @@ from tierroute.router.tiers.measured import (
 )
 
 HALF_LIFE = 30.0
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_an_observation_weighs_half_as_much_after_one_half_life() -> None:
@@ -50,7 +43,7 @@ def test_figures_forgotten_entirely_keep_the_newest_value() -> None:
 
 
 def test_a_tier_that_turns_slow_shows_within_one_half_life() -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     m = Measurements(HALF_LIFE, clock=clock)
     for _ in range(600):  # ten minutes at 100 ms
         clock.now += 1.0
@@ -63,7 +56,7 @@ def test_a_tier_that_turns_slow_shows_within_one_half_life() -> None:
 
 
 def test_a_category_has_its_own_figure_once_it_has_weight_enough() -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     m = Measurements(HALF_LIFE, clock=clock)
     for _ in range(10):
         m.observe("small", "chat", TTFT_MS, 100.0)
@@ -78,7 +71,7 @@ def test_a_category_has_its_own_figure_once_it_has_weight_enough() -> None:
 
 def test_two_routers_on_one_store_see_each_others_observations(tmp_path: Path) -> None:
     path = tmp_path / "metrics.sqlite"
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     a = Measurements(HALF_LIFE, SqliteStore(path), clock=clock)
     b = Measurements(HALF_LIFE, SqliteStore(path), clock=clock)
     a.start()
@@ -129,7 +122,7 @@ class FlakyStore:
 def test_a_store_that_fails_leaves_routing_on_its_figures_and_loses_nothing(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    clock = Clock()
+    clock = Clock(1_000_000.0)
     store = FlakyStore(tmp_path / "metrics.sqlite")
     m = Measurements(HALF_LIFE, store, clock=clock)
     m.start()

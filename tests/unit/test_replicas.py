@@ -9,16 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 import pytest_asyncio
 
+from tests.helpers.clock import Clock
 from tierroute.core.config import ConfigError, config_from_dict
 from tierroute.router.tiers.pool import Replica, TierPool
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest_asyncio.fixture
@@ -43,7 +36,7 @@ async def pool(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[tuple[TierPool,
             },
         }
     )
-    clock = Clock()
+    clock = Clock(100.0)
     p = TierPool(cfg, clock)
     yield p, clock
     await p.close()

@@ -17,29 +17,33 @@ import pytest_asyncio
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, ROOT, free_port, started
-from tierroute.core.config import config_from_dict
+from tests.helpers.shared_data import ROUTELLM, require
 from tierroute.quality.labelled import convert_gsm8k, convert_mmlu, half
 from tierroute.router.selection.operating import UPDATE_EVERY
 from tierroute.router.service import host
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
-ROUTELLM = ROOT.parent / "shared" / "data" / "routellm"
 HALF_LIFE = 100  # requests: the window the drift signals (and the operating point) share
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_data() -> None:
+    require(ROUTELLM)
 
 
 @pytest_asyncio.fixture(scope="module")
 async def router() -> AsyncIterator[tuple[str, str]]:
     metrics = f"127.0.0.1:{free_port()}"
-    cfg = config_from_dict(
+    cfg = make_config(
         {
             "router": {
                 "listen": "127.0.0.1:0",
                 "model": str(EMBEDDER_DIR),
                 "scorer": "learned",
                 "artifact": str(ROOT / "artifacts" / "router-default"),
-                "score_budget_ms": 5000,
                 "operating_point_half_life": HALF_LIFE,
                 "metrics_listen": metrics,
             },

@@ -21,9 +21,9 @@ import grpc
 import pytest
 import yaml
 
+from tests.helpers.budgets import CALL_TIMEOUT_SECONDS, generous, make_config
 from tests.helpers.services import EMBEDDER_DIR, ServiceProcess, started
 from tests.helpers.tools import cli
-from tierroute.core.config import config_from_dict
 from tierroute.quality.artifact import MODEL_KINDS
 from tierroute.router.route.routing_log import APPLICATION_ID
 from tierroute.router.service import host
@@ -92,7 +92,6 @@ def config(small: str, large: str, validator: str, **router: Any) -> dict[str, A
             "listen": "127.0.0.1:0",
             "model": str(EMBEDDER_DIR),
             "scorer": "learned",
-            "score_budget_ms": 10_000,  # about decisions, not the fallback
             **router,
         },
         "tiers": [
@@ -103,10 +102,6 @@ def config(small: str, large: str, validator: str, **router: Any) -> dict[str, A
         "validator": {"address": validator},
         "escalation": {
             "min_confidence": MIN_CONFIDENCE,
-            "first_tier_timeout_ms": 150_000,
-            "escalation_timeout_ms": 150_000,
-            "first_token_timeout_floor_ms": 150_000,
-            "first_token_timeout_ceiling_ms": 150_000,
         },
     }
 
@@ -119,7 +114,7 @@ async def route_all(address: str, prompts: dict[str, str]) -> list[pb.RouteSumma
         request = pb.RouteRequest(prompt=prompts[request_id], request_id=request_id)
         async with limit:
             summary = None
-            async for event in stub.Route(request, timeout=300):
+            async for event in stub.Route(request, timeout=CALL_TIMEOUT_SECONDS):
                 if event.HasField("summary"):
                     summary = event.summary
             assert summary is not None, f"no summary for {request_id}"
@@ -131,7 +126,7 @@ async def route_all(address: str, prompts: dict[str, str]) -> list[pb.RouteSumma
 
 
 async def scores_for(data: dict[str, Any], prompts: list[str]) -> list[pb.RoutingDecision]:
-    server, address = await started(host(config_from_dict(data)))
+    server, address = await started(host(make_config(data)))
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = pb_grpc.RouterServiceStub(channel)
@@ -160,7 +155,7 @@ async def test_the_next_artifact_sends_the_topic_the_small_tier_failed_on_to_the
 
     workload = {f"spell-{i}": p for i, p in enumerate(spell[:LOGGED])}
     workload |= {f"convert-{i}": p for i, p in enumerate(convert[:LOGGED])}
-    server, address = await started(host(config_from_dict(before)))
+    server, address = await started(host(make_config(before)))
     try:
         summaries = await route_all(address, workload)
     finally:
@@ -183,7 +178,7 @@ async def test_the_next_artifact_sends_the_topic_the_small_tier_failed_on_to_the
     assert rate["spell"] >= 0.6 and rate["convert"] <= 0.4, rate
 
     cfg = tmp_path / "router.yaml"
-    cfg.write_text(yaml.safe_dump(before))
+    cfg.write_text(yaml.safe_dump(generous(before)))
     learned = tmp_path / "learned"
     code, out, err = await cli(
         "calibrate", "--from-log", str(log), "--config", str(cfg), "-o", str(learned)

@@ -17,11 +17,11 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, SMOLLM_DIR, ServiceProcess
 from tests.helpers.services import started as started_host
 from tests.integration.router.test_route import Routed, route
 from tierroute.common.v1 import common_pb2 as common_pb
-from tierroute.core.config import config_from_dict
 from tierroute.router.service import RouterService, host
 from tierroute.router.tiers.measured import TTFT_MS, Figure, SqliteStore, open_store
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -52,7 +52,6 @@ def three_tiers(
             "metrics_store": str(store),
             "metrics_sync_seconds": 0.2,
             # Never the fallback tier for a slow embedding on a loaded machine.
-            "score_budget_ms": 30_000,
             **router,
         },
         "tiers": [
@@ -69,12 +68,7 @@ def three_tiers(
             }
             for name in ("small", "medium", "large")
         ],
-        "escalation": {
-            "first_tier_timeout_ms": 150_000,
-            "escalation_timeout_ms": 150_000,
-            "first_token_timeout_floor_ms": 150_000,
-            "first_token_timeout_ceiling_ms": 150_000,
-        },
+        "escalation": {},
     }
 
 
@@ -92,7 +86,7 @@ async def start_router(
         store: Path | str, bands: tuple[float, float], **router: Any
     ) -> tuple[str, RouterService]:
         cfg = three_tiers(small_tier.address, large_tier.address, store, bands, **router)
-        server, address = await started_host(host(config_from_dict(cfg)))
+        server, address = await started_host(host(make_config(cfg)))
         hosts.append(server)
         assert isinstance(server.service, RouterService)
         return address, server.service

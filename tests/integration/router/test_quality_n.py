@@ -16,8 +16,10 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, started
-from tierroute.core.config import Config, config_from_dict
+from tests.helpers.shared_data import ROUTERDC7, require
+from tierroute.core.config import Config
 from tierroute.quality.artifact import ArtifactError
 from tierroute.quality.labelled import read_rows
 from tierroute.router.service import host
@@ -25,7 +27,6 @@ from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 
 ROOT = Path(__file__).resolve().parents[3]
-RDC = ROOT.parent / "shared" / "data" / "routerdc7"
 ZEPHYR = "HuggingFaceH4/zephyr-7b-beta"
 METAMATH = "meta-math/MetaMath-Mistral-7B"
 DOLPHIN = "cognitivecomputations/dolphin-2.9-llama3-8b"
@@ -44,9 +45,14 @@ TIERS = {"chat": ZEPHYR, "math": METAMATH, "code": DOLPHIN}
 PRICES = {"chat": 0.001, "math": 0.001, "code": 0.003}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _shared_data() -> None:
+    require(ROUTERDC7)
+
+
 def sliced(tmp: Path, name: str, rows: int) -> Path:
     out = tmp / f"{name}.jsonl"
-    lines = (RDC / f"{name}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    lines = (ROUTERDC7 / f"{name}.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
     out.write_text("".join(lines[:rows]), encoding="utf-8")
     return out
 
@@ -63,8 +69,6 @@ def eval_n(*args: object) -> subprocess.CompletedProcess[str]:
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    if not RDC.is_dir():
-        pytest.fail(f"{RDC} is missing: the shared data must sit beside the checkout")
     tmp = tmp_path_factory.mktemp("quality-n")
     config = tmp / "embedder.yaml"
     config.write_text(json.dumps({"router": {"model": str(EMBEDDER_DIR)}}))
@@ -124,12 +128,11 @@ def test_eval_n_names_a_model_without_a_price(fitted: dict[str, Any]) -> None:
 
 
 def quality_config(artifact: Path, **router: Any) -> Config:
-    return config_from_dict(
+    return make_config(
         {
             "router": {
                 "listen": "127.0.0.1:0",
                 "model": str(EMBEDDER_DIR),
-                "score_budget_ms": 5000,
                 "quality_artifact": str(artifact),
                 **router,
             },
@@ -158,7 +161,7 @@ async def stub(fitted: dict[str, Any]) -> AsyncIterator[pb_grpc.RouterServiceStu
 
 
 def prompts(name: str, n: int = 8) -> list[str]:
-    return [r.prompt for r in read_rows(RDC / f"{name}.jsonl")[:n]]
+    return [r.prompt for r in read_rows(ROUTERDC7 / f"{name}.jsonl")[:n]]
 
 
 async def score(stub: pb_grpc.RouterServiceStub, **fields: Any) -> pb.RoutingDecision:

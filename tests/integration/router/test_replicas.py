@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, SMOLLM_DIR, ServiceProcess, start_tier
 from tests.helpers.services import started as started_host
 from tests.integration.router.test_route import route
 from tierroute.common.v1 import common_pb2 as common_pb
-from tierroute.core.config import config_from_dict
 from tierroute.router.service import RouterService, host
 from tierroute.router.tiers.pool import Replica
 
@@ -49,14 +49,9 @@ async def test_a_replica_killed_mid_run_costs_the_requests_on_it_only_a_retry(
         ],
         "validator": {"address": validator_process.address},
         "circuit_breaker": {"replica_ejection_failures": 1, "replica_ejection_seconds": 600},
-        "escalation": {
-            "first_tier_timeout_ms": 200_000,
-            "escalation_timeout_ms": 200_000,
-            "first_token_timeout_floor_ms": 200_000,
-            "first_token_timeout_ceiling_ms": 200_000,
-        },
+        "escalation": {},
     }
-    server, address = await started_host(host(config_from_dict(cfg)))
+    server, address = await started_host(host(make_config(cfg)))
     try:
         service = server.service
         assert isinstance(service, RouterService)

@@ -16,10 +16,10 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
+from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, ServiceProcess
 from tests.helpers.services import started as started_host
 from tests.integration.router.test_route import Routed, route
-from tierroute.core.config import config_from_dict
 from tierroute.router.route.routing_log import read_labels
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.service import RouterService, host
@@ -59,11 +59,7 @@ def shadow_config(small: str, large: str, log: Path, **shadow: Any) -> dict[str,
             {"name": "small", "address": small, **tier},
             {"name": "large", "address": large, **tier},
         ],
-        "escalation": {
-            "first_tier_timeout_ms": 150_000,
-            "first_token_timeout_floor_ms": 150_000,
-            "first_token_timeout_ceiling_ms": 150_000,
-        },
+        "escalation": {},
         "shadow": {"fraction": 1.0, "yield_to": "any", **shadow},
     }
 
@@ -104,7 +100,7 @@ async def with_router(
     data: dict[str, Any], body: Callable[[str, RouterService], Awaitable[None]]
 ) -> None:
     server: Host
-    server, address = await started_host(host(config_from_dict(data)))
+    server, address = await started_host(host(make_config(data)))
     try:
         service = server.service
         assert isinstance(service, RouterService)

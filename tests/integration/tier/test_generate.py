@@ -19,6 +19,7 @@ import pytest
 import pytest_asyncio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.helpers.budgets import CALL_TIMEOUT_SECONDS
 from tests.helpers.otlp import OTLPReceiver
 from tests.helpers.services import DEFAULT_CONFIG, ROOT, ServiceProcess, start_tier
 from tests.helpers.tools import grpcurl, run
@@ -45,7 +46,7 @@ async def generate(
     chunks: list[pb.GenerateChunk] = []
     complete = None
     async for response in stub.Generate(
-        pb.GenerateRequest(**fields), timeout=120, metadata=metadata
+        pb.GenerateRequest(**fields), timeout=CALL_TIMEOUT_SECONDS, metadata=metadata
     ):
         if response.HasField("chunk"):
             assert complete is None, "a chunk came after complete"
@@ -115,7 +116,7 @@ async def test_streamed_deltas_equal_a_non_streamed_run_at_temperature_zero(
         input=json.dumps(conversations),
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=CALL_TIMEOUT_SECONDS,
     )
     lines = [ln for ln in reference.stdout.splitlines() if ln.startswith("REFERENCE ")]
     assert lines, reference.stderr[-3000:]
@@ -198,7 +199,9 @@ async def test_client_cancel_aborts_the_request_in_the_engine(
     stub: pb_grpc.TierServiceStub,
 ) -> None:
     assert await wait_idle(stub)
-    call = stub.Generate(pb.GenerateRequest(messages=COUNT, sampling=greedy(1500)), timeout=120)
+    call = stub.Generate(
+        pb.GenerateRequest(messages=COUNT, sampling=greedy(1500)), timeout=CALL_TIMEOUT_SECONDS
+    )
     seen = 0
     async for _ in call:
         seen += 1
@@ -301,7 +304,8 @@ async def test_sigterm_drains_in_flight_streams_then_stops_the_engine(tmp_path) 
         async with grpc.aio.insecure_channel(tier.address) as channel:
             stub = pb_grpc.TierServiceStub(channel)
             call = stub.Generate(
-                pb.GenerateRequest(messages=COUNT, sampling=greedy(200)), timeout=120
+                pb.GenerateRequest(messages=COUNT, sampling=greedy(200)),
+                timeout=CALL_TIMEOUT_SECONDS,
             )
             first = await call.read()
             assert first.HasField("chunk")
@@ -325,6 +329,10 @@ async def test_sigterm_drains_in_flight_streams_then_stops_the_engine(tmp_path) 
     assert code == 0
     log = tier.log.read_text()
     assert "draining" in log and "stopped" in log
+    # The engine left on its own: not killed, and its exit not reported as its death.
+    assert "force killing" not in log and "EngineDeadError" not in log
+    assert "still running after grace period" not in log
+    assert " ERROR " not in log, log[-3000:]
 
 
 async def test_a_dead_engine_is_unavailable_and_health_says_not_serving(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -452,3 +460,6 @@ def test_a_killed_tier_takes_its_engine_processes_with_it(tmp_path) -> None:  # 
     assert not alive, f"left running after the tier was killed: {[p.pid for p in alive]}"
     left = [s for s in segments if Path(s).exists()]
     assert not left, f"shared memory left behind: {left}"
+    pids = [tier.process.pid, *(p.pid for p in descendants)]
+    semaphores = [str(f) for pid in pids for f in Path("/dev/shm").glob(f"sem.loky-{pid}-*")]
+    assert not semaphores, f"semaphores left behind: {semaphores}"
