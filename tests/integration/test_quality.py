@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from tests.helpers.services import EMBEDDER_DIR, ROOT, router_config
+from tests.helpers.shared_data import ROUTELLM, require
 from tierroute.core.prompts import normalize
 from tierroute.quality import apgr
 from tierroute.quality.artifact import ArtifactError, load_artifact, raw_scores
@@ -34,8 +35,10 @@ from tierroute.quality.labelled import (
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.v1 import router_service_pb2 as pb
 
-ROUTELLM = ROOT.parent / "shared" / "data" / "routellm"
-pytestmark = pytest.mark.skipif(not ROUTELLM.is_dir(), reason=f"{ROUTELLM} is not here")
+
+@pytest.fixture(autouse=True, scope="module")
+def _shared_data() -> None:
+    require(ROUTELLM)
 
 
 # --- converters, on the real files ---
@@ -231,6 +234,8 @@ def calibrated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, P
             "logistic",
             "--target",
             "large_share=0.3",
+            "--prior",
+            "none",  # these tests are about calibrating; the prior's are below
             "-o",
             work / out,
             *common,
@@ -290,9 +295,9 @@ async def served_and_evaluated(
     """The router's decisions on `rows` with `artifact`, and the raw scores `eval`'s arithmetic
     gives the same prompts."""
     meta, arrays = load_artifact(artifact)
-    # The decisions themselves, not the budget: a loaded machine must not turn a late decision
-    # into the fallback here (the fallback has its own tests in test_score.py).
-    core = Decider(router_config(scorer="learned", artifact=artifact, score_budget_ms=600_000))
+    # The decisions themselves, not the budget (router_config's: no loaded machine reaches it;
+    # the fallback has its own tests in test_score.py).
+    core = Decider(router_config(scorer="learned", artifact=artifact))
     await core.load()
     try:
         assert core.embedder is not None
@@ -334,8 +339,9 @@ async def test_a_stacked_artifact_tells_everyday_requests_apart_and_is_served_as
     assert refused.returncode == 2 and "--general FILE" in refused.stderr, refused.stderr
     assert not (work / "never").exists()
     done = tierroute(
-        *args, "--model", "stacked", "--general", everyday, "-o", work / "stacked", *common
-    )
+        *args, "--model", "stacked", "--general", everyday, "--prior", "none",
+        "-o", work / "stacked", *common,
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr
     meta, _ = load_artifact(work / "stacked")
     assert meta["model"] == "stacked" and meta["params"]["general_weight"] > 0
@@ -352,16 +358,17 @@ async def test_a_stacked_artifact_tells_everyday_requests_apart_and_is_served_as
 def test_calibration_that_does_not_beat_its_prior_is_refused_unless_forced(
     calibrated: dict[str, Path],
 ) -> None:
-    """The prior here was fitted on these very rows, so no recalibration can beat it on
-    held-out folds: calibrate says so with both figures, exits non-zero and writes nothing;
-    --force writes a blend that the router can serve."""
+    """The prior here was fitted on these very rows, so no recalibration can beat it out of
+    fold: calibrate says so with both figures and the paired interval, exits non-zero and
+    writes nothing; --force writes a blend that the router can serve."""
     work = calibrated["work"]
     common = ("--config", calibrated["config"], "--cache-dir", work / "cache")
     args = ("calibrate", calibrated["data"], "--small", WEAK, "--large", STRONG, *common)
     refused = tierroute(*args, "--prior", calibrated["artifact"], "-o", work / "refused")
     assert refused.returncode == 2, refused.stderr
+    assert refused.stdout.splitlines()[0] == f"prior: {calibrated['artifact']} (--prior)"
     assert "is not better than the prior" in refused.stderr
-    assert "5-fold APGR" in refused.stderr and "--force" in refused.stderr
+    assert "paired bootstrap 95% CI" in refused.stderr and "--force" in refused.stderr
     assert not (work / "refused").exists()
     forced = tierroute(*args, "--prior", calibrated["artifact"], "--force", "-o", work / "forced")
     assert forced.returncode == 0, forced.stderr
@@ -377,12 +384,65 @@ def test_calibration_that_does_not_beat_its_prior_is_refused_unless_forced(
     assert len(scores) == 20 and all(0.0 <= v <= 10.0 for v in scores)
 
 
+def test_calibrate_compares_against_the_shipped_default_unless_told_otherwise(
+    calibrated: dict[str, Path], tmp_path: Path
+) -> None:
+    """As the README writes it (no --config, no --prior): the shipped default is the prior,
+    named on the first line. On GSM8K's calibration half a logistic scorer of its own is
+    worse than the default out of fold (measured here: 0.57 against 0.68), so nothing is
+    written; `--prior none` writes it, and says that nothing was compared."""
+    data = calibrated["data"]
+    args = ("calibrate", data, "--small", WEAK, "--large", STRONG, "--model", "logistic")
+    cache = ("--cache-dir", calibrated["work"] / "cache")
+    refused = tierroute(*args, *cache, "-o", tmp_path / "never")
+    assert refused.stdout.splitlines()[0] == (
+        f"prior: {ROOT / 'artifacts' / 'router-default'} (the shipped default; --prior "
+        "ARTIFACT or none to change)"
+    ), refused.stdout
+    assert refused.returncode == 2 and "is not better than the prior" in refused.stderr
+    assert not (tmp_path / "never").exists()
+    alone = tierroute(*args, *cache, "--prior", "none", "-o", tmp_path / "alone")
+    assert alone.returncode == 0, alone.stderr
+    assert alone.stdout.splitlines()[0].startswith("prior: none (--prior none)")
+    missing = tierroute(*args, *cache, "--prior", tmp_path / "nowhere", "-o", tmp_path / "no")
+    assert missing.returncode == 2 and "is not a router artifact" in missing.stderr
+
+
+def test_eval_on_two_models_that_score_alike_reports_undefined_intervals(
+    calibrated: dict[str, Path], tmp_path: Path
+) -> None:
+    """Legal data where the two models differ on one row of 128: a third of the resamples miss
+    it, and APGR is undefined on them; where they never differ, APGR itself is undefined.
+    Both are said, with why; nothing crashes."""
+    rows = [json.loads(line) for line in calibrated["data"].read_text().splitlines()[:128]]
+    for i, row in enumerate(rows):
+        row["scores"][STRONG] = row["scores"][WEAK] + (1.0 if i == 0 else 0.0)
+    close = tmp_path / "close.jsonl"
+    close.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    common = ("--artifact", calibrated["artifact"], "--split", "all", "--config",
+              calibrated["config"], "--cache-dir", calibrated["work"] / "cache")  # fmt: skip
+    done = tierroute("eval", close, *common, "--out", tmp_path / "close.json")
+    assert done.returncode == 0, done.stderr
+    assert "APGR 95% CI undefined: in " in done.stdout
+    result = json.loads((tmp_path / "close.json").read_text())
+    ours = result["routers"]["artifact (logistic)"]
+    assert ours["apgr_ci95"] is None and "score the same" in ours["apgr_ci95_undefined"]
+    for row in rows:
+        row["scores"][STRONG] = row["scores"][WEAK]
+    close.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = tierroute("eval", close, *common, "--out", tmp_path / "equal.json")
+    assert done.returncode == 0, done.stderr
+    assert "APGR is undefined on these rows: the two models score the same" in done.stdout
+    equal = json.loads((tmp_path / "equal.json").read_text())
+    assert equal["routers"]["artifact (logistic)"]["apgr"] is None
+
+
 def test_too_few_rows_for_the_folds_are_named(calibrated: dict[str, Path], tmp_path: Path) -> None:
     few = tmp_path / "few.jsonl"
     few.write_text("".join(calibrated["data"].read_text().splitlines(keepends=True)[:8]))
     done = tierroute(
         "calibrate", few, "--small", WEAK, "--large", STRONG, "--split", "all",
-        "--config", calibrated["config"], "-o", tmp_path / "never",
+        "--config", calibrated["config"], "--prior", "none", "-o", tmp_path / "never",
     )  # fmt: skip
     assert done.returncode == 2 and "too few for 5-fold cross-validation" in done.stderr
     assert not (tmp_path / "never").exists()

@@ -27,11 +27,21 @@ class Curve:
 
     @property
     def apgr(self) -> float:
+        """NaN where it is undefined: the two models score the same on average."""
+        if self.undefined:
+            return float("nan")
         x = self.strong_pct / 100.0
         auc = float(np.trapezoid(self.quality, x))
         span = float(x[-1] - x[0])
         weak_auc, strong_auc = self.weak_quality * span, self.strong_quality * span
         return (auc - weak_auc) / (strong_auc - weak_auc)
+
+    @property
+    def undefined(self) -> str:
+        """Why APGR is undefined here ("" when it is defined)."""
+        if self.strong_quality == self.weak_quality:
+            return "the two models score the same on average"
+        return ""
 
     def cpt(self, fraction: float) -> float:
         """Share of strong calls (%) needed to recover `fraction` of the quality gap."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from tierroute.quality.artifact import (
     raw_scores,
     save_artifact,
 )
+from tierroute.quality.bootstrap import RESAMPLES, interval
 from tierroute.quality.labelled import Row, data_hash
 
 logger = logging.getLogger(__name__)
@@ -48,7 +50,8 @@ GENERAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 GOAL_AUC = 0.95
 # Calibration is judged by K_FOLDS-fold cross-validation within the calibration rows, and
 # shrunk toward a prior artifact: its share of the blend is chosen among PRIOR_SHARES, and a
-# blend is kept only if its gain over the prior, fold by fold, has a 95% interval above zero.
+# blend is kept only if its out-of-fold APGR beats the prior's with a paired bootstrap 95%
+# interval above zero (`paired_gain`).
 K_FOLDS = 5
 PRIOR_SHARES = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -168,6 +171,12 @@ def _knn(data: Labelled) -> dict[str, np.ndarray]:
     }
 
 
+def _k(data: Labelled, k: int) -> int:
+    """At most half the rows: with more, every prompt's neighbours are nearly all the rows and
+    the knn score is nearly the same for every prompt (a constant ranks nothing)."""
+    return max(1, min(k, len(data.rows) // 2))
+
+
 def fit(
     model: str, data: Labelled, param: float | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
@@ -176,12 +185,12 @@ def fit(
     if model == "logistic":
         return _logistic(data, DEFAULT_C if param is None else param)
     if model == "knn":
-        k = int(DEFAULT_K if param is None else param)
+        k = _k(data, int(DEFAULT_K if param is None else param))
         return _knn(data), {"k": k}
     if model == "ensemble":
         logistic, params = _logistic(data, DEFAULT_C)
         arrays = {**logistic, **_knn(data)}
-        params |= {"k": DEFAULT_K, "knn_weight": KNN_WEIGHT}
+        params |= {"k": _k(data, DEFAULT_K), "knn_weight": KNN_WEIGHT}
         # Rank tables from scores the calibration prompts get without seeing themselves.
         folds = _folds(data, b"rank:")
         logit = np.zeros(len(data.rows))
@@ -190,7 +199,7 @@ def fit(
             train, test = data.subset(folds != f), data.subset(folds == f)
             logistic, part_params = _logistic(train, DEFAULT_C)
             part = {**logistic, **_knn(train)}
-            part_params |= {"k": DEFAULT_K}
+            part_params |= {"k": _k(train, DEFAULT_K)}
             logit[folds == f] = raw_scores(
                 "logistic", part, part_params, test.embeddings, test.texts
             )
@@ -361,6 +370,34 @@ def summary(values: list[float]) -> dict[str, Any]:
     return {"mean": mean, "ci95": [mean - half, mean + half], "folds": [float(v) for v in values]}
 
 
+def paired_gain(
+    raw: np.ndarray, baseline: np.ndarray, data: Labelled, resamples: int = RESAMPLES, seed: int = 0
+) -> dict[str, Any]:
+    """APGR of `raw` and its gain over `baseline` on the same rows, with the gain's paired
+    bootstrap 95% interval: each resample draws rows once and scores both on them, so what
+    the two share (which prompts are hard) cancels out of the difference."""
+
+    def gain(i: np.ndarray) -> float:
+        large, small = data.large[i], data.small[i]
+        return apgr.curve(raw[i], large, small).apgr - apgr.curve(baseline[i], large, small).apgr
+
+    whole = np.arange(len(raw))
+    ci = interval(
+        gain, len(raw), "the two models score the same on average", resamples=resamples, seed=seed
+    )
+    return {
+        "apgr": apgr.curve(raw, data.large, data.small).apgr,
+        "gain": gain(whole),
+        "gain_ci95": ci.bounds(),
+        **({"gain_ci95_undefined": ci.undefined} if ci.undefined else {}),
+    }
+
+
+def _interval_text(result: dict[str, Any]) -> str:
+    ci = result["gain_ci95"]
+    return f"{ci[0]:+.3f} to {ci[1]:+.3f}" if ci else f"undefined: {result['gain_ci95_undefined']}"
+
+
 def _standardised(raw: np.ndarray) -> tuple[float, float]:
     return float(raw.mean()), float(raw.std() + 1e-9)
 
@@ -384,9 +421,12 @@ def _folds(data: Labelled, salt: bytes = b"fold:") -> np.ndarray:
 def select(model: str, data: Labelled) -> float | None:
     """The hyper-parameter with the best mean APGR over two folds of `data`."""
     grid: tuple[float, ...] = {"logistic": LOGISTIC_C, "knn": KNN_K}.get(model, ())
+    folds = _folds(data)
+    if model == "knn":  # k within what a fold's rows can give (see _k); the least at worst
+        fold_rows = min(int(np.sum(folds == f)) for f in (0, 1))
+        grid = tuple(k for k in grid if k <= fold_rows // 2) or grid[:1]
     if not grid:
         return None
-    folds = _folds(data)
     best, best_apgr = grid[0], -np.inf
     for value in grid:
         apgrs = []
@@ -476,7 +516,7 @@ def calibrate(
         logger.info("auto: chose %s (%d-fold APGR %s)", model, K_FOLDS, cross_validated)
     if prior is not None:
         oof = own[model] if model in own else kfold_scores(model, data, folds)
-        blend = _blend_with_prior(data, model, oof, folds, prior, force, embedder_version)
+        blend = _blend_with_prior(data, model, oof, prior, force, embedder_version)
         if blend is not None:
             cross_validated["prior"] = blend.pop("chosen_on")
             return _finish(
@@ -497,15 +537,14 @@ def _blend_with_prior(
     data: Labelled,
     model: str,
     oof: np.ndarray,
-    folds: np.ndarray,
     prior: Path,
     force: bool,
     embedder_version: str,
 ) -> dict[str, Any] | None:
     """Shrink the calibrated scorer toward `prior`: the share of the prior in a blend of the
-    two (each standardised over these rows) chosen by k-fold APGR. Refuses (NotBetter) when the
-    chosen blend does not beat the prior alone on the held-out folds, unless `force`. None: the
-    calibrated scorer alone is best (no prior in the artifact)."""
+    two (each standardised over these rows) with the best out-of-fold APGR among the blends
+    that beat the prior (`paired_gain`). Refuses (NotBetter) when none does, unless `force`.
+    None: the calibrated scorer alone is best (no prior in the artifact)."""
     from tierroute.quality.artifact import load_artifact
 
     prior_meta, prior_arrays = load_artifact(prior)
@@ -521,35 +560,32 @@ def _blend_with_prior(
     own_stats, prior_stats = _standardised(oof), _standardised(prior_raw)
     z_own = (oof - own_stats[0]) / own_stats[1]
     z_prior = (prior_raw - prior_stats[0]) / prior_stats[1]
+    # Every row's score out of fold (the prior was never fitted on these rows): a blend is
+    # kept only if its APGR beats the prior's on the same rows with a paired bootstrap 95%
+    # interval above zero. Paired resamples of the rows (not five fold means) give the test
+    # power on a few hundred rows, and a blend that only ties the prior is still refused.
     table = {
-        share: summary(fold_apgrs((1 - share) * z_own + share * z_prior, data, folds))
-        for share in PRIOR_SHARES
+        share: paired_gain((1 - share) * z_own + share * z_prior, z_prior, data)
+        for share in PRIOR_SHARES[:-1]
     }
-    alone = table[1.0]
-    # A blend must beat the prior fold by fold, not only on average: the 95% interval of the
-    # paired difference lies above zero. With few rows the folds disagree and the prior wins.
-    for v in PRIOR_SHARES[:-1]:
-        table[v]["gain_over_prior"] = summary(
-            [float(g) for g in np.subtract(table[v]["folds"], alone["folds"])]
-        )  # NaN folds stay NaN and are left out
-    better = [v for v in PRIOR_SHARES[:-1] if table[v]["gain_over_prior"]["ci95"][0] > 0.0]
-    share = max(better, key=lambda v: (table[v]["mean"], v)) if better else 1.0
-    logger.info(
-        "prior %s: share %s chosen (%d-fold APGR by share %s)", prior, share, K_FOLDS, table
-    )
+    prior_apgr = apgr.curve(z_prior, data.large, data.small).apgr
+    better = [v for v in table if (table[v]["gain_ci95"] or [-1.0])[0] > 0.0]
+    share = max(better, key=lambda v: (table[v]["apgr"], v)) if better else 1.0
+    logger.info("prior %s: share %s chosen (APGR by share %s)", prior, share, table)
     if share == 1.0:
+        alone = table[0.0]
         message = (
-            f"the calibrated router is not better than the prior {prior} on held-out folds: "
-            f"{K_FOLDS}-fold APGR {table[0.0]['mean']:.3f} (95% CI {table[0.0]['ci95'][0]:.3f}-"
-            f"{table[0.0]['ci95'][1]:.3f}) calibrated alone, {alone['mean']:.3f} (95% CI "
-            f"{alone['ci95'][0]:.3f}-{alone['ci95'][1]:.3f}) for the prior, and no blend of the "
-            "two beats the prior with a fold-by-fold gain whose 95% interval is above zero; no "
-            "artifact written. Label more rows, or pass --force to write it anyway"
+            f"the calibrated router is not better than the prior {prior} on these rows out of "
+            f"fold: APGR {alone['apgr']:.3f} calibrated alone against {prior_apgr:.3f} for the "
+            f"prior (gain {alone['gain']:+.3f}, paired bootstrap 95% CI "
+            f"{_interval_text(alone)}), and no blend of the two beats the prior with an "
+            "interval above zero; no artifact written. Label more rows, or pass --force to "
+            "write it anyway"
         )
         if not force:
             raise NotBetter(message)
         logger.warning("%s: written because of --force", message)
-        share = max((v for v in PRIOR_SHARES if v < 1.0), key=lambda v: table[v]["mean"])
+        share = max(table, key=lambda v: table[v]["apgr"])
     if share == 0.0:
         return None
     param = select(model, data)
@@ -572,7 +608,9 @@ def _blend_with_prior(
         "prior": str(prior),
         "prior_version": prior_meta["version"],
         "share": share,
+        "prior_apgr": prior_apgr,
         "apgr_by_prior_share": {str(k): v for k, v in table.items()},
+        "test": "paired bootstrap of out-of-fold APGR, blend minus prior, 95% interval > 0",
     }
     return {
         "arrays": arrays,
@@ -647,4 +685,15 @@ def _finish(
 
 
 def to_json(doc: Any) -> str:
-    return json.dumps(doc, indent=2, sort_keys=True)
+    """Strict JSON: a figure that is undefined (NaN) or infinite is written as null."""
+    return json.dumps(_finite(doc), indent=2, sort_keys=True, allow_nan=False)
+
+
+def _finite(doc: Any) -> Any:
+    if isinstance(doc, float):
+        return doc if math.isfinite(doc) else None
+    if isinstance(doc, dict):
+        return {k: _finite(v) for k, v in doc.items()}
+    if isinstance(doc, list | tuple):
+        return [_finite(v) for v in doc]
+    return doc

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ import numpy as np
 from tierroute.core.config import RouterConfig, load_config
 from tierroute.quality import apgr
 from tierroute.quality.artifact import RecordedTexts, load_artifact, raw_scores
+from tierroute.quality.bootstrap import interval
 from tierroute.quality.calibrate import Labelled, auc, calibrate, fit, labelled, to_json
 from tierroute.quality.labelled import (
     CONVERTERS,
@@ -39,6 +41,9 @@ logger = logging.getLogger(__name__)
 ROUTELLM = Path(os.environ.get("TIERROUTE_ROUTELLM_DATA", "../shared/data/routellm"))
 EVERYDAY = Path("data/everyday")
 DEFAULT_ARTIFACT = Path("artifacts/router-default")
+# The shipped default artifact beside this source tree (a checkout; an installed package has
+# none): the prior `calibrate` compares against when neither --prior nor the config names one.
+SHIPPED_ARTIFACT = Path(__file__).resolve().parents[3] / DEFAULT_ARTIFACT
 KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors")
 # The default artifact's threshold: the fewest large-tier calls that keep 80% of the quality
 # the large tier adds over the small one.
@@ -105,9 +110,15 @@ def evaluate(
     optimal = apgr.optimal_curve(data.large, data.small)
     routers["optimal"] = {**optimal.summary(), "curve": _points(optimal)}
     own = scores[f"artifact ({meta['model']})"]
-    routers[f"artifact ({meta['model']})"]["apgr_ci95"] = bootstrap(
-        lambda i: apgr.curve(own[i], data.large[i], data.small[i]).apgr, len(own)
+    ci = interval(
+        lambda i: apgr.curve(own[i], data.large[i], data.small[i]).apgr,
+        len(own),
+        "the two models score the same on average (APGR is undefined there)",
     )
+    artifact_result = routers[f"artifact ({meta['model']})"]
+    artifact_result["apgr_ci95"] = ci.bounds()
+    if ci.undefined:
+        artifact_result["apgr_ci95_undefined"] = ci.undefined
     at = apgr.at_threshold(own, meta["threshold"], data.large, data.small)
     ratio, ratio_from = cost_ratio(ctx, data, meta["small"], meta["large"])
     avoided = 1.0 - at["strong_share"]
@@ -168,10 +179,13 @@ def print_table(title: str, result: dict[str, Any]) -> None:
     print(f"  {'router':<34}{'APGR':>7}{'CPT20':>8}{'CPT50':>8}{'CPT80':>8}")
     for name, r in result["routers"].items():
         ci = r.get("apgr_ci95")
-        print(
-            f"  {name:<34}{r['apgr']:>7.3f}{r['cpt20']:>7.1f}%{r['cpt50']:>7.1f}%"
-            f"{r['cpt80']:>7.1f}%" + (f"   APGR 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
-        )
+        note = f"   APGR 95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else ""
+        if r.get("apgr_ci95_undefined"):
+            note = f"   APGR 95% CI undefined: {r['apgr_ci95_undefined']}"
+        value = "    n/a" if math.isnan(r["apgr"]) else f"{r['apgr']:>7.3f}"
+        print(f"  {name:<34}{value}{r['cpt20']:>7.1f}%{r['cpt50']:>7.1f}%{r['cpt80']:>7.1f}%{note}")
+    if math.isnan(result["routers"]["optimal"]["apgr"]):
+        print("  APGR is undefined on these rows: the two models score the same on average")
     at = result["at_threshold"]
     print(
         f"  at the artifact's threshold: {at['strong_share']:.1%} large calls, quality "
@@ -340,14 +354,25 @@ def calibrate_from_log(args: argparse.Namespace) -> int:
 
 
 def _prior(choice: str | None, ctx: Context) -> Path | None:
-    """--prior: a folder, `none`, or by default the artifact the config serves."""
+    """--prior: a folder, `none`, or by default the artifact the config serves (scorer
+    learned), else the shipped default. Printed first: which prior the result must beat."""
     if choice == "none":
+        print("prior: none (--prior none): the new artifact is compared with nothing")
         return None
     if choice:
-        return Path(choice)
-    if ctx.router.scorer == "learned" and ctx.router.artifact is not None:
-        return ctx.router.artifact
-    return None
+        prior, why = Path(choice), "--prior"
+    elif ctx.router.scorer == "learned" and ctx.router.artifact is not None:
+        prior, why = ctx.router.artifact, "the config's router.artifact"
+    else:
+        prior, why = SHIPPED_ARTIFACT, "the shipped default; --prior ARTIFACT or none to change"
+    if not (prior / "router.json").is_file():
+        raise ValueError(
+            f"the prior {prior} ({why}) is not a router artifact: pass "
+            "--prior ARTIFACT (the artifact your router serves), or --prior none to calibrate "
+            "without comparing against one"
+        )
+    print(f"prior: {prior} ({why})", flush=True)
+    return prior
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -399,10 +424,13 @@ def build_default(source: Path, out: Path, config: Path | None, cache_dir: Path 
 
 
 def bootstrap(statistic: Any, n: int, resamples: int = 1000, seed: int = 0) -> list[float]:
-    """The 95% percentile interval of `statistic(indices)` over resamples of n rows."""
-    rng = np.random.default_rng(seed)
-    values = [statistic(rng.integers(0, n, n)) for _ in range(resamples)]
-    return [float(v) for v in np.percentile(values, [2.5, 97.5])]
+    """The 95% percentile interval of `statistic(indices)` over resamples of n rows, for a
+    statistic that is defined on every resample (a share, a mean); see quality/bootstrap.py
+    for one that may not be."""
+    ci = interval(statistic, n, "the statistic is undefined", resamples, seed)
+    if ci.low is None or ci.high is None:
+        raise ValueError(f"no bootstrap interval: {ci.undefined}")
+    return [ci.low, ci.high]
 
 
 def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]:
@@ -418,9 +446,17 @@ def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]
     }
     routers: dict[str, Any] = {}
     for name, raw in scores.items():
+
+        def resampled(i: np.ndarray, r: np.ndarray = raw) -> float:
+            return _auc_or_nan(r[i], complex_[i])
+
         routers[name] = {
             "auc": auc(raw, complex_),
-            "auc_ci95": bootstrap(lambda i, r=raw: _auc_or_half(r[i], complex_[i]), len(raw)),
+            "auc_ci95": interval(
+                resampled,
+                len(raw),
+                "the resample holds prompts of one kind only (AUC is undefined there)",
+            ).bounds(),
         }
     routers["random"] = {"auc": 0.5}
     large = scores[f"artifact ({meta['model']})"] > meta["threshold"]
@@ -436,9 +472,9 @@ def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]
     }
 
 
-def _auc_or_half(scores: np.ndarray, positive: np.ndarray) -> float:
-    """AUC of a resample (0.5 in the rare resample with one class only)."""
-    return auc(scores, positive) if 0 < positive.sum() < len(positive) else 0.5
+def _auc_or_nan(scores: np.ndarray, positive: np.ndarray) -> float:
+    """AUC of a resample (NaN, undefined, in a resample with one class only)."""
+    return auc(scores, positive) if 0 < positive.sum() < len(positive) else float("nan")
 
 
 def routellm(ctx: Context, rows: list[Row]) -> Labelled:
@@ -517,11 +553,15 @@ def default_goals(results: dict[str, Any]) -> dict[str, bool]:
                 ("GSM8K", "gsm8k (default artifact)"),
             )
         },
-        f"MT-Bench APGR's 95% CI above random's {mt_random:.3f} "
-        f"(got {artifact(mt)['apgr_ci95'][0]:.3f}-{artifact(mt)['apgr_ci95'][1]:.3f})": (
-            artifact(mt)["apgr_ci95"][0] > mt_random
+        f"MT-Bench APGR's 95% CI above random's {mt_random:.3f} (got {_ci_text(artifact(mt))})": (
+            artifact(mt)["apgr_ci95"] is not None and artifact(mt)["apgr_ci95"][0] > mt_random
         ),
     }
+
+
+def _ci_text(result: dict[str, Any]) -> str:
+    ci = result["apgr_ci95"]
+    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else f"undefined: {result['apgr_ci95_undefined']}"
 
 
 def machine() -> str:

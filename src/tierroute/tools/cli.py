@@ -426,13 +426,14 @@ def _offline_commands(commands: Any) -> None:
     )
     cal.add_argument(
         "--prior",
-        help="artifact to shrink toward and to beat on held-out folds (default: the config's "
-        "router.artifact when its scorer is learned; `none` for no prior)",
+        help="artifact to shrink toward and to beat out of fold (default: the config's "
+        "router.artifact when its scorer is learned, else the shipped default "
+        "artifacts/router-default; `none` for no prior)",
     )
     cal.add_argument(
         "--force",
         action="store_true",
-        help="write the artifact even when it does not beat the prior on held-out folds",
+        help="write the artifact even when it does not beat the prior out of fold",
     )
     cal.add_argument(
         "--split",
