@@ -126,6 +126,93 @@ async def test_a_completion_carries_the_answer_usage_and_decision(
     assert sent.sampling.seed == 7 and list(sent.sampling.stop) == ["\n"]
 
 
+@pytest.mark.parametrize("depth", [65, 1000])
+async def test_a_body_nested_too_deep_is_refused_with_openai_s_error_not_a_traceback(
+    front: tuple[Scripted, str], caplog: pytest.LogCaptureFixture, depth: int
+) -> None:
+    """A 2 KB body nested 1,000 deep made the parser itself give up (a RecursionError and a
+    traceback per request); 65 is one past the limit (router.http_max_json_depth)."""
+    router, base = front
+    nested = "[" * (depth - 2) + "]" * (depth - 2)
+    body = '{"model": "auto", "messages": [{"role": "user", "content": "hi", "x": ' + nested + "}]}"
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{base}/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/json"},
+        )
+    assert r.status_code == 400 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["code"] == "json_too_deep" and "router.http_max_json_depth" in error["message"]
+    assert not router.requests and "Traceback" not in caplog.text
+    # At the limit it is parsed (and refused only for what it says).
+    fits = "[" * 60 + "]" * 60
+    ok = '{"model": "auto", "messages": [{"role": "user", "content": "hi"}], "x": ' + fits + "}"
+    async with httpx.AsyncClient() as http:
+        r = await http.post(f"{base}/v1/chat/completions", content=ok)
+    assert r.status_code == 200, r.text
+
+
+async def test_a_defect_is_a_500_in_openai_s_shape_with_the_trace_id_only(
+    front: tuple[Scripted, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    router, _ = front
+
+    async def broken(request: pb.RouteRequest) -> AsyncIterator[RouteEvent]:
+        yield Decided(decision())
+        raise RuntimeError("the database password is hunter2")
+
+    router.script = broken
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{front[1]}/v1/chat/completions", json={"model": "auto", "messages": HELLO}
+        )
+    assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+    error = r.json()["error"]
+    assert error["type"] == "server_error" and "trace id" in error["message"]
+    assert "hunter2" not in r.text and "hunter2" in caplog.text  # logged, never sent
+
+
+async def test_a_whole_answer_cut_short_says_nothing_was_returned_and_no_grpc_words(
+    front: tuple[Scripted, str],
+) -> None:
+    router, base = front
+
+    async def stalls(request: pb.RouteRequest) -> AsyncIterator[RouteEvent]:
+        yield Decided(decision())
+        yield Token("Paris is the", "small")
+        raise DeadlineExceeded(
+            "tier 'small' failed: DEADLINE_EXCEEDED, 12 characters into its answer: the answer "
+            "is incomplete",
+            grpc_note=" (the partial summary is in the trailing metadata)",
+        )
+
+    router.script = stalls
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            f"{base}/v1/chat/completions", json={"model": "auto", "messages": HELLO}
+        )
+    assert r.status_code == 504
+    message = r.json()["error"]["message"]
+    assert "12 characters of the answer had arrived; an incomplete answer is not returned" in (
+        message
+    )
+    assert "metadata" not in message and "trailer" not in message
+
+
+async def test_naming_a_tier_answers_from_it_without_escalation_and_says_so(
+    front: tuple[Scripted, str],
+) -> None:
+    router, base = front
+    completion = await client(base).chat.completions.create(model="small", messages=HELLO)
+    assert completion.model == "small"
+    assert router.requests[0].force_tier == "small" and router.requests[0].disable_escalation
+    with pytest.raises(openai.BadRequestError, match="pins that tier"):
+        await client(base).chat.completions.create(
+            model="small", messages=HELLO, extra_body={"tierroute": {"disable_escalation": False}}
+        )
+
+
 async def test_naming_a_tier_pins_it_and_the_extension_carries_an_slo(
     front: tuple[Scripted, str],
 ) -> None:

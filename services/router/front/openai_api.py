@@ -26,7 +26,7 @@ import logging
 import math
 import secrets
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -53,6 +53,7 @@ from tierroute.router.route.flow import Decided, Escalated, Finished, RouteEvent
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
 from tierroute.runtime.auth import CLIENT, Clients
+from tierroute.runtime.interceptors import trace_id
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class Limits:
     max_header_bytes: int = 16 << 10
     # Who may call (bearer tokens); None: anyone.
     clients: Clients | None = None
+    max_json_depth: int = 64
 
 
 class HttpError(Exception):
@@ -319,12 +321,21 @@ class _Front:
                 async for event in events:
                     completion.add(event)
             except ServiceError as error:
-                raise from_service_error(error) from None
+                failed = from_service_error(error)
+                if completion.text:  # nothing of it was sent: this answer is all-or-nothing
+                    failed.args = (
+                        f"{failed}. {sum(map(len, completion.text))} characters of the answer "
+                        "had arrived; an incomplete answer is not returned (ask again, or with "
+                        "stream: true to receive an answer as it arrives)",
+                    )
+                raise failed from None
             return JSONResponse(completion.whole(), headers=completion.headers())
         except HttpError as error:
             return error.response()
         except ClientDisconnect:
             return Response(status_code=499)
+        except Exception as exc:  # a defect: OpenAI's error shape, the details in the log only
+            return _internal(exc).response()
         finally:
             if release is not None:
                 release()
@@ -348,10 +359,20 @@ class _Front:
                     413, f"request body is over {limit} bytes (router.http_max_body_bytes)",
                     code="body_too_large",
                 )  # fmt: skip
+        depth = self.limits.max_json_depth
+        too_deep = HttpError(
+            400, f"the body nests arrays and objects deeper than {depth} levels, the limit "
+            "(router.http_max_json_depth)", code="json_too_deep",
+        )  # fmt: skip
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
+        except RecursionError:  # far deeper than the limit: the parser itself gave up
+            raise too_deep from None
         except (ValueError, UnicodeDecodeError) as exc:
             raise HttpError(400, f"the body is not JSON: {exc}") from None
+        if json_depth(body) > depth:
+            raise too_deep
+        return body
 
     async def _stream(
         self,
@@ -370,12 +391,28 @@ class _Front:
                 logger.info("stream %s ended by an error: %s", completion.id, error)
                 yield sse(from_service_error(error).body())
                 return
+            except Exception as exc:  # a defect: the stream ends with an error event
+                yield sse(_internal(exc).body())
+                return
             yield sse(completion.chunk({}, completion.finish_reason(), extension=True))
             if include_usage:
                 yield sse({**completion.chunk_head(), "choices": [], "usage": completion.usage()})
             yield b"data: [DONE]\n\n"
         finally:
             await events.aclose()  # the client left: the flow stops and releases its tier
+
+
+def _internal(exc: Exception) -> HttpError:
+    """An unexpected failure: logged once with its traceback and the trace id; the client
+    gets the trace id only."""
+    tid = trace_id()
+    logger.error("HTTP request failed unexpectedly (trace id %s)", tid, exc_info=exc)
+    return HttpError(
+        500,
+        f"internal error; the router's log has the details under trace id {tid}",
+        "server_error",
+        code="internal_error",
+    )
 
 
 async def _close(events: AsyncGenerator[RouteEvent], release: Callable[[], None]) -> None:
@@ -400,6 +437,24 @@ class _EventStream(StreamingResponse):
             await super().__call__(scope, receive, send)
         finally:
             await self._cleanup()
+
+
+def json_depth(doc: Any) -> int:
+    """How deeply arrays and objects nest in a parsed JSON document (a scalar: 0), walked
+    without recursion."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(doc, 1)]
+    while stack:
+        node, level = stack.pop()
+        if isinstance(node, dict):
+            children: Iterable[Any] = node.values()
+        elif isinstance(node, list):
+            children = node
+        else:
+            continue
+        deepest = max(deepest, level)
+        stack.extend((child, level + 1) for child in children if isinstance(child, dict | list))
+    return deepest
 
 
 def sse(doc: dict[str, Any]) -> bytes:
@@ -524,7 +579,10 @@ def parse(body: Any, tiers: list[str]) -> tuple[pb.RouteRequest, bool, bool]:
             param="model",
             code="model_not_found",
         )
-    request = pb.RouteRequest(force_tier="" if model == AUTO else model)
+    # A tier named as the model answers: that tier only, never escalated (the decision's
+    # reasons say so: forced_tier, escalation_disabled).
+    pinned = model != AUTO
+    request = pb.RouteRequest(force_tier=model if pinned else "", disable_escalation=pinned)
     messages = body.get("messages")
     if not isinstance(messages, list) or not messages:
         raise HttpError(400, "`messages` must be a non-empty array of {role, content}",
@@ -594,6 +652,12 @@ def _extension(ext: Any, request: pb.RouteRequest) -> None:
             if not isinstance(ext[name], bool):
                 raise HttpError(400, f"`tierroute.{name}` must be true or false",
                                 param=f"tierroute.{name}")  # fmt: skip
+            if name == "disable_escalation" and request.force_tier and not ext[name]:
+                raise HttpError(
+                    400, f"`model` {request.force_tier!r} pins that tier, which answers without "
+                    "escalation; use model 'auto' to let the router escalate",
+                    param="tierroute.disable_escalation",
+                )  # fmt: skip
             setattr(request, name, ext[name])
 
 

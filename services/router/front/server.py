@@ -60,6 +60,7 @@ class HttpFront:
             r.max_concurrent_requests,
             r.http_max_header_bytes,
             clients,
+            r.http_max_json_depth,
         )
         config = uvicorn.Config(
             app(router, limits),

@@ -15,9 +15,9 @@ import openai
 import pytest
 import pytest_asyncio
 
+from tests.helpers.budgets import CALL_TIMEOUT_SECONDS, make_config
 from tests.helpers.services import EMBEDDER_DIR, ServiceProcess, started
 from tests.helpers.tools import run
-from tierroute.core.config import config_from_dict
 from tierroute.router.service import host
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
@@ -28,24 +28,25 @@ pytestmark = pytest.mark.tier
 SIMPLE = [{"role": "user", "content": "What is the capital of France?"}]
 
 
-def http_config(small: str, large: str, **router: Any) -> Any:
+def http_data(small: str, large: str, **router: Any) -> dict[str, Any]:
     tier = {"model": "smollm2", "max_tokens": 24, "temperature": 0.0,
             "engine_args": {"max_model_len": 2048}}  # fmt: skip
-    return config_from_dict(
-        {
-            "router": {
-                "listen": "127.0.0.1:0",
-                "http_listen": "127.0.0.1:0",
-                "model": str(EMBEDDER_DIR),
-                "score_budget_ms": 5000,
-                **router,
-            },
-            "tiers": [
-                {"name": "small", "address": small, **tier},
-                {"name": "large", "address": large, **tier},
-            ],
-        }
-    )
+    return {
+        "router": {
+            "listen": "127.0.0.1:0",
+            "http_listen": "127.0.0.1:0",
+            "model": str(EMBEDDER_DIR),
+            **router,
+        },
+        "tiers": [
+            {"name": "small", "address": small, **tier},
+            {"name": "large", "address": large, **tier},
+        ],
+    }
+
+
+def http_config(small: str, large: str, **router: Any) -> Any:
+    return make_config(http_data(small, large, **router))
 
 
 @pytest_asyncio.fixture(scope="module")
@@ -107,7 +108,7 @@ async def test_curl_streams_server_sent_events_ending_with_done(base: str) -> No
     body = json.dumps({"model": "auto", "messages": SIMPLE, "max_tokens": 8, "stream": True})
     code, out, err = await run(
         curl, "-sS", "-N", "-i", "-H", "content-type: application/json", "-d", body,
-        f"{base}/v1/chat/completions", timeout=120,
+        f"{base}/v1/chat/completions", timeout=CALL_TIMEOUT_SECONDS,
     )  # fmt: skip
     assert code == 0, err
     head, _, events = out.partition("\r\n\r\n")
@@ -268,3 +269,35 @@ async def test_a_conversation_keeps_its_tier_across_turns_and_router_replicas(
     finally:
         await first.stop(0)
         await second.stop(0)
+
+
+async def test_a_tier_named_as_the_model_answers_even_where_auto_would_escalate(
+    small_tier: ServiceProcess, large_tier: ServiceProcess, validator_process: ServiceProcess
+) -> None:
+    """The small tier's answers are judged against a bar none of them clears: `auto` escalates
+    every one to the large tier, while model "small" is answered by the small tier, at its
+    price, and the response says escalation was off."""
+    cfg = http_data(small_tier.address, large_tier.address)
+    cfg["tiers"][0] |= {"validation": "logprob"}
+    cfg["escalation"] = {"min_confidence": 0.999}
+    cfg["validator"] = {"address": validator_process.address}
+    server, _ = await started(host(make_config(cfg)))
+    try:
+        base = f"http://127.0.0.1:{server.service.http.port}"  # type: ignore[attr-defined]
+        auto = await client(base).chat.completions.create(
+            model="auto", messages=SIMPLE, max_tokens=8
+        )
+        assert auto.model == "large"
+        assert (auto.model_extra or {})["tierroute"]["summary"]["escalated"]
+        raw = await client(base).chat.completions.with_raw_response.create(
+            model="small", messages=SIMPLE, max_tokens=8
+        )
+        pinned = raw.parse()
+        assert pinned.model == "small" and pinned.choices[0].message.content
+        ext = (pinned.model_extra or {})["tierroute"]
+        assert ext["summary"]["tier"] == "small" and not ext["summary"].get("escalated")
+        assert [a["tier"] for a in ext["summary"]["attempts"]] == ["small"]
+        assert "escalation_disabled" in raw.headers["x-tierroute-reasons"]
+        assert "forced_tier:small" in ext["decision"]["reasons"]
+    finally:
+        await server.stop(0)
