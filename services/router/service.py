@@ -173,6 +173,7 @@ class RouterService:
             store_up=lambda: self.measurements.store_up,
             operating=lambda: (policy.applied_last_bound, self.cfg.router.target_large_share),
             drift=self._drift_state,
+            slots=lambda: {t: (s.limit(), s.in_flight, s.waiting) for t, s in pool.slots.items()},
         )
         if self.cfg.router.http_listen:  # first: /healthz answers and /readyz says loading
             self.http = await HttpFront.start(self.cfg, self, self.clients)
@@ -274,6 +275,8 @@ def serving(service: RouterService) -> Serving:
         metrics_listen=r.metrics_listen,
         metrics_tls=service.cfg.tls,
         metrics_setting="router.metrics_listen",
+        max_message_bytes=r.max_message_bytes,
+        message_setting="router.max_message_bytes",
     )
 
 

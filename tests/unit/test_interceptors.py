@@ -26,6 +26,7 @@ from tierroute.validator.v1 import validator_service_pb2 as pb
 from tierroute.validator.v1 import validator_service_pb2_grpc as pb_grpc
 
 SECRET = "the database password is hunter2"
+MESSAGE_LIMIT = 1 << 20
 
 
 class Scripted(pb_grpc.ValidatorServiceServicer):
@@ -96,7 +97,13 @@ def spans() -> Iterator[InMemorySpanExporter]:
 @pytest_asyncio.fixture(scope="module")
 async def served(spans: InMemorySpanExporter) -> AsyncIterator[tuple[Both, str]]:
     service = Both()
-    host = Host(service, Serving("127.0.0.1:0", 0, 1, "test.max_concurrent_requests", "test"))
+    host = Host(
+        service,
+        Serving(
+            "127.0.0.1:0", 0, 1, "test.max_concurrent_requests", "test",
+            max_message_bytes=MESSAGE_LIMIT, message_setting="test.max_message_bytes",
+        ),
+    )  # fmt: skip
     port = await host.start()
     await host.load()
     yield service, f"127.0.0.1:{port}"
@@ -253,6 +260,22 @@ async def test_an_undecodable_request_is_invalid_argument(
             await raw(body, timeout=10)
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "could not be decoded" in (info.value.details() or "")
+
+
+@pytest.mark.parametrize("size", [MESSAGE_LIMIT + 1, 3 * MESSAGE_LIMIT])
+async def test_a_request_over_the_message_limit_is_invalid_argument_naming_the_setting(
+    served: tuple[Both, str], size: int
+) -> None:
+    answer = "x" * size
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await validate(served[1], answer)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = info.value.details() or ""
+    assert f"over the limit of {MESSAGE_LIMIT} bytes (test.max_message_bytes)" in details
+    assert len(answer) < len(pb.ValidateRequest(answer=answer).SerializeToString())
+    # At the limit it is served.
+    fits = "y" * (MESSAGE_LIMIT - 8)
+    assert (await validate(served[1], fits)).content == fits
 
 
 def handled(method: str, code: str) -> float:

@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tests.helpers.tools import grpcurl, run
 from tierroute.core.config import config_from_dict
-from tierroute.tools.suite import Service, StartFailed, Supervisor
+from tierroute.tools.suite import Service, StartFailed, Supervisor, health_server
 
 FAKE = Path(__file__).resolve().parents[1] / "helpers" / "fake_service.py"
 # Generous: these wait for processes to start and stop, never for a time to pass.
@@ -132,3 +133,24 @@ async def test_a_service_that_cannot_start_stops_the_suite_with_its_reason(tmp_p
         async with asyncio.timeout(WAIT_S):
             await sup.keep(broken)
     assert broken.restarts == 0
+
+
+async def test_the_runner_s_health_port_answers_grpcurl_as_the_banner_shows_it() -> None:
+    """The command the start-up banner and the README print works: grpcurl asks the server
+    for its schema (reflection), then checks a service's health."""
+    sup = supervisor([], health_listen="127.0.0.1:0")
+    await sup.health.set("tier:small", 1)  # SERVING
+    server, port = await health_server(sup.cfg, sup.health)
+    try:
+        address = f"127.0.0.1:{port}"
+        code, out, err = await run(grpcurl(), "-plaintext", address, "list")
+        assert code == 0, err
+        assert "grpc.health.v1.Health" in out.split()
+        code, out, err = await run(
+            grpcurl(), "-plaintext", "-d", '{"service": "tier:small"}', address,
+            "grpc.health.v1.Health/Check",
+        )  # fmt: skip
+        assert code == 0, err
+        assert '"status": "SERVING"' in out
+    finally:
+        await server.stop(None)

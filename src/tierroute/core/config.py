@@ -123,6 +123,10 @@ class RouterConfig(_Strict):
     max_prompt_tokens: int | None = Field(default=None, ge=1)
     # Most messages (turns) in one request.
     max_messages: int = Field(default=256, ge=1)
+    # Largest gRPC request message accepted, in bytes; a larger Score or Route gets
+    # INVALID_ARGUMENT naming this setting (past four times it, grpc itself refuses the
+    # message with RESOURCE_EXHAUSTED before reading it whole).
+    max_message_bytes: int = Field(default=4 << 20, ge=1024, le=512 << 20)
     # Most tokens a request may ask for (max_tokens). Unset: the largest tier's context window,
     # when every tier's is configured.
     max_output_tokens: int | None = Field(default=None, ge=1)
@@ -196,6 +200,9 @@ class RouterConfig(_Strict):
     http_listen: str = ""
     # Largest HTTP request body accepted, in bytes (413 over it).
     http_max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    # Deepest nesting of arrays and objects an HTTP request body may have (400 over it): a
+    # chat request needs about 6; JSON schemas of tools a few more.
+    http_max_json_depth: int = Field(default=64, ge=8, le=512)
     # Largest HTTP request head (all header names and values) accepted, in bytes (431 over it).
     http_max_header_bytes: int = Field(default=16 << 10, ge=1024, le=1 << 20)
     # The longest an HTTP request may take, in seconds (504 after it).
@@ -323,6 +330,11 @@ class TierConfig(_Strict):
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
     # Most Generate/Describe calls in flight at the tier; more get RESOURCE_EXHAUSTED.
     max_concurrent_requests: int = Field(default=1024, ge=1)
+    # The most calls the router sends each of this tier's replicas at once; more wait in the
+    # router (escalation.queue_wait_ms, then a larger tier or RESOURCE_EXHAUSTED). Unset: the
+    # router measures it (tiers/slots.py): raised while first tokens come within
+    # escalation.first_token_timeout_floor_ms, lowered when they do not.
+    max_in_flight: int | None = Field(default=None, ge=1)
 
     @model_validator(mode="after")
     def _check_commit(self) -> TierConfig:
@@ -412,6 +424,11 @@ class EscalationConfig(_Strict):
     escalation_timeout_ms: int = Field(default=60_000, ge=1)
     # Budget for one call to the validator, in ms.
     validate_timeout_ms: int = Field(default=5_000, ge=1)
+    # How long a request waits in the router for a place at a tier that is at its concurrency
+    # limit (tiers[].max_in_flight) before a larger tier takes it (escalation reason
+    # TIER_OVERLOADED), in ms. 0: at once. At the last tier, or without escalation, it waits
+    # within the tier's budget, then gets RESOURCE_EXHAUSTED with a retry hint.
+    queue_wait_ms: int = Field(default=2_000, ge=0)
     # A tier that sends no first token in time is taken as stalled: the call is abandoned and
     # the request fails over (UNAVAILABLE if no other tier can serve). The time allowed is
     # `first_token_timeout_factor` times the tier's recent p95 time to first token as the router

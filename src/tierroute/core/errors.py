@@ -13,10 +13,18 @@ class ServiceError(Exception):
 
     code: grpc.StatusCode = grpc.StatusCode.INTERNAL
 
-    def __init__(self, message: str, trailing_metadata: tuple[tuple[str, str | bytes], ...] = ()):
+    def __init__(
+        self,
+        message: str,
+        trailing_metadata: tuple[tuple[str, str | bytes], ...] = (),
+        grpc_note: str = "",
+    ):
         super().__init__(message)
         # Sent with the status: machine-readable detail (for example what was delivered).
         self.trailing_metadata = trailing_metadata
+        # Said after the message over gRPC only (where the trailing metadata is, say); the
+        # message itself names nothing of one transport.
+        self.grpc_note = grpc_note
 
 
 class InvalidArgument(ServiceError):

@@ -37,7 +37,6 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_timeout_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
-    ("grpc.max_receive_message_length", 16 * 1024 * 1024),
     ("grpc.max_send_message_length", 16 * 1024 * 1024),
     # grpc core queues calls until the Python server takes them, one at a time; past 1,000
     # queued it refuses calls at random, and past 3,000 all of them, each with a bare CANCELLED
@@ -47,6 +46,20 @@ SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 2**31 - 1),
     ("grpc.server.max_pending_requests_hard_limit", 2**31 - 1),
 ]
+# A request over a service's message limit (Serving.max_message_bytes) reaches the Decoding
+# interceptor, which refuses it with INVALID_ARGUMENT naming the setting; grpc core itself
+# refuses (RESOURCE_EXHAUSTED, naming no setting) only past this many times the limit, so that
+# a huge message is never buffered whole.
+TRANSPORT_LIMIT_FACTOR = 4
+DEFAULT_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The server's channel arguments for a service whose requests may be this large."""
+    transport = max(TRANSPORT_LIMIT_FACTOR * max_message_bytes, max_message_bytes + (1 << 20))
+    return [*SERVER_OPTIONS, ("grpc.max_receive_message_length", min(transport, 2**31 - 1))]
+
+
 # The same keepalive on the client side of the router's calls to tiers and the validator.
 CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 30_000),
@@ -93,6 +106,10 @@ class Serving:
     metrics_tls: TlsConfig | None = None
     # The setting that names metrics_listen, for errors.
     metrics_setting: str = "metrics_listen"
+    # The largest request message accepted, in bytes, and the setting that raises it (named
+    # in the INVALID_ARGUMENT of a larger one).
+    max_message_bytes: int = DEFAULT_MESSAGE_BYTES
+    message_setting: str = "the service's message limit"
 
 
 @dataclass(frozen=True)
@@ -115,10 +132,15 @@ class Host:
         self.service = service
         self.serving = serving
         interceptors = chain(
-            serving.max_concurrent_requests, serving.limit_setting, serving.clients
+            serving.max_concurrent_requests,
+            serving.limit_setting,
+            serving.clients,
+            (serving.max_message_bytes, serving.message_setting),
         )
         self._admission = next(i for i in interceptors if isinstance(i, Admission))
-        self.server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
+        self.server = grpc.aio.server(
+            options=server_options(serving.max_message_bytes), interceptors=interceptors
+        )
         self.health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         service.register(self.server)

@@ -334,7 +334,7 @@ class ErrorMapping(_Wrapping):
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
         if isinstance(exc, ServiceError):
-            await context.abort(exc.code, bounded(str(exc)), exc.trailing_metadata)
+            await context.abort(exc.code, bounded(str(exc) + exc.grpc_note), exc.trailing_metadata)
         tid = trace_id()
         logger.error("%s failed unexpectedly (trace id %s)", method, tid, exc_info=exc)
         await context.abort(
@@ -367,8 +367,20 @@ class ErrorMapping(_Wrapping):
         return mapped
 
 
+class _Oversize:
+    """Stands for a request over the message limit, which is not decoded at all."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+
 class Decoding(grpc.aio.ServerInterceptor):
-    """Requests that do not decode become INVALID_ARGUMENT before any interceptor runs."""
+    """Requests that do not decode, or that are larger than the service's message limit,
+    become INVALID_ARGUMENT (saying which) before any interceptor runs."""
+
+    def __init__(self, max_bytes: int | None = None, setting: str = "") -> None:
+        self.max_bytes = max_bytes
+        self.setting = setting
 
     async def intercept_service(
         self,
@@ -384,14 +396,27 @@ class Decoding(grpc.aio.ServerInterceptor):
         ):
             return handler
         decode = handler.request_deserializer
+        limit = self.max_bytes
 
         def tolerant(data: bytes) -> Any:
+            if limit is not None and len(data) > limit:
+                return _Oversize(len(data))
             try:
                 return decode(data)
             except (DecodeError, UnicodeDecodeError, ValueError) as exc:
                 return _Undecodable(exc)
 
-        async def refuse(context: grpc.aio.ServicerContext, request: _Undecodable) -> None:
+        async def refuse(
+            context: grpc.aio.ServicerContext, request: _Undecodable | _Oversize
+        ) -> None:
+            if isinstance(request, _Oversize):
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"the request message is {request.size} bytes, over the limit of {limit} "
+                    f"bytes ({self.setting}): send a shorter prompt or fewer messages, or raise "
+                    "the setting",
+                )
+            assert isinstance(request, _Undecodable)
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request could not be decoded as {handler_call_details.method.lstrip('/')}'s "
@@ -403,7 +428,7 @@ class Decoding(grpc.aio.ServerInterceptor):
             unary = handler.unary_unary
 
             async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(request, _Undecodable):
+                if isinstance(request, _Undecodable | _Oversize):
                     await refuse(context, request)
                 return await unary(request, context)
 
@@ -414,7 +439,7 @@ class Decoding(grpc.aio.ServerInterceptor):
             async def checked_stream(
                 request: Any, context: grpc.aio.ServicerContext
             ) -> AsyncIterator[Any]:
-                if isinstance(request, _Undecodable):
+                if isinstance(request, _Undecodable | _Oversize):
                     await refuse(context, request)
                 async for item in stream(request, context):
                     yield item
@@ -424,11 +449,15 @@ class Decoding(grpc.aio.ServerInterceptor):
 
 
 def chain(
-    max_in_flight: int, in_flight_setting: str, clients: Clients | None = None
+    max_in_flight: int,
+    in_flight_setting: str,
+    clients: Clients | None = None,
+    message_limit: tuple[int, str] | None = None,
 ) -> Sequence[grpc.aio.ServerInterceptor]:
-    """The chain, in order. Adding TLS identity or a rate limit is one more entry here."""
+    """The chain, in order. Adding TLS identity or a rate limit is one more entry here.
+    `message_limit`: the largest request accepted, in bytes, and the setting that names it."""
     return [
-        Decoding(),
+        Decoding(*(message_limit or (None, ""))),
         Tracing(),
         *([Authentication(clients)] if clients is not None else []),
         Admission(max_in_flight, in_flight_setting),

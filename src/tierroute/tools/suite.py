@@ -30,6 +30,7 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
 
 from tierroute.core.config import Config, ConfigError, load_config
 from tierroute.runtime.host import setup_logging
@@ -298,6 +299,30 @@ def usage(cfg: Config) -> str:
     return "\n".join(lines)
 
 
+async def health_server(
+    cfg: Config, servicer: health.aio.HealthServicer
+) -> tuple[grpc.aio.Server, int]:
+    """The runner's own health service on `suite.health_listen`, started, and its port; with
+    reflection, so that grpcurl (which asks a server for its schema) works against it."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    reflection.enable_server_reflection(
+        [health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME],
+        server,
+    )
+    creds = server_credentials(cfg.tls, mutual=False)
+    listen = cfg.suite.health_listen
+    port = (
+        server.add_secure_port(listen, creds)
+        if creds is not None
+        else server.add_insecure_port(listen)
+    )
+    if port == 0:
+        raise OSError(f"cannot listen on suite.health_listen {listen}")
+    await server.start()
+    return server, port
+
+
 async def supervise(cfg: Config, config_path: Path) -> int:
     procs = services(cfg, config_path)
     supervisor = Supervisor(cfg, procs)
@@ -306,21 +331,11 @@ async def supervise(cfg: Config, config_path: Path) -> int:
         loop.add_signal_handler(sig, supervisor.stopping.set)
     server = None
     if cfg.suite.health_listen:
-        server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(supervisor.health, server)
-        creds = server_credentials(cfg.tls, mutual=False)
-        bound = (
-            server.add_secure_port(cfg.suite.health_listen, creds)
-            if creds is not None
-            else server.add_insecure_port(cfg.suite.health_listen)
-        )
-        if bound == 0:
-            print(
-                f"tierroute: cannot listen on suite.health_listen {cfg.suite.health_listen}",
-                file=sys.stderr,
-            )
+        try:
+            server, _ = await health_server(cfg, supervisor.health)
+        except OSError as error:
+            print(f"tierroute: {error}", file=sys.stderr)
             return 2
-        await server.start()
     await supervisor._report()
     logger.info("starting %d service(s) from %s", len(procs), config_path)
     keepers = [asyncio.create_task(supervisor.keep(s), name=s.name) for s in procs]
