@@ -140,7 +140,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         return await interleaved_pairs(runs, args.pairs, args.max_tokens, summarize)
     finally:
         service.stop()
-        engine.shutdown()
+        await engine.shutdown()
 
 
 def main() -> int:

@@ -24,6 +24,9 @@ from tierroute.tier.v1 import tier_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
 
+# How long EngineCore and its workers get to exit on their own at shutdown, in seconds (the
+# suite runner waits longer: tools/suite.py ENGINE_STOP_SECONDS).
+ENGINE_SHUTDOWN_SECONDS = 25.0
 # A token is rarely longer than this many characters: a prompt longer than this many times the
 # context is rejected before it is tokenized.
 MAX_CHARS_PER_TOKEN = 32
@@ -111,10 +114,19 @@ class TierEngine:
             self.device,
         )
 
-    def shutdown(self) -> None:
-        if self.llm is not None:
-            self.llm.shutdown()
-            self.llm = None
+    async def shutdown(self) -> None:
+        """Stop the engine once no request is in flight: its output task first (so that the
+        engine's exit is not reported as its death), then EngineCore and its workers, given
+        ENGINE_SHUTDOWN_SECONDS to exit on their own (vLLM's default, 5 s, is shorter than
+        a CPU worker takes to leave, and the engine was then killed)."""
+        llm, self.llm = self.llm, None
+        if llm is None:
+            return
+        handler = getattr(llm, "output_handler", None)
+        if isinstance(handler, asyncio.Task) and not handler.done():
+            handler.cancel()
+            await asyncio.gather(handler, return_exceptions=True)
+        await asyncio.to_thread(llm.shutdown, ENGINE_SHUTDOWN_SECONDS)
 
     def active_requests(self) -> int:
         return int(self.llm.get_num_unfinished_requests()) if self.llm is not None else 0

@@ -25,7 +25,7 @@ from tierroute.core.config import Config, ConfigError, TierConfig
 from tierroute.runtime import reaper, telemetry
 from tierroute.runtime.host import Host, Serving, Spec, run_service
 from tierroute.runtime.tls import server_credentials
-from tierroute.tier.engine import TierEngine, engine_args_for
+from tierroute.tier.engine import ENGINE_SHUTDOWN_SECONDS, TierEngine, engine_args_for
 from tierroute.tier.v1 import tier_service_pb2 as pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as pb_grpc
 
@@ -33,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TierService"].full_name
 ENGINE_WATCH_SECONDS = 1.0
+WORKER_SHUTDOWN_SECONDS = int(ENGINE_SHUTDOWN_SECONDS) - 5
 
 
 class TierServicer(pb_grpc.TierServiceServicer):
@@ -115,7 +116,7 @@ class TierService:
     async def close(self) -> None:
         if self._watcher is not None:
             self._watcher.cancel()
-        await asyncio.to_thread(self.engine.shutdown)
+        await self.engine.shutdown()
 
 
 def _engine_flag_overrides(rest: list[str]) -> dict[str, Any]:
@@ -144,6 +145,9 @@ def build(cfg: Config, args: argparse.Namespace, extra: list[str]) -> tuple[Tier
         raise ConfigError(f"no tier {args.tier!r} in the config (tiers: {names})") from None
     for key, value in tier.env.items():
         os.environ.setdefault(key, value)
+    # vLLM gives its workers 5 s to leave on shutdown, then signals them; a CPU worker beside
+    # another engine takes longer: let it leave on its own (within the engine's own grace).
+    os.environ.setdefault("VLLM_WORKER_SHUTDOWN_TIMEOUT_SECONDS", str(WORKER_SHUTDOWN_SECONDS))
     try:
         engine_args = engine_args_for(tier, _engine_flag_overrides(extra))
     except (ValueError, TypeError) as exc:

@@ -7,7 +7,8 @@ are orphaned with their memory (GBs on CPU, the GPU's memory on a GPU) until som
 The tier starts this watcher before loading its engine, in a session of its own (a signal to
 the tier's process group does not reach it). Every POLL_SECONDS it notes the tier's descendants;
 once the tier is gone (or a zombie), it kills those still running, then removes the shared
-memory segments (/dev/shm) they had mapped, which a killed process never unlinks. psutil checks
+memory segments (/dev/shm) they had mapped and the named semaphores they made, which a killed
+process never unlinks. psutil checks
 each process's start time, so a reused PID is never hit.
 
     python -m tierroute.runtime.reaper PID      (started by `watch_me`)
@@ -20,6 +21,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +29,7 @@ logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.5
 # How long the killed processes get to disappear before the watcher reports them.
 KILL_WAIT_SECONDS = 10.0
+SHM = Path("/dev/shm")
 
 
 def watch_me() -> subprocess.Popen[bytes]:
@@ -84,6 +87,7 @@ def main(argv: list[str]) -> int:
         time.sleep(POLL_SECONDS)
     alive = [p for p in known.values() if not _gone(p)]
     if not alive:
+        _remove_semaphores([tier.pid, *known])  # none, after a clean stop
         return 0  # a clean stop: the engine released everything itself
     logger.warning(
         "tier process %d is gone; killing the %d processes it left behind: %s",
@@ -105,10 +109,25 @@ def main(argv: list[str]) -> int:
             pass
         except OSError as exc:
             logger.error("could not remove shared memory %s: %s", segment, exc)
+    _remove_semaphores([tier.pid, *known])
     if stuck:
         logger.error("still running after SIGKILL: %s", ", ".join(str(p.pid) for p in stuck))
         return 1
     return 0
+
+
+def _remove_semaphores(pids: list[int]) -> None:
+    """POSIX named semaphores the processes made and a killed process never unlinked: joblib's
+    loky names its own /dev/shm/sem.loky-<pid>-<random> (not mapped, so not in the maps)."""
+    for pid in pids:
+        for semaphore in sorted(SHM.glob(f"sem.loky-{pid}-*")):
+            try:
+                semaphore.unlink()
+                logger.warning("removed semaphore %s", semaphore)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                logger.error("could not remove semaphore %s: %s", semaphore, exc)
 
 
 if __name__ == "__main__":
