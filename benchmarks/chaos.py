@@ -14,6 +14,9 @@ the router) on free loopback ports, then runs each scenario against it:
   while it stays stopped; SIGCONT once they have ended;
 - burst beyond admission: 3,000 concurrent Scores on one channel, past the router's in-flight
   limit;
+- overload: 64 (and, outside --fast, 256) concurrent Routes routed as the router decides, more
+  than the two CPU engines can start at once: none lost, the small tier's breaker stays closed,
+  and the share the overload sent to the large tier is reported;
 - fuzzing: Hypothesis draws every field of every RPC's request (Score, Route, a tier's Generate,
   Validate) and raw bytes that are not a valid message, against the real servers.
 
@@ -22,7 +25,8 @@ explicit status (by code), hung (no end before a deadline far past any real answ
 a status the README does not explain (UNKNOWN, INTERNAL, a CANCELLED the client did not ask
 for), processes orphaned (anything of the suite's process tree before the scenario that still
 runs outside it afterwards), services not SERVING afterwards, and tracebacks in the services'
-logs. Prints a table and writes benchmarks/results/chaos.json.
+logs. Finally it stops the suite as Ctrl-C stops `make run` and reads the log of the stop: no
+error, no engine killed for being slow. Prints a table and writes benchmarks/results/chaos.json.
 
     make chaos                                    # every scenario, more fuzzing
     .venv/bin/python benchmarks/chaos.py --fast   # the part CI runs (test_chaos.py)
@@ -47,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import httpx
 import psutil
 import yaml
 from google.protobuf import descriptor as pb_descriptor
@@ -55,6 +60,7 @@ from google.protobuf import message_factory
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -82,11 +88,14 @@ MAX_TOKENS = 48
 # what its message must contain: RESOURCE_EXHAUSTED only from a service's admission limit (not
 # a client refusing an oversized header, say).
 EXPLAINED = {
-    "INVALID_ARGUMENT": "",
-    "RESOURCE_EXHAUSTED": "max_concurrent_requests",
-    "UNAVAILABLE": "",
-    "DEADLINE_EXCEEDED": "",
+    "INVALID_ARGUMENT": ("",),
+    # a service's admission limit, or a tier's concurrency limit in the router
+    "RESOURCE_EXHAUSTED": ("max_concurrent_requests", "max_in_flight"),
+    "UNAVAILABLE": ("",),
+    "DEADLINE_EXCEEDED": ("",),
 }
+# What a clean stop never logs: an error, an engine (or its workers) killed for being slow.
+UNCLEAN_STOP = (" ERROR ", "Traceback", "force killing", "still running after grace period")
 # How long a restarted engine may take to load and report SERVING again.
 HEAL_TIMEOUT_S = 600.0
 
@@ -241,8 +250,26 @@ class Suite:
                 return out
             time.sleep(0.5)
 
+    def breakers(self) -> dict[str, str]:
+        """Each tier's circuit breaker state, from the router's Prometheus metrics."""
+        text = httpx.get(f"http://{self.cfg['router']['metrics_listen']}/metrics", timeout=30).text
+        states = {}
+        for family in text_string_to_metric_families(text):
+            if family.name == "tierroute_circuit_breaker_state":
+                for sample in family.samples:
+                    if sample.value == 1.0:
+                        states[sample.labels["tier"]] = sample.labels["state"]
+        return states
+
     def log_size(self) -> int:
         return self.log.stat().st_size
+
+    def lines_since(self, offset: int, needles: tuple[str, ...]) -> list[str]:
+        """The log's lines from `offset` on that contain any of `needles`."""
+        with self.log.open("rb") as f:
+            f.seek(offset)
+            text = f.read().decode(errors="replace")
+        return [line for line in text.splitlines() if any(n in line for n in needles)]
 
     def tracebacks_since(self, offset: int) -> list[str]:
         with self.log.open("rb") as f:
@@ -293,6 +320,8 @@ class Tally:
     answered: Counter[str] = field(default_factory=Counter)
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # Each tier's circuit breaker after the scenario, as the router reports it (overload only).
+    breakers_after: dict[str, str] = field(default_factory=dict)
 
     @property
     def accepted(self) -> int:
@@ -309,7 +338,7 @@ class Tally:
         name = code.name
         if hung:
             self.hung += 1
-        elif name in EXPLAINED and details and EXPLAINED[name] in details:
+        elif name in EXPLAINED and details and any(e in details for e in EXPLAINED[name]):
             self.statuses[name] += 1
             self.examples.setdefault(name, details)
         else:
@@ -527,6 +556,35 @@ async def burst(suite: Suite, calls: int = 3000) -> Tally:
     return tally
 
 
+async def overload(suite: Suite, routes: int) -> Tally:
+    """`routes` Routes at once, routed as the router decides: more than the engines can start
+    at once. Overload is not failure: every Route is answered or refused with a retry hint,
+    the small tier's breaker stays closed, and what overload sent to the large tier is counted
+    (answered "large after TIER_OVERLOADED")."""
+    with scenario(suite, f"overload: {routes} concurrent Routes", dict) as tally:
+        async with grpc.aio.insecure_channel(suite.addresses["router"]) as channel:
+            stub = router_grpc.RouterServiceStub(channel)
+            prompts = [p for kind in PROMPTS.values() for p in kind]
+            await asyncio.gather(
+                *(route(stub, tally, f"{prompts[i % len(prompts)]} ({i})") for i in range(routes))
+            )
+        tally.breakers_after = suite.breakers()
+        spilled = sum(n for k, n in tally.answered.items() if k.endswith("TIER_OVERLOADED"))
+        tally.notes.append(
+            f"{spilled} of {tally.sent} sent to the large tier by overload; breakers after: "
+            + ", ".join(f"{t} {state}" for t, state in sorted(tally.breakers_after.items()))
+        )
+    return tally
+
+
+async def overload_64(suite: Suite) -> Tally:
+    return await overload(suite, 64)
+
+
+async def overload_256(suite: Suite) -> Tally:
+    return await overload(suite, 256)
+
+
 # --- fuzzing ---
 
 
@@ -684,6 +742,8 @@ SCENARIOS = {
     "validator_killed": validator_killed,
     "validator_stopped": validator_stopped,
     "burst": burst,
+    "overload_64": overload_64,
+    "overload_256": overload_256,
 }
 
 
@@ -702,20 +762,33 @@ def table(tallies: list[Tally]) -> str:
     head = (
         f"{'scenario':<32} {'sent':>5} {'accepted':>8} {'completed':>9}  "
         f"{'explicit status':<46} {'hung':>4} {'unexplained':>11} {'orphaned':>8} "
-        f"{'unhealthy':>9} {'tracebacks':>10} {'s':>6}"
+        f"{'unhealthy':>9} {'tracebacks':>10} {'s':>6}  {'to large by overload':>20}  "
+        f"{'small breaker after':<19}"
     )
     rows = [head, "-" * len(head)]
     for t in tallies:
         statuses = ", ".join(f"{k} {v}" for k, v in sorted(t.statuses.items())) or "-"
+        spilled = sum(n for k, n in t.answered.items() if k.endswith("TIER_OVERLOADED"))
+        overload = f"{spilled} ({spilled / t.sent:.0%})" if t.breakers_after else "-"
         rows.append(
             f"{t.scenario:<32} {t.sent:>5} {t.accepted:>8} {t.completed:>9}  {statuses:<46} "
             f"{t.hung:>4} {len(t.unexplained):>11} {t.orphaned:>8} {t.unhealthy_after:>9} "
-            f"{len(t.tracebacks):>10} {t.seconds:>6.0f}"
+            f"{len(t.tracebacks):>10} {t.seconds:>6.0f}  {overload:>20}  "
+            f"{t.breakers_after.get('small', '-'):<19}"
         )
     return "\n".join(rows)
 
 
-FAST = ["burst", "fuzz", "validator_killed", "validator_stopped", "tier_stalled", "tier_killed"]
+FAST = [
+    "burst",
+    "overload_64",
+    "fuzz",
+    "validator_killed",
+    "validator_stopped",
+    "tier_stalled",
+    "tier_killed",
+]
+EVERY = [*FAST[:2], "overload_256", *FAST[2:]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -723,9 +796,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fast", action="store_true", help="the part CI runs: fewer examples")
     parser.add_argument("--examples", type=int, default=None, help="fuzzed requests per RPC")
     parser.add_argument("--seed", type=int, default=None, help="fix the fuzzing's randomness")
-    parser.add_argument(
-        "--only", nargs="+", choices=FAST, default=FAST, help="run only these scenarios"
-    )
+    parser.add_argument("--only", nargs="+", choices=EVERY, help="run only these scenarios")
     parser.add_argument("--workdir", type=Path, default=ROOT / "build" / "chaos")
     parser.add_argument("--out", type=Path, default=RESULTS / "chaos.json")
     args = parser.parse_args(argv)
@@ -739,13 +810,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     suite.start()
     print(f"SERVING after {time.monotonic() - started:.0f} s; running the scenarios", flush=True)
+    names = args.only or (FAST if args.fast else EVERY)
     try:
-        tallies = asyncio.run(run(suite, args.only, examples, derandomize=args.fast))
+        tallies = asyncio.run(run(suite, names, examples, derandomize=args.fast))
     finally:
+        stopping = suite.log_size()
         code = suite.stop()
     left = suite.left_running()
+    # Stopped as Ctrl-C stops `make run`: every engine leaves on its own, nothing is an error.
+    unclean = suite.lines_since(stopping, UNCLEAN_STOP)
     print("\n" + table(tallies))
-    print(f"\nthe suite stopped with code {code}; processes left running: {len(left)}")
+    print(
+        f"\nthe suite stopped with code {code}; processes left running: {len(left)}; lines of "
+        f"an unclean stop (errors, engines killed for being slow): {len(unclean)}"
+    )
+    for line in unclean[:10]:
+        print(f"  unclean stop: {line[:200]}")
     for line in left:
         print(f"  left running: {line}")
     for t in tallies:
@@ -758,7 +838,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {t.scenario}: {status}, e.g. {example[:160]!r}")
         for line in t.unexplained[:5] + t.tracebacks[:2]:
             print(f"  {t.scenario}: {line}")
-    ok = all(t.passed for t in tallies) and code == 0 and not left
+    ok = all(t.passed for t in tallies) and code == 0 and not left and not unclean
     write_result(
         args.out,
         {
@@ -769,6 +849,7 @@ def main(argv: list[str] | None = None) -> int:
             "scenarios": [t.row() for t in tallies],
             "suite_exit_code": code,
             "left_running_after_stop": left,
+            "unclean_stop_lines": unclean,
             "passed": ok,
         },
     )

@@ -93,6 +93,21 @@ COST = Counter(
     "Cost in USD at the tiers' configured prices, over every tier call, by tier and client.",
     ("tier", "client"),
 )
+OVERLOAD = Counter(
+    "tierroute_tier_overload",
+    "Tier attempts that ended in overload, not failure (the breaker does not count them), by "
+    "tier and what happened: spilled (no place within escalation.queue_wait_ms: a larger tier "
+    "took it), refused (no place within the budget, no larger tier: RESOURCE_EXHAUSTED), "
+    "tier_refused (the tier said RESOURCE_EXHAUSTED), queued_past_budget (the budget ran out "
+    "while the tier, busy with others, had not started it).",
+    ("tier", "what"),
+)
+QUEUE_SECONDS = Histogram(
+    "tierroute_tier_queue_seconds",
+    "Time a tier call waited in the router for a place within the tier's concurrency limit.",
+    ("tier",),
+    buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60),
+)
 IN_FLIGHT = Gauge(
     "tierroute_routes_in_flight", "Routes in progress (gRPC Route and the HTTP front)."
 )
@@ -191,6 +206,8 @@ class State:
     operating: Callable[[], tuple[float, float | None]]
     # drift: each signal's value and whether it is out of its band
     drift: Callable[[], tuple[dict[str, float], dict[str, bool]]]
+    # tier -> (concurrency limit, calls in flight, calls waiting for a place)
+    slots: Callable[[], dict[str, tuple[int, int, int]]] = dict
 
 
 BREAKER_STATES = ("closed", "half_open", "open")
@@ -241,6 +258,28 @@ class _StateCollector(Collector):
                 "The configured share of traffic for the large tier (router.target_large_share).",
                 value=target,
             )
+        limit = GaugeMetricFamily(
+            "tierroute_tier_concurrency_limit",
+            "The most calls this router sends a tier at once (tiers[].max_in_flight, or measured).",
+            labels=("tier",),
+        )
+        running = GaugeMetricFamily(
+            "tierroute_tier_in_flight",
+            "Calls of this router to a tier in progress.",
+            labels=("tier",),
+        )
+        queued = GaugeMetricFamily(
+            "tierroute_tier_queued",
+            "Calls waiting in this router for a place within a tier's concurrency limit.",
+            labels=("tier",),
+        )
+        for name, (most, calls, waiting) in state.slots().items():
+            limit.add_metric((name,), most)
+            running.add_metric((name,), calls)
+            queued.add_metric((name,), waiting)
+        yield limit
+        yield running
+        yield queued
         values, alerts = state.drift()
         value = GaugeMetricFamily(
             "tierroute_drift_value",

@@ -34,7 +34,7 @@ def test_the_suite_survives_the_fast_chaos_scenarios(tmp_path: Path) -> None:
     assert out.exists(), report
     result = json.loads(out.read_text())
     scenarios = {s["scenario"]: s for s in result["scenarios"]}
-    assert len(scenarios) == 6, report
+    assert len(scenarios) == 7, report
     for name, s in scenarios.items():
         assert s["hung"] == 0, f"{name}: calls hung\n{report}"
         assert s["unexplained"] == [], f"{name}: {s['unexplained'][:5]}\n{report}"
@@ -45,6 +45,11 @@ def test_the_suite_survives_the_fast_chaos_scenarios(tmp_path: Path) -> None:
     burst = scenarios["burst: 3000 concurrent Scores"]
     assert burst["sent"] == 3000
     assert set(burst["statuses"]) <= {"RESOURCE_EXHAUSTED"}, burst["statuses"]
+    overload = scenarios["overload: 64 concurrent Routes"]
+    assert overload["sent"] == 64 and overload["hung"] == 0, report
+    assert overload["breakers_after"]["small"] == "closed", report
+    assert set(overload["statuses"]) <= {"RESOURCE_EXHAUSTED"}, overload["statuses"]
     assert result["suite_exit_code"] == 0, report
     assert result["left_running_after_stop"] == [], report
+    assert result["unclean_stop_lines"] == [], report
     assert result["passed"] and run.returncode == 0, report

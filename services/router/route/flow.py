@@ -39,7 +39,13 @@ from opentelemetry import trace
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
 from tierroute.core.config import Config, TierConfig
-from tierroute.core.errors import DeadlineExceeded, InvalidArgument, ServiceError, Unavailable
+from tierroute.core.errors import (
+    DeadlineExceeded,
+    InvalidArgument,
+    Overloaded,
+    ServiceError,
+    Unavailable,
+)
 from tierroute.core.prompts import last_user_turn, normalize
 from tierroute.core.sampling import check_sampling
 from tierroute.quality.artifact import prompt_features
@@ -105,16 +111,28 @@ RouteEvent = Decided | Token | Escalated | Finished
 
 
 class TierFailed(Exception):
-    """A tier call failed; `sent_chars` is how much of its answer had reached the client."""
+    """A tier call failed; `sent_chars` is how much of its answer had reached the client.
 
-    def __init__(self, tier: str, error: grpc.aio.AioRpcError, budget: bool):
+    `overloaded`: the tier refused the call (RESOURCE_EXHAUSTED), or our own budget ran out
+    while the tier, answering other streams all along, had not yet answered this one: the
+    request waited in the tier's queue. That is load, not failure: the breaker does not count
+    it and the replica is not ejected for it; the request may still move to a larger tier.
+    """
+
+    def __init__(self, tier: str, error: grpc.aio.AioRpcError, budget: bool, busy: bool = False):
         super().__init__(f"tier {tier!r} failed: {error.code().name}: {error.details()}")
         self.error = error
         self.budget = budget
         self.sent_chars = 0
+        code = error.code()
+        self.overloaded = code == grpc.StatusCode.RESOURCE_EXHAUSTED or (
+            code == grpc.StatusCode.DEADLINE_EXCEEDED and budget and busy
+        )
         # DEADLINE_EXCEEDED from our own per-tier budget (the tier's fault), not the client's.
-        self.tier_fault = error.code() in _TIER_FAULTS and (
-            error.code() != grpc.StatusCode.DEADLINE_EXCEEDED or budget
+        self.tier_fault = (
+            code in _TIER_FAULTS
+            and not self.overloaded
+            and (code != grpc.StatusCode.DEADLINE_EXCEEDED or budget)
         )
 
 
@@ -222,24 +240,28 @@ class RouteFlow:
     ) -> AsyncGenerator[RouteEvent, None]:
         """Decide, then answer: one Decided, Token and Escalated events, one Finished."""
         started = time.perf_counter()
-        # Checked once, here, by the tiers' own rules: a client's mistake never reaches a tier,
-        # so it is never an escalation and never counts against a breaker.
-        text = self.decider.check_input(request.prompt, request.messages)
-        check_sampling(request.sampling, DEFAULT_TEMPERATURE, self._max_tokens_limit)
         holder = object()  # this request, for the circuit breakers
         span = trace.get_current_span()
         outcome = Outcome(started, usable=frozenset(self._tiers))
         scored: Scored | None = None
         decision = pb.RoutingDecision()
         tier = ""
+        text = ""
         status = "OK"
-        # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
-        ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
+        ticket = None
+        admitted = False  # past the input checks and the client's limits
         conversation = request.conversation_id if self.affinity.on else ""
         # What each tier streamed, for shadow mode (only while it is on).
         answered: list[Token] | None = [] if self.shadow.on else None
         metrics.IN_FLIGHT.inc()
-        try:
+        try:  # every Route is counted, refused ones too (tierroute_routes_total)
+            # Checked once, here, by the tiers' own rules: a client's mistake never reaches a
+            # tier, so it is never an escalation and never counts against a breaker.
+            text = self.decider.check_input(request.prompt, request.messages)
+            check_sampling(request.sampling, DEFAULT_TEMPERATURE, self._max_tokens_limit)
+            # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
+            ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
+            admitted = True
             held = await self.affinity.held(conversation) if conversation else None
             if request.force_tier:
                 if request.force_tier not in self._tiers:
@@ -251,6 +273,8 @@ class RouteFlow:
                     tier=request.force_tier,
                     confidence=1.0,
                     reason_codes=[pb.REASON_CODE_FORCED_TIER],
+                    reasons=[f"forced_tier:{request.force_tier}"]
+                    + (["escalation_disabled"] if request.disable_escalation else []),
                     router_latency_ms=(time.perf_counter() - started) * 1000.0,
                 )
                 tier = request.force_tier
@@ -329,7 +353,7 @@ class RouteFlow:
             if drift is not None and status == "OK" and summary.tier and not request.force_tier:
                 drift.answered(summary.escalated)
             entry: Entry | None = None
-            if self.log is not None and status != "INVALID_ARGUMENT":
+            if self.log is not None and admitted and status != "INVALID_ARGUMENT":
                 entry = self._entry(request, text, decision, scored, outcome, status)
                 entry = replace(entry, client=CLIENT.get(), large_tier_cost_usd=if_large)
             shadowed = (
@@ -495,54 +519,84 @@ class RouteFlow:
                 if escalations_left > 0:
                     following, _ = self.pool.first_available(self._larger(tier_name, outcome), None)
                 tier_started = time.perf_counter()
-                hold = tier.validation != "none" and following is not None
-                if first and hold and following is not None:
-                    hedge = self._hedge(tier, following, request, deadline, outcome)
                 serving = hedge if hedge is not None and hedge.tier.name == tier_name else None
-                racing = hedge if serving is None else None
+                # A place within the tier's concurrency limit (a hedge serving it holds one).
                 try:
-                    attempt = self._attempt(
-                        tier, request, deadline, outcome, first, hold, holder, serving, racing
+                    placed = serving is not None or await self._place(
+                        tier_name, following is not None, deadline, first
                     )
-                    async for event in attempt:
-                        yield event
-                except TierFailed as failure:
-                    if failure.tier_fault:
-                        self.pool.record(tier_name, False, holder)
-                        self._measured.observe(tier_name, outcome.category, ERROR_RATE, 1.0)
-                    else:
-                        self.pool.release(tier_name, holder)
-                    outcome.attempts.append(
-                        pb.TierAttempt(
-                            tier=tier_name,
-                            escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE,
-                            latency_ms=(time.perf_counter() - tier_started) * 1000.0,
-                        )
-                    )
-                    client_error = failure.error.code() == grpc.StatusCode.INVALID_ARGUMENT
-                    if failure.sent_chars or following is None or client_error:
-                        raise _error_for(failure, outcome) from failure
-                    logger.warning("%s; failing over", failure)
-                    outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
-                except BaseException:
-                    self.pool.release(tier_name, holder)  # the client left: no verdict
+                except BaseException:  # refused, or the client left while it waited
+                    self.pool.release(tier_name, holder)
                     raise
-                else:
-                    self.pool.record(tier_name, True, holder)
-                    self._measured.observe(tier_name, outcome.category, ERROR_RATE, 0.0)
-                finally:
-                    elapsed = (time.perf_counter() - tier_started) * 1000.0
+                if not placed:
+                    self.pool.release(tier_name, holder)  # overload: no verdict on the tier
+                    metrics.OVERLOAD.labels(tier_name, "spilled").inc()
+                    self._overloaded(tier_name, tier_started, outcome)
+                    waited = (time.perf_counter() - tier_started) * 1000.0
                     if first:
-                        outcome.first_tier_ms = elapsed
+                        outcome.first_tier_ms = waited
                     else:
-                        outcome.escalation_ms += elapsed
-                if serving is not None:
-                    outcome.attempts[-1].hedged = True  # it answered with the head start
-                if outcome.attempts[-1].delivered:
-                    if racing is not None:  # the hedge lost: charged for what it generated
-                        outcome.attempts.append(await racing.lost())
-                    yield Finished(outcome.summary())
-                    return
+                        outcome.escalation_ms += waited
+                else:
+                    hold = tier.validation != "none" and following is not None
+                    if first and hold and following is not None:
+                        hedge = self._hedge(tier, following, request, deadline, outcome)
+                    racing = hedge if serving is None else None
+                    try:
+                        attempt = self._attempt(
+                            tier, request, deadline, outcome, first, hold, holder, serving, racing
+                        )
+                        async for event in attempt:
+                            yield event
+                    except TierFailed as failure:
+                        if failure.tier_fault:
+                            self.pool.record(tier_name, False, holder)
+                            self._measured.observe(tier_name, outcome.category, ERROR_RATE, 1.0)
+                        else:
+                            self.pool.release(tier_name, holder)
+                        client_error = failure.error.code() == grpc.StatusCode.INVALID_ARGUMENT
+                        if failure.overloaded:
+                            what = (
+                                "tier_refused"
+                                if failure.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                                else "queued_past_budget"
+                            )
+                            metrics.OVERLOAD.labels(tier_name, what).inc()
+                            self._overloaded(tier_name, tier_started, outcome)
+                        else:
+                            outcome.attempts.append(
+                                pb.TierAttempt(
+                                    tier=tier_name,
+                                    escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE,
+                                    latency_ms=(time.perf_counter() - tier_started) * 1000.0,
+                                )
+                            )
+                        if failure.sent_chars or following is None or client_error:
+                            raise _error_for(failure, outcome) from failure
+                        logger.warning("%s; failing over", failure)
+                        if not failure.overloaded:
+                            outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
+                    except BaseException:
+                        self.pool.release(tier_name, holder)  # the client left: no verdict
+                        raise
+                    else:
+                        self.pool.record(tier_name, True, holder)
+                        self._measured.observe(tier_name, outcome.category, ERROR_RATE, 0.0)
+                    finally:
+                        if serving is None:
+                            self.pool.slots[tier_name].release()
+                        elapsed = (time.perf_counter() - tier_started) * 1000.0
+                        if first:
+                            outcome.first_tier_ms = elapsed
+                        else:
+                            outcome.escalation_ms += elapsed
+                    if serving is not None:
+                        outcome.attempts[-1].hedged = True  # it answered with the head start
+                    if outcome.attempts[-1].delivered:
+                        if racing is not None:  # the hedge lost: charged for what it generated
+                            outcome.attempts.append(await racing.lost())
+                        yield Finished(outcome.summary())
+                        return
                 # Not delivered: only possible where a following tier existed.
                 escalations_left -= 1
                 first = False
@@ -568,6 +622,55 @@ class RouteFlow:
             if hedge is not None:
                 hedge.stop()  # whatever ended the request, no call is left running
 
+    def _overloaded(self, tier: str, started: float, outcome: Outcome) -> None:
+        """An attempt that ended in overload, before anything of it reached the client."""
+        outcome.attempts.append(
+            pb.TierAttempt(
+                tier=tier,
+                escalation_reason=pb.ESCALATION_REASON_TIER_OVERLOADED,
+                latency_ms=(time.perf_counter() - started) * 1000.0,
+            )
+        )
+        outcome.escalation_reason = pb.ESCALATION_REASON_TIER_OVERLOADED
+
+    async def _place(self, tier: str, can_move_on: bool, deadline: Deadline, first: bool) -> bool:
+        """A place at `tier` within its concurrency limit (tiers/slots.py). Where a larger tier
+        can take the request, it waits `escalation.queue_wait_ms` (False: move on); else it
+        waits within the tier's budget, then is refused (Overloaded, with a retry hint)."""
+        slots = self.pool.slots[tier]
+        if slots.try_acquire():
+            return True
+        esc = self.cfg.escalation
+        wait_ms = (
+            esc.queue_wait_ms
+            if can_move_on
+            else esc.first_tier_timeout_ms
+            if first
+            else esc.escalation_timeout_ms
+        )
+        timeout, ours = deadline.budget(wait_ms, f"a place at tier {tier!r} came free")
+        queued_at = time.perf_counter()
+        try:
+            placed = await slots.acquire(timeout)
+        finally:
+            metrics.QUEUE_SECONDS.labels(tier).observe(time.perf_counter() - queued_at)
+        if placed or can_move_on:
+            return placed
+        if not ours:
+            raise DeadlineExceeded(
+                f"the client's deadline passed while the request waited for a place at tier "
+                f"{tier!r} ({slots.in_flight} calls in flight, its limit {slots.limit()})"
+            )
+        metrics.OVERLOAD.labels(tier, "refused").inc()
+        p95 = self.pool.first_token[tier].p95()
+        retry_after = max(1.0, p95 or 1.0)
+        raise Overloaded(
+            f"tier {tier!r} is at its concurrency limit ({slots.limit()} calls in flight, "
+            f"{slots.waiting} more waiting; tiers[{tier}].max_in_flight) and no place came free "
+            f"within {timeout * 1000:.0f} ms; retry after {retry_after:.0f} s",
+            retry_after_s=retry_after,
+        )
+
     def _hedge(
         self,
         tier: TierConfig,
@@ -584,14 +687,14 @@ class RouteFlow:
         if abs(self.decider.policy.bound(tier.name) - score) > margin:
             return None
         replica = self.pool.pick(following)
-        if replica is None:
-            return None
+        if replica is None or not self.pool.slots[following].try_acquire():
+            return None  # no replica left, or the larger tier is at its limit: no hedge
         larger = self.cfg.tier(following)
         self.shadow.live_call_started(following)
         generate = self._generate_request(larger, request, "none")
         call = self._call(larger, replica, generate, deadline, False, outcome.category)
         logger.info("hedging %s with %s (score %.2f)", tier.name, following, score)
-        return Hedge(larger, replica, call)
+        return Hedge(larger, replica, call, self.pool.slots[following].release)
 
     def _escalation(self, from_tier: str, to_tier: str, outcome: Outcome) -> pb.Escalation:
         reason = pb.EscalationReason.Name(outcome.escalation_reason)
@@ -673,6 +776,7 @@ class RouteFlow:
                 except TimeoutError:
                     raise TierFailed(tier.name, _stalled(timer), True) from None
                 ttft_ms = timer.samples[-1] * 1000.0
+                self.pool.slots[tier.name].observe(ttft_ms / 1000.0)
                 span.set_attribute("tierroute.time_to_first_token_ms", ttft_ms)
                 self._measured.observe(tier.name, category, TTFT_MS, ttft_ms)
                 async for response in _prepend(first_response, responses):
@@ -689,7 +793,9 @@ class RouteFlow:
                             self._measured.observe(tier.name, category, TPOT_MS, per_token)
                     yield response
             except grpc.aio.AioRpcError as error:
-                raise TierFailed(tier.name, error, budget) from error
+                # The tier answered other calls meanwhile: what ran out was the wait, not the tier
+                busy = timer.last_message > called
+                raise TierFailed(tier.name, error, budget, busy) from error
             finally:
                 call.cancel()  # a client that went away, or an escalation: stop the tier's work
 
@@ -862,7 +968,7 @@ class RouteFlow:
         (not the request's, not a spent budget), nothing of it reached the client, and another
         replica that is not ejected is left."""
         return (
-            failure.tier_fault
+            (failure.tier_fault or failure.error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
             and failure.sent_chars == 0
             and failure.error.code() != grpc.StatusCode.DEADLINE_EXCEEDED
             and self.pool.pick(tier.name, tried) is not None
@@ -1009,13 +1115,19 @@ def _error_for(failure: TierFailed, outcome: Outcome) -> ServiceError:
     code = failure.error.code()
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidArgument(failure.error.details() or str(failure))
+    if failure.overloaded and not failure.sent_chars:
+        return Overloaded(
+            f"{failure}: the tier is overloaded and no other tier could take the request; "
+            "retry after a second",
+            retry_after_s=1.0,
+        )
     error = DeadlineExceeded if code == grpc.StatusCode.DEADLINE_EXCEEDED else Unavailable
     if failure.sent_chars:
         return error(
-            f"{failure} after {failure.sent_chars} characters of its answer were sent: "
-            "what was delivered is incomplete (partial summary in the trailing metadata "
-            f"{PARTIAL_SUMMARY_KEY!r})",
+            f"{failure}, {failure.sent_chars} characters into its answer: the answer is incomplete",
             outcome.partial(),
+            grpc_note=" (the chunks sent are what was delivered; the partial summary is in the "
+            f"trailing metadata {PARTIAL_SUMMARY_KEY!r})",
         )
     if error is DeadlineExceeded:
         if failure.budget:

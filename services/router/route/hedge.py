@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import TypeAlias
 
 from tierroute.common.v1 import common_pb2 as common_pb
@@ -32,8 +32,11 @@ class Hedge:
         tier: TierConfig,
         replica: Replica,
         call: AsyncGenerator[Response, None],
+        release: Callable[[], None],
     ) -> None:
         self.tier = tier
+        # Gives back the place the call holds within the tier's concurrency limit.
+        self._release = release
         self.replica = replica
         self.started = time.perf_counter()
         self.tokens = 0
@@ -41,6 +44,13 @@ class Hedge:
         self._queue: asyncio.Queue[Response | BaseException | None] = asyncio.Queue()
         replica.in_flight += 1
         self._task = asyncio.get_running_loop().create_task(self._pump(call), name="hedge")
+        # However the task ends (even cancelled before it ever ran), its call is let go.
+        self._task.add_done_callback(self._ended)
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        self._queue.put_nowait(None)  # the end of its responses
+        self.replica.in_flight -= 1
+        self._release()
 
     async def _pump(self, call: AsyncGenerator[Response, None]) -> None:
         try:
@@ -53,9 +63,6 @@ class Hedge:
             raise
         except Exception as failure:  # TierFailed: raised where the responses are read
             self._queue.put_nowait(failure)
-        finally:
-            self._queue.put_nowait(None)
-            self.replica.in_flight -= 1
 
     async def responses(self) -> AsyncGenerator[Response, None]:
         """The call's responses, those already received first; its failure raised as the

@@ -27,6 +27,12 @@ import grpc
 
 from tierroute.core.config import Config, EscalationConfig
 from tierroute.router.tiers.breaker import CircuitBreaker
+from tierroute.router.tiers.slots import (
+    INITIAL_PER_REPLICA,
+    MAX_PER_REPLICA,
+    AdaptiveLimit,
+    TierSlots,
+)
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime.host import CHANNEL_OPTIONS
 from tierroute.runtime.tls import aio_channel
@@ -114,6 +120,17 @@ class TierPool:
             t.name: CircuitBreaker(f"tier {t.name!r}", cfg.circuit_breaker) for t in cfg.tiers
         }
         self.first_token = {t.name: FirstTokenTimer(cfg.escalation) for t in cfg.tiers}
+        target_s = cfg.escalation.first_token_timeout_floor_ms / 1000.0
+        self.slots: dict[str, TierSlots] = {}
+        for t in cfg.tiers:
+            n = len(t.dial_addresses())
+            if t.max_in_flight is not None:
+                self.slots[t.name] = TierSlots(t.name, t.max_in_flight * n, None)
+            else:
+                adaptive = AdaptiveLimit(
+                    INITIAL_PER_REPLICA * n, MAX_PER_REPLICA * n, target_s, clock
+                )
+                self.slots[t.name] = TierSlots(t.name, None, adaptive)
 
     async def close(self) -> None:
         for replicas in self.replicas.values():
