@@ -16,6 +16,7 @@ import psutil
 import pytest
 import pytest_asyncio
 import yaml
+from prometheus_client import REGISTRY
 
 from tests.helpers.budgets import CALL_TIMEOUT_SECONDS, generous, make_config
 from tests.helpers.otlp import OTLPReceiver
@@ -388,6 +389,22 @@ async def test_unknown_forced_tier_is_invalid_argument(router: str) -> None:
         await route(router, prompt=SIMPLE, force_tier="huge")
     assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "force_tier 'huge' is not a tier (tiers: small, large)" in info.value.details()
+
+
+def routes_total(code: str) -> float:
+    labels = {"tier": "", "code": code}
+    return REGISTRY.get_sample_value("tierroute_routes_total", labels) or 0.0
+
+
+async def test_every_refused_route_is_counted_in_routes_total(router: str) -> None:
+    """Refused before anything was decided (an empty prompt, bad sampling): counted as the
+    RPC counter counts them, with no tier."""
+    before = routes_total("INVALID_ARGUMENT")
+    for fields in ({"prompt": ""}, {"prompt": SIMPLE, "sampling": {"temperature": -1}}):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await route(router, **fields)
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert routes_total("INVALID_ARGUMENT") == before + 2
 
 
 @pytest.mark.parametrize(
