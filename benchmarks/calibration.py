@@ -1,16 +1,19 @@
 """Calibration that never makes it worse, and still learns: `tierroute calibrate` on 250, 500
-and 1,000 labelled rows of each RouterDC benchmark (../shared/data/routerdc7), against two
+and 1,000 labelled rows of each RouterDC benchmark (../shared/data/routerdc7), against three
 priors, with its guard judged on rows it never saw.
 
 Per benchmark the pair is the base Mistral-7B (the small tier) and the best of the seven models
-on the training rows (the large tier). Training rows: the benchmark's train split (or, for the
-benchmarks with one file, the `calibrate` half by prompt hash); the slice of n rows: the first
-n by a hash of the prompt. Test rows: the test split (or the `eval` half). The two priors:
+on the training rows (the large tier); on `specialists` (MMLU and GSM8K mixed) it is zephyr
+(best at MMLU) and MetaMath (best at grade-school maths), whose better model depends on the
+topic: a prior fitted on another pair's notion of difficulty has most to learn there. Training
+rows: the benchmark's train split (or, for the benchmarks with one file, the `calibrate` half
+by prompt hash); the slice of n rows: the first n by a hash of the prompt. Test rows: the test
+split (or the `eval` half). The three priors:
 - `shipped`: the shipped default artifact (fitted on RouteLLM's pair, another pair of models);
 - `same task`: an artifact calibrated (no prior) on this benchmark's other training rows (all
   but the slice), a prior the slice can rarely beat;
 - `other task`: an artifact calibrated (no prior) on another benchmark's training rows (OTHER),
-  a router fitted on other traffic, which the slice can beat.
+  a router fitted on other traffic.
 
 For each (benchmark, n, prior), the blend `calibrate --model auto` finds (written with --force
 when the guard refuses it) is scored on the test rows against the prior alone: its held-out
@@ -57,13 +60,21 @@ from tierroute.quality.labelled import Row, read_rows, split
 
 DATA = ROOT.parent / "shared" / "data" / "routerdc7"
 WEAK = "mistralai/Mistral-7B-v0.1"
-BENCHMARKS = {  # name: (training rows, test rows); one file: its two hash halves
-    "mmlu": ("mmlu.train.jsonl", "mmlu.test.jsonl"),
-    "gsm8k": ("gsm8k.train.jsonl", "gsm8k.test.jsonl"),
-    "cmmlu": ("cmmlu.train.jsonl", "cmmlu.test.jsonl"),
-    "ceval": ("ceval.all.jsonl", None),
-    "math_prealgebra": ("math_prealgebra.all.jsonl", None),
+BENCHMARKS = {  # name: (training files, test files); no test file: the two hash halves
+    "mmlu": (("mmlu.train.jsonl",), ("mmlu.test.jsonl",)),
+    "gsm8k": (("gsm8k.train.jsonl",), ("gsm8k.test.jsonl",)),
+    "cmmlu": (("cmmlu.train.jsonl",), ("cmmlu.test.jsonl",)),
+    "ceval": (("ceval.all.jsonl",), ()),
+    "math_prealgebra": (("math_prealgebra.all.jsonl",), ()),
+    # Two specialists: zephyr, the best at MMLU, and MetaMath, the best at grade-school maths;
+    # on their mixed traffic the model to call depends on the topic, not on difficulty.
+    "specialists": (
+        ("mmlu.train.jsonl", "gsm8k.train.jsonl"),
+        ("mmlu.test.jsonl", "gsm8k.test.jsonl"),
+    ),
 }
+# The pair where it is not the base Mistral-7B against the best on the training rows.
+PAIRS = {"specialists": ("HuggingFaceH4/zephyr-7b-beta", "meta-math/MetaMath-Mistral-7B")}
 SIZES = (250, 500, 1000)
 # Where the `other task` prior comes from: a benchmark of another kind.
 OTHER = {
@@ -72,15 +83,24 @@ OTHER = {
     "cmmlu": "gsm8k",
     "ceval": "gsm8k",
     "math_prealgebra": "cmmlu",
+    "specialists": "cmmlu",
 }
 
 
 def rows_of(name: str) -> tuple[list[Row], list[Row]]:
-    train_file, test_file = BENCHMARKS[name]
-    rows = read_rows(DATA / train_file)
-    if test_file is None:
+    train_files, test_files = BENCHMARKS[name]
+    rows = [r for f in train_files for r in read_rows(DATA / f)]
+    if not test_files:
         return split(rows, "calibrate"), split(rows, "eval")
-    return rows, read_rows(DATA / test_file)
+    return rows, [r for f in test_files for r in read_rows(DATA / f)]
+
+
+def pair(name: str, rows: list[Row]) -> tuple[str, str]:
+    """(small, large): PAIRS', else the base Mistral-7B and the best model on `rows`."""
+    if name in PAIRS:
+        return PAIRS[name]
+    means = {m: np.mean([r.scores[m] for r in rows]) for m in rows[0].scores}
+    return WEAK, max(means, key=lambda m: means[m])
 
 
 def first(rows: list[Row], n: int) -> list[Row]:
@@ -125,10 +145,9 @@ def other_task(name: str, work: Path, ctx: Any, version: str) -> Path:
     out = work / f"other-task-{name}"
     if not out.exists():
         rows, _ = rows_of(name)
-        means = {m: np.mean([r.scores[m] for r in rows]) for m in rows[0].scores}
-        strong = max(means, key=lambda m: means[m])
-        data = labelled(rows, WEAK, strong, ctx.embedder(), ctx.cache_dir)
-        calibrate(data, "auto", {"pgr": 0.8}, out=out, small=WEAK, large=strong,
+        weak, strong = pair(name, rows)
+        data = labelled(rows, weak, strong, ctx.embedder(), ctx.cache_dir)
+        calibrate(data, "auto", {"pgr": 0.8}, out=out, small=weak, large=strong,
                   embedder_version=version, source=f"routerdc7 {name}")  # fmt: skip
     return out
 
@@ -160,18 +179,17 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         for name in args.benchmarks:
             train_rows, test_rows = rows_of(name)
-            means = {m: np.mean([r.scores[m] for r in train_rows]) for m in train_rows[0].scores}
-            strong = max(means, key=lambda m: means[m])
-            test = labelled(test_rows, WEAK, strong, ctx.embedder(), ctx.cache_dir)
-            common: dict[str, Any] = {"small": WEAK, "large": strong, "embedder_version": version}
+            weak, strong = pair(name, train_rows)
+            test = labelled(test_rows, weak, strong, ctx.embedder(), ctx.cache_dir)
+            common: dict[str, Any] = {"small": weak, "large": strong, "embedder_version": version}
             for n in SIZES:
                 if n >= len(train_rows):
                     continue
                 chosen = first(train_rows, n)
                 kept = {r.prompt for r in chosen}
                 rest = [r for r in train_rows if r.prompt not in kept]
-                data = labelled(chosen, WEAK, strong, ctx.embedder(), ctx.cache_dir)
-                others = labelled(rest, WEAK, strong, ctx.embedder(), ctx.cache_dir)
+                data = labelled(chosen, weak, strong, ctx.embedder(), ctx.cache_dir)
+                others = labelled(rest, weak, strong, ctx.embedder(), ctx.cache_dir)
                 same_task = work / f"{name}-{n}-same-task"
                 calibrate(others, "auto", {"pgr": 0.8}, out=same_task,
                           source=f"routerdc7 {name}, all but {n} rows", **common)  # fmt: skip
