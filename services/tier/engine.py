@@ -7,6 +7,7 @@ it) can be imported where vLLM is not installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -27,6 +28,11 @@ logger = logging.getLogger(__name__)
 # How long EngineCore and its workers get to exit on their own at shutdown, in seconds (the
 # suite runner waits longer: tools/suite.py ENGINE_STOP_SECONDS).
 ENGINE_SHUTDOWN_SECONDS = 25.0
+# An engine with work that has produced nothing for this long is taken as hung: its waiting
+# requests get no more `waiting` messages, so callers see the silence (flow.py's stall check).
+ENGINE_STALL_SECONDS = 60.0
+# The id of the request "aborted" to wake an idle EngineCore at shutdown (no such request).
+SHUTDOWN_WAKEUP_ID = "tierroute-shutdown-wakeup"
 # A token is rarely longer than this many characters: a prompt longer than this many times the
 # context is rejected before it is tokenized.
 MAX_CHARS_PER_TOKEN = 32
@@ -80,6 +86,8 @@ class TierEngine:
         self.dtype = ""
         self.quantization = ""
         self.device = ""
+        # When the engine last produced output, or last took work while idle (monotonic).
+        self.progressed_at = time.monotonic()
 
     @property
     def ready(self) -> bool:
@@ -126,7 +134,13 @@ class TierEngine:
         if isinstance(handler, asyncio.Task) and not handler.done():
             handler.cancel()
             await asyncio.gather(handler, return_exceptions=True)
+        await _stop_engine_processes(llm)
         await asyncio.to_thread(llm.shutdown, ENGINE_SHUTDOWN_SECONDS)
+
+    def progressing(self) -> bool:
+        """Whether the engine has produced output within ENGINE_STALL_SECONDS of its last
+        output or of taking work while idle: busy, not hung."""
+        return time.monotonic() - self.progressed_at < ENGINE_STALL_SECONDS
 
     def active_requests(self) -> int:
         return int(self.llm.get_num_unfinished_requests()) if self.llm is not None else 0
@@ -226,6 +240,8 @@ class TierEngine:
         from vllm.exceptions import GracefulHTTPError, VLLMClientError
         from vllm.v1.engine.exceptions import EngineDeadError
 
+        if self.active_requests() == 0:
+            self.progressed_at = time.monotonic()  # idle until now: it starts on this one
         first_token_at: float | None = None
         completion_tokens = 0
         finish_reason = common_pb.FINISH_REASON_UNSPECIFIED
@@ -237,6 +253,7 @@ class TierEngine:
                 request_id,
                 trace_headers=trace_headers,
             ):
+                self.progressed_at = time.monotonic()
                 piece = out.outputs[0]
                 new_tokens = len(piece.token_ids)
                 if new_tokens:
@@ -282,6 +299,30 @@ class TierEngine:
                 model=self.model,
             )
         )
+
+
+async def _stop_engine_processes(llm: Any) -> None:
+    """SIGTERM to each EngineCore process, and inputs until it has left (at most
+    ENGINE_SHUTDOWN_SECONDS). EngineCore handles SIGTERM in its main thread, which, idle,
+    waits on its input queue; when another of its threads takes the signal, the handler waits
+    for the next input, and vLLM then kills the engine after its timeout (seen in CI: no
+    "trigger received signal" for 25 s). An abort of no request is such an input, and harmless.
+    Done here, in the event loop that owns the engine's sockets, before vLLM's own shutdown
+    (which then finds nothing left to stop) closes them from its thread."""
+    manager = getattr(getattr(getattr(llm, "engine_core", None), "resources", None),
+                      "engine_manager", None)  # fmt: skip
+    processes = list(getattr(manager, "processes", None) or [])
+    if not processes:
+        return
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + ENGINE_SHUTDOWN_SECONDS
+    while any(p.is_alive() for p in processes) and loop.time() < deadline:
+        with contextlib.suppress(Exception):
+            await llm.engine_core.abort_requests_async([SHUTDOWN_WAKEUP_ID])
+        await asyncio.sleep(0.2)  # polls the processes: their exit has no event in this loop
 
 
 def _logprobs(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import subprocess
@@ -33,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TierService"].full_name
 ENGINE_WATCH_SECONDS = 1.0
+# How often a request waiting for its first token is told it is still waiting.
+WAITING_SECONDS = 1.0
 WORKER_SHUTDOWN_SECONDS = int(ENGINE_SHUTDOWN_SECONDS) - 5
 
 
@@ -58,9 +61,10 @@ class TierServicer(pb_grpc.TierServiceServicer):
                     "gen_ai.usage.input_tokens": len(prepared.token_ids),
                 }
             )
-            async for response in self.engine.generate(
+            generation = self.engine.generate(
                 prepared, request_id, started, trace_headers=telemetry.current_headers()
-            ):
+            )
+            async for response in with_waiting(generation, self.engine, started):
                 if response.HasField("complete"):
                     c = response.complete
                     span.set_attributes(
@@ -79,6 +83,45 @@ class TierServicer(pb_grpc.TierServiceServicer):
         self, request: pb.DescribeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DescribeResponse:
         return self.engine.describe()
+
+
+async def with_waiting(
+    responses: AsyncIterator[pb.GenerateResponse], engine: TierEngine, started: float
+) -> AsyncIterator[pb.GenerateResponse]:
+    """`responses`, with a `waiting` message every WAITING_SECONDS before the first chunk while
+    the engine is making progress (TierEngine.progressing): a caller's stall check then tells a
+    busy engine (a queue, a long prefill) from a hung one. Closing this closes `responses`,
+    which aborts the request in the engine."""
+    reading: asyncio.Future[pb.GenerateResponse] | None = None
+    answered = False
+    try:
+        while True:
+            if reading is None:
+                reading = asyncio.ensure_future(anext(responses))
+            if not answered:
+                done, _ = await asyncio.wait({reading}, timeout=WAITING_SECONDS)
+                if not done:
+                    if engine.progressing():
+                        waited_ms = (time.perf_counter() - started) * 1000.0
+                        yield pb.GenerateResponse(
+                            waiting=pb.GenerateWaiting(
+                                engine_requests=engine.active_requests(), waited_ms=waited_ms
+                            )
+                        )
+                    continue
+            try:
+                response = await reading
+            except StopAsyncIteration:
+                return
+            reading = None
+            answered = answered or response.HasField("chunk")
+            yield response
+    finally:
+        if reading is not None and not reading.done():
+            reading.cancel()
+            with contextlib.suppress(BaseException):
+                await reading
+        await responses.aclose()  # type: ignore[attr-defined]
 
 
 class TierService:

@@ -107,3 +107,23 @@ async def test_a_tier_silent_on_every_stream_is_stalled_though_it_answered_befor
     with pytest.raises(TimeoutError):
         await _first(silent(), timer, 0.0, clock=lambda: clock[0])
     assert clock[0] < 60  # given up while the tier was silent, not at the end of the stream
+
+
+async def test_waiting_messages_keep_a_queued_call_from_being_taken_as_stalled() -> None:
+    """The tier says `waiting` every second while a request is queued behind others: heard,
+    so not stalled, and not the first token either."""
+    timer = FirstTokenTimer(CFG)
+    for _ in range(FirstTokenTimer.MIN_SAMPLES):
+        timer.observe(0.01)
+    clock = [0.0]
+
+    async def queued() -> AsyncIterator[tier_pb.GenerateResponse]:
+        for _ in range(50):  # 5 s of waiting, 25 times the 0.2 s timeout
+            clock[0] += 0.1
+            await asyncio.sleep(0.001)
+            yield tier_pb.GenerateResponse(waiting=tier_pb.GenerateWaiting(engine_requests=9))
+        yield tier_pb.GenerateResponse(chunk=tier_pb.GenerateChunk(text="hi"))
+
+    response = await _first(queued(), timer, 0.0, clock=lambda: clock[0])
+    assert response.chunk.text == "hi"
+    assert timer.samples[-1] >= 4.9  # the first token's time, the wait included

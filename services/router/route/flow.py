@@ -781,6 +781,8 @@ class RouteFlow:
                 self._measured.observe(tier.name, category, TTFT_MS, ttft_ms)
                 async for response in _prepend(first_response, responses):
                     timer.heard(time.monotonic())
+                    if response.HasField("waiting"):
+                        continue
                     if response.HasField("complete"):
                         c = response.complete
                         span.set_attribute("tierroute.completion_tokens", c.completion_tokens)
@@ -1063,8 +1065,9 @@ async def _first(
     called: float,
     clock: Callable[[], float] = time.monotonic,
 ) -> tier_pb.GenerateResponse:
-    """The call's first message; TimeoutError once the tier counts as stalled (nothing on any
-    of its streams for the first-token timeout), never merely because it is busy."""
+    """The call's first message (not a `waiting` one); TimeoutError once the tier counts as
+    stalled (nothing on any of its streams, `waiting` messages included, for the first-token
+    timeout), never merely because it is busy."""
     reading = asyncio.ensure_future(anext(responses))
     try:
         while True:
@@ -1079,8 +1082,11 @@ async def _first(
             if done:
                 response = reading.result()
                 now = clock()
-                timer.observe(now - called)
                 timer.heard(now)
+                if response.HasField("waiting"):  # queued in a busy engine: keep waiting
+                    reading = asyncio.ensure_future(anext(responses))
+                    continue
+                timer.observe(now - called)
                 return response
     finally:
         if not reading.done():

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from tierroute.common.v1 import common_pb2 as tierroute_dot_common_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$tierroute/tier/v1/tier_service.proto\x12\x11tierroute.tier.v1\x1a tierroute/common/v1/common.proto\"\xdd\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .tierroute.common.v1.ChatMessage\x12\x35\n\x08sampling\x18\x04 \x01(\x0b\x32#.tierroute.common.v1.SamplingParams\x12\x13\n\x0bjson_schema\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\r\"g\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x33\n\x08logprobs\x18\x02 \x03(\x0b\x32!.tierroute.common.v1.TokenLogprob\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"\xd6\x01\n\x10GenerateComplete\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.tierroute.common.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x05 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\"\x87\x01\n\x10GenerateResponse\x12\x31\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .tierroute.tier.v1.GenerateChunkH\x00\x12\x37\n\x08\x63omplete\x18\x02 \x01(\x0b\x32#.tierroute.tier.v1.GenerateCompleteH\x00\x42\x07\n\x05\x65vent\"\x11\n\x0f\x44\x65scribeRequest\"\xa2\x02\n\x10\x44\x65scribeResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x03 \x01(\r\x12\x1e\n\x16price_per_1k_input_usd\x18\x04 \x01(\x01\x12\x1f\n\x17price_per_1k_output_usd\x18\x05 \x01(\x01\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\n \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x0b \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_temperature\x18\x0c \x01(\x02\x32\xb9\x01\n\x0bTierService\x12U\n\x08Generate\x12\".tierroute.tier.v1.GenerateRequest\x1a#.tierroute.tier.v1.GenerateResponse0\x01\x12S\n\x08\x44\x65scribe\x12\".tierroute.tier.v1.DescribeRequest\x1a#.tierroute.tier.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$tierroute/tier/v1/tier_service.proto\x12\x11tierroute.tier.v1\x1a tierroute/common/v1/common.proto\"\xdd\x01\n\x0fGenerateRequest\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12\x32\n\x08messages\x18\x03 \x03(\x0b\x32 .tierroute.common.v1.ChatMessage\x12\x35\n\x08sampling\x18\x04 \x01(\x0b\x32#.tierroute.common.v1.SamplingParams\x12\x13\n\x0bjson_schema\x18\x05 \x01(\t\x12\x10\n\x08logprobs\x18\x06 \x01(\x08\x12\x14\n\x0ctop_logprobs\x18\x07 \x01(\r\"g\n\rGenerateChunk\x12\x0c\n\x04text\x18\x01 \x01(\t\x12\x33\n\x08logprobs\x18\x02 \x03(\x0b\x32!.tierroute.common.v1.TokenLogprob\x12\x13\n\x0btoken_count\x18\x03 \x01(\r\"\xd6\x01\n\x10GenerateComplete\x12\x38\n\rfinish_reason\x18\x01 \x01(\x0e\x32!.tierroute.common.v1.FinishReason\x12\x15\n\rprompt_tokens\x18\x02 \x01(\r\x12\x19\n\x11\x63ompletion_tokens\x18\x03 \x01(\r\x12\x1e\n\x16time_to_first_token_ms\x18\x04 \x01(\x01\x12\x15\n\rtotal_time_ms\x18\x05 \x01(\x01\x12\x10\n\x08\x63ost_usd\x18\x06 \x01(\x01\x12\r\n\x05model\x18\x07 \x01(\t\"\xbe\x01\n\x10GenerateResponse\x12\x31\n\x05\x63hunk\x18\x01 \x01(\x0b\x32 .tierroute.tier.v1.GenerateChunkH\x00\x12\x37\n\x08\x63omplete\x18\x02 \x01(\x0b\x32#.tierroute.tier.v1.GenerateCompleteH\x00\x12\x35\n\x07waiting\x18\x03 \x01(\x0b\x32\".tierroute.tier.v1.GenerateWaitingH\x00\x42\x07\n\x05\x65vent\"=\n\x0fGenerateWaiting\x12\x17\n\x0f\x65ngine_requests\x18\x01 \x01(\r\x12\x11\n\twaited_ms\x18\x02 \x01(\x01\"\x11\n\x0f\x44\x65scribeRequest\"\xa2\x02\n\x10\x44\x65scribeResponse\x12\x0c\n\x04tier\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x1a\n\x12max_context_tokens\x18\x03 \x01(\r\x12\x1e\n\x16price_per_1k_input_usd\x18\x04 \x01(\x01\x12\x1f\n\x17price_per_1k_output_usd\x18\x05 \x01(\x01\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x14\n\x0cquantization\x18\x07 \x01(\t\x12\r\n\x05ready\x18\x08 \x01(\x08\x12\x0e\n\x06\x64\x65vice\x18\t \x01(\t\x12\x1a\n\x12\x64\x65\x66\x61ult_max_tokens\x18\n \x01(\r\x12\x17\n\x0f\x61\x63tive_requests\x18\x0b \x01(\r\x12\x1b\n\x13\x64\x65\x66\x61ult_temperature\x18\x0c \x01(\x02\x32\xb9\x01\n\x0bTierService\x12U\n\x08Generate\x12\".tierroute.tier.v1.GenerateRequest\x1a#.tierroute.tier.v1.GenerateResponse0\x01\x12S\n\x08\x44\x65scribe\x12\".tierroute.tier.v1.DescribeRequest\x1a#.tierroute.tier.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,11 +39,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GENERATECOMPLETE']._serialized_start=423
   _globals['_GENERATECOMPLETE']._serialized_end=637
   _globals['_GENERATERESPONSE']._serialized_start=640
-  _globals['_GENERATERESPONSE']._serialized_end=775
-  _globals['_DESCRIBEREQUEST']._serialized_start=777
-  _globals['_DESCRIBEREQUEST']._serialized_end=794
-  _globals['_DESCRIBERESPONSE']._serialized_start=797
-  _globals['_DESCRIBERESPONSE']._serialized_end=1087
-  _globals['_TIERSERVICE']._serialized_start=1090
-  _globals['_TIERSERVICE']._serialized_end=1275
+  _globals['_GENERATERESPONSE']._serialized_end=830
+  _globals['_GENERATEWAITING']._serialized_start=832
+  _globals['_GENERATEWAITING']._serialized_end=893
+  _globals['_DESCRIBEREQUEST']._serialized_start=895
+  _globals['_DESCRIBEREQUEST']._serialized_end=912
+  _globals['_DESCRIBERESPONSE']._serialized_start=915
+  _globals['_DESCRIBERESPONSE']._serialized_end=1205
+  _globals['_TIERSERVICE']._serialized_start=1208
+  _globals['_TIERSERVICE']._serialized_end=1393
 # @@protoc_insertion_point(module_scope)

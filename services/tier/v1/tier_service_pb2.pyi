@@ -54,12 +54,22 @@ class GenerateComplete(_message.Message):
     def __init__(self, finish_reason: _Optional[_Union[_common_pb2.FinishReason, str]] = ..., prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., time_to_first_token_ms: _Optional[float] = ..., total_time_ms: _Optional[float] = ..., cost_usd: _Optional[float] = ..., model: _Optional[str] = ...) -> None: ...
 
 class GenerateResponse(_message.Message):
-    __slots__ = ("chunk", "complete")
+    __slots__ = ("chunk", "complete", "waiting")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    WAITING_FIELD_NUMBER: _ClassVar[int]
     chunk: GenerateChunk
     complete: GenerateComplete
-    def __init__(self, chunk: _Optional[_Union[GenerateChunk, _Mapping]] = ..., complete: _Optional[_Union[GenerateComplete, _Mapping]] = ...) -> None: ...
+    waiting: GenerateWaiting
+    def __init__(self, chunk: _Optional[_Union[GenerateChunk, _Mapping]] = ..., complete: _Optional[_Union[GenerateComplete, _Mapping]] = ..., waiting: _Optional[_Union[GenerateWaiting, _Mapping]] = ...) -> None: ...
+
+class GenerateWaiting(_message.Message):
+    __slots__ = ("engine_requests", "waited_ms")
+    ENGINE_REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    WAITED_MS_FIELD_NUMBER: _ClassVar[int]
+    engine_requests: int
+    waited_ms: float
+    def __init__(self, engine_requests: _Optional[int] = ..., waited_ms: _Optional[float] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

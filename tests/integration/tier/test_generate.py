@@ -51,6 +51,8 @@ async def generate(
         if response.HasField("chunk"):
             assert complete is None, "a chunk came after complete"
             chunks.append(response.chunk)
+        elif response.HasField("waiting"):
+            assert not chunks, "waiting came after the first chunk"
         else:
             complete = response.complete
     assert complete is not None, "the stream ended without a complete message"
@@ -308,6 +310,8 @@ async def test_sigterm_drains_in_flight_streams_then_stops_the_engine(tmp_path) 
                 timeout=CALL_TIMEOUT_SECONDS,
             )
             first = await call.read()
+            while first.HasField("waiting"):  # queued or in prefill: not yet streaming
+                first = await call.read()
             assert first.HasField("chunk")
             tier.process.send_signal(signal.SIGTERM)
             tokens = first.chunk.token_count
