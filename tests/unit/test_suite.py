@@ -122,7 +122,10 @@ async def test_stopping_drains_the_router_first_and_the_tiers_last(
     stopped = record.read_text().split()
     assert stopped[:2] == ["router", "validator"]
     assert sorted(stopped[2:]) == ["tier:a", "tier:b"]
-    assert all(s.process is not None and s.process.returncode == 0 for s in sup.procs)
+    # Each one drained (it wrote its name on SIGTERM, then exits 0) and has exited. (Not its
+    # exit code: on a loaded machine asyncio's thread-per-child watcher has reported a child
+    # another waitpid reaped first as 255, "Unknown child process", with no way to know more.)
+    assert all(s.process is not None and s.process.returncode is not None for s in sup.procs)
 
 
 async def test_a_service_that_cannot_start_stops_the_suite_with_its_reason(tmp_path: Path) -> None:
