@@ -34,6 +34,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, machine, print_goals, write_result
+from tierroute.core.asked import asked
 from tierroute.core.config import load_config
 from tierroute.router.scoring.scorers import build_scorer
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -189,6 +190,11 @@ def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, 
         encoded = {p: embedder.encode([p]) for p in prompts}
         vectors = {p: embedder.run(encoded[p]) for p in prompts}
         out = {
+            # what the router scores of a prompt: finding the request (tierroute.core.asked)
+            "asked": stage(asked),
+            "asked_with_pasted_context": stage(
+                lambda p: asked(f"{PASTED}\n\n{p}")  # 120 words of text, then the prompt
+            ),
             "tokenize": stage(lambda p: embedder.encode([p])),
             "onnx_run": stage(lambda p: embedder.run(encoded[p])),
             "scorer_blas_1_thread": stage(lambda p: scorer.score(vectors[p], [p])),
@@ -221,6 +227,12 @@ def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, 
         return out
 
     return asyncio.run(run())
+
+
+# A pasted text for the request finder to set aside (in prose paragraphs).
+PASTED = "\n\n".join(
+    [" ".join(["The quarterly report lists revenue, costs and headcount by region."] * 5)] * 3
+)
 
 
 def median_of(rounds: list[dict[str, float]]) -> dict[str, float]:

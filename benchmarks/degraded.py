@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, machine, write_result
 from tierroute.core.config import load_config
-from tierroute.quality.artifact import load_artifact, raw_scores
+from tierroute.core.prompts import normalize
+from tierroute.quality.artifact import load_artifact, raw_scores, requests
 from tierroute.quality.calibrate import auc
 from tierroute.quality.evaluate import EVERYDAY, STRONG, WEAK, bootstrap
 from tierroute.quality.labelled import CONVERTERS, split
@@ -60,10 +61,11 @@ def main() -> int:
     results: dict[str, Any] = {}
     for name, rows in sets.items():
         print(f"{name}: {len(rows)} prompts ...", file=sys.stderr)
-        texts = [" ".join(r.prompt.split()) for r in rows]
-        real, _ = embedder.embed_with_truncation(texts)
+        texts = [normalize(r.prompt) for r in rows]
+        asks = requests(texts)  # what the router embeds of each, either way
+        real, _ = embedder.embed_with_truncation(asks)
         started = time.perf_counter()
-        approx = np.stack([degraded.embed(t)[0] for t in texts])
+        approx = np.stack([degraded.embed(t)[0] for t in asks])
         per_prompt_us = (time.perf_counter() - started) / len(texts) * 1e6
         params = meta.get("params", {})
         r = raw_scores(meta["model"], arrays, params, real, texts)

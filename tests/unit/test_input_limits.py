@@ -12,6 +12,7 @@ import pytest
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import config_from_dict
 from tierroute.core.errors import InvalidArgument, TooLarge
+from tierroute.core.asked import EARLIER_TURNS
 from tierroute.core.prompts import routing_text
 from tierroute.core.sampling import check_sampling
 from tierroute.router.scoring.decider import Decider
@@ -38,16 +39,17 @@ def turns(*texts: str) -> list[common_pb.ChatMessage]:
 def test_a_conversation_is_routed_on_its_last_turn_then_earlier_ones_within_a_budget() -> None:
     chat = turns("Prove that there are infinitely many primes.", "Suppose not...", "Why?")
     assert routing_text("", chat, 0) == "Why?"
-    assert routing_text("", chat, 256) == "Why?\n\nProve that there are infinitely many primes."
-    assert routing_text("", chat, 5) == "Why?\n\nProve"  # the earlier turn is cut to the budget
+    e = f"\n\n{EARLIER_TURNS}\n\n"
+    assert routing_text("", chat, 256) == f"Why?{e}Prove that there are infinitely many primes."
+    assert routing_text("", chat, 5) == f"Why?{e}Prove"  # the earlier turn is cut to the budget
     # Newest first, assistant turns never: they are the model's, not the user's.
     chat = turns("first question", "answer", "second question", "answer", "and now?")
-    assert routing_text("", chat, 256) == "and now?\n\nsecond question\n\nfirst question"
-    assert routing_text("", chat, 15) == "and now?\n\nsecond question"
+    assert routing_text("", chat, 256) == f"and now?{e}second question\n\nfirst question"
+    assert routing_text("", chat, 15) == f"and now?{e}second question"
     assert routing_text("a prompt", [], 256) == "a prompt"
     # The decider applies router.routing_context_chars.
     assert decider(routing_context_chars=0).check_input("", chat) == "and now?"
-    assert decider().check_input("", chat).startswith("and now?\n\nsecond question")
+    assert decider().check_input("", chat).startswith(f"and now?{e}second question")
 
 
 def test_too_many_messages_are_refused_with_the_setting_to_change() -> None:

@@ -61,6 +61,8 @@ def test_escalations_teach_needed_larger_and_confident_deliveries_small_enough(
             entry("judged elsewhere", judged_tier="medium"),
             entry("another embedder", embedder_version="old"),
             entry("forced, not scored", embedding=None, features=None, score=None),
+            # scored before the router read what is asked: nine features of the whole text
+            entry("older features", "ESCALATE", "LOW_CONFIDENCE", features=np.zeros(9, "<f4")),
         ],
         keep_prompts=True,
     )
@@ -73,6 +75,7 @@ def test_escalations_teach_needed_larger_and_confident_deliveries_small_enough(
         "not judged on this tier": 1,
         "verdict teaches nothing": 1,
         "delivered without a margin": 1,
+        "older features": 1,
     }
     # Every scored row of this embedder is traffic the threshold is applied to.
     assert len(labels.all_embeddings) == 5
@@ -124,8 +127,11 @@ def test_a_log_of_the_previous_schema_is_upgraded_by_the_writer_and_refused_by_a
     tmp_path: Path,
 ) -> None:
     path = written(tmp_path / "log.sqlite", [entry("old")])
-    with sqlite3.connect(path) as db:  # as version 1 wrote it: no ledger or shadow columns
-        for column in ("shadow_tier", "shadow_method", "shadow_similarity", "shadow_agreed"):
+    with sqlite3.connect(path) as db:  # as version 1 wrote it: no ledger, shadow or scored
+        for column in (
+            "shadow_tier", "shadow_method", "shadow_similarity", "shadow_agreed",
+            "request_chars", "context_words", "context_kind",
+        ):  # fmt: skip
             db.execute(f"ALTER TABLE routes DROP COLUMN {column}")
         db.execute("ALTER TABLE routes DROP COLUMN client")
         db.execute("ALTER TABLE routes DROP COLUMN large_tier_cost_usd")
@@ -134,7 +140,7 @@ def test_a_log_of_the_previous_schema_is_upgraded_by_the_writer_and_refused_by_a
         read_labels(path, "small", "emb", DIM)
     written(path, [entry("new", client="acme", large_tier_cost_usd=0.25)])
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
         rows = db.execute("SELECT client, large_tier_cost_usd FROM routes ORDER BY id").fetchall()
     assert rows == [("", None), ("acme", 0.25)]  # the old row kept, the new one whole
 

@@ -38,6 +38,7 @@ from opentelemetry import trace
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
+from tierroute.core.asked import asked
 from tierroute.core.config import Config, TierConfig
 from tierroute.core.errors import (
     DeadlineExceeded,
@@ -291,7 +292,15 @@ class RouteFlow:
                     decision, selection, scored = await self.decider.decide_scored(
                         text, request.bypass_cache, ask
                     )
-                    score_span.set_attribute("tierroute.cache_hit", decision.cache_hit)
+                    what = asked(normalize(text))  # what was scored: the request, not its bulk
+                    score_span.set_attributes(
+                        {
+                            "tierroute.cache_hit": decision.cache_hit,
+                            "tierroute.scored.request_chars": len(what.request),
+                            "tierroute.scored.context_words": what.context_words,
+                            "tierroute.scored.context_kind": what.kind,
+                        }
+                    )
                 outcome.usable = selection.usable
                 outcome.score = decision.complexity_score if scored is not None else None
                 ranking = self._without_unjudgeable(selection.tiers, request, decision)
@@ -403,6 +412,7 @@ class RouteFlow:
         normalized = normalize(text)
         judged_tier, verdict, reason, confidence = outcome.judged or ("", "", "", None)
         vector = scored.vector if scored is not None else None
+        ask = asked(normalized) if scored is not None else None
         return Entry(
             at=time.time() - (time.perf_counter() - outcome.started),
             request_id=request.request_id,
@@ -433,6 +443,9 @@ class RouteFlow:
             prompt_tokens=summary.usage.prompt_tokens,
             completion_tokens=summary.usage.completion_tokens,
             cost_usd=summary.cost_usd,
+            request_chars=len(ask.request) if ask is not None else None,
+            context_words=ask.context_words if ask is not None else None,
+            context_kind=ask.kind if ask is not None else "",
             attempts=[
                 {
                     "tier": a.tier,

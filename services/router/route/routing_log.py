@@ -32,10 +32,11 @@ from typing import Any
 import numpy as np
 
 from tierroute.core.sqlitefile import FileError, Kind, connect
+from tierroute.quality.artifact import FEATURES
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 APPLICATION_ID = 0x74726C67  # "trlg": a tierroute routing log
 QUEUE_MAX = 10_000
 BATCH_MAX = 256
@@ -76,12 +77,15 @@ CREATE TABLE routes (
     shadow_tier TEXT NOT NULL DEFAULT '',    -- shadow mode: the tier asked again ('' not shadowed)
     shadow_method TEXT NOT NULL DEFAULT '',  -- exact or embedding
     shadow_similarity REAL,           -- 1/0 (exact) or the answers' cosine similarity
-    shadow_agreed INTEGER             -- 1 the answers agreed, 0 not, NULL not shadowed
+    shadow_agreed INTEGER,            -- 1 the answers agreed, 0 not, NULL not shadowed
+    request_chars INTEGER,            -- what was scored: the request's characters ...
+    context_words INTEGER,            -- ... and the words set aside as its context
+    context_kind TEXT NOT NULL DEFAULT ''    -- prose, code, table, log; '' none
 );
 CREATE INDEX routes_at ON routes (at);
 """
 # From version 1: the cost ledger's columns (client, large_tier_cost_usd) were added; from
-# version 2, shadow mode's.
+# version 2, shadow mode's; from version 3, what was scored (tierroute.core.asked).
 _MIGRATIONS = (
     "ALTER TABLE routes ADD COLUMN client TEXT NOT NULL DEFAULT ''; "
     "ALTER TABLE routes ADD COLUMN large_tier_cost_usd REAL;",
@@ -89,6 +93,9 @@ _MIGRATIONS = (
     "ALTER TABLE routes ADD COLUMN shadow_method TEXT NOT NULL DEFAULT ''; "
     "ALTER TABLE routes ADD COLUMN shadow_similarity REAL; "
     "ALTER TABLE routes ADD COLUMN shadow_agreed INTEGER;",
+    "ALTER TABLE routes ADD COLUMN request_chars INTEGER; "
+    "ALTER TABLE routes ADD COLUMN context_words INTEGER; "
+    "ALTER TABLE routes ADD COLUMN context_kind TEXT NOT NULL DEFAULT '';",
 )
 KIND = Kind(
     "routing log", "router.routing_log", APPLICATION_ID, SCHEMA_VERSION, _SCHEMA, "routes",
@@ -101,6 +108,7 @@ COLUMNS = (
     "escalated", "escalation_reason", "status", "latency_ms", "time_to_first_token_ms",
     "prompt_tokens", "completion_tokens", "cost_usd", "attempts", "client",
     "large_tier_cost_usd", "shadow_tier", "shadow_method", "shadow_similarity", "shadow_agreed",
+    "request_chars", "context_words", "context_kind",
 )  # fmt: skip
 # Validator reasons that say the answer was not good enough (an escalation that teaches), and
 # the one that says it was.
@@ -155,6 +163,10 @@ class Entry:
     shadow_method: str = ""
     shadow_similarity: float | None = None
     shadow_agreed: bool | None = None
+    # What was scored (None: not scored): the request's characters, the context's words and kind.
+    request_chars: int | None = None
+    context_words: int | None = None
+    context_kind: str = ""
 
     def row(self, keep_prompt: bool) -> tuple[Any, ...]:
         def blob(v: np.ndarray | None) -> bytes | None:
@@ -318,6 +330,7 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
             "not judged on this tier": 0,
             "verdict teaches nothing": 0,
             "delivered without a margin": 0,
+            "older features": 0,
         }
         for row in cursor:
             row_id, sha, prompt, emb, feat, version, judged, verdict, reason = row[:9]
@@ -327,6 +340,9 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
                 continue
             vector = np.frombuffer(emb, dtype="<f4")
             features = np.frombuffer(feat, dtype="<f4") if feat is not None else None
+            if features is not None and features.shape != (len(FEATURES),):
+                skipped["older features"] += 1  # scored before the router read what is asked
+                continue
             if vector.shape != (dimension,) or features is None:
                 raise LogError(
                     f"{path}: row {row_id}: an embedding of {vector.size} values (the embedder "

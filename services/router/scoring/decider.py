@@ -13,9 +13,11 @@ from typing import Protocol
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from tierroute.core.asked import asked
 from tierroute.core.config import Config
 from tierroute.core.errors import InvalidArgument, Unavailable
 from tierroute.core.prompts import check_prompt, normalize, routing_text
+from tierroute.quality.artifact import requests
 from tierroute.quality.multi import QualityModel
 from tierroute.router import metrics
 from tierroute.router.scoring.batching import MicroBatcher
@@ -350,7 +352,7 @@ class Decider:
         if self.degraded is None:
             return None, degraded, why
         try:
-            vector, truncated = self.degraded.embed(normalized)
+            vector, truncated = self.degraded.embed(asked(normalized).request)
             (approximate,) = self._score_batch_of(vector[None, :], [truncated], [normalized])
             # not cached, and its approximate vector kept out of the routing log
             return self._scored(approximate, keep_vector=False), degraded, why
@@ -359,9 +361,9 @@ class Decider:
             return None, degraded, f"{why}; the degraded scorer failed: {exc}"
 
     def _score_batch(self, texts: list[str]) -> list[_Scoring]:
-        """Embed and score a batch, on the scorer's worker thread."""
+        """Embed (what each prompt asks) and score a batch, on the scorer's worker thread."""
         assert self.embedder is not None
-        vectors, truncated = self.embedder.embed_with_truncation(texts)
+        vectors, truncated = self.embedder.embed_with_truncation(requests(texts))
         return self._score_batch_of(vectors, truncated, texts)
 
     def _score_batch_of(

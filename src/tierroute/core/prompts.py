@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from tierroute.core.asked import EARLIER_TURNS
 from tierroute.core.errors import InvalidArgument, TooLarge
 
 ROLES = ("system", "user", "assistant")
@@ -67,23 +68,39 @@ def routing_text(prompt: str, messages: Sequence[_Message], context_chars: int =
     """The text a routing decision is made on. A prompt: itself. Messages: the last user turn,
     then the user turns before it, newest first, while they add at most `context_chars`
     characters (the last one cut short), so that a short follow-up ("and in Rust?") is scored
-    with what it follows. The last turn comes first because the embedder reads only the start
+    with what it follows (after the line `EARLIER_TURNS`, see `tierroute.core.asked`). The last turn comes first because the embedder reads only the start
     of its text (router.embed_max_tokens): a long question is scored on itself alone. System
     and assistant turns are not scored: they go to the tier, not to the router."""
     question = last_user_turn(prompt, messages)
     if prompt or context_chars <= 0:
         return question
     users = [m.content for m in messages if m.role == "user"]
-    parts = [question]
+    parts: list[str] = []
     room = context_chars
     for earlier in reversed(users[:-1]):
         if room <= 0:
             break
         parts.append(earlier[:room])
         room -= len(parts[-1])
-    return "\n\n".join(parts)
+    if not parts:
+        return question
+    # The marker keeps the earlier turns with the request when `asked` splits the last turn.
+    return "\n\n".join([question, EARLIER_TURNS, *parts])
 
 
 def normalize(text: str) -> str:
-    """Whitespace-folded text, so trivially different spellings share a cache entry."""
-    return " ".join(text.split())
+    """Whitespace-folded text, so trivially different spellings share a cache entry: spaces
+    folded within each line, blank lines between paragraphs kept as one. The line breaks stay:
+    they are how `tierroute.core.asked` tells a pasted text from the question about it."""
+    out: list[str] = []
+    blank = False
+    for line in text.splitlines():
+        folded = " ".join(line.split())
+        if not folded:
+            blank = True
+            continue
+        if blank and out:
+            out.append("")
+        out.append(folded)
+        blank = False
+    return "\n".join(out)

@@ -4,12 +4,15 @@ with numpy, no scikit-learn) and the quality tooling (`tierroute calibrate` writ
 
 An artifact is a folder: `router.json` (what model, which threshold, the embedder it was fitted
 on, the data hash, the metrics) and one `.npy` file per array. Every model kind computes a raw
-score from the unit-length embeddings, where higher means "the large tier is needed":
+score from the unit-length embeddings of what each prompt asks (`requests`: a pasted text and
+the question about it are told apart by tierroute.core.asked, and only the question is
+embedded), where higher means "the large tier is needed":
 
 - `logistic`: the expected gain P(large better) - P(large worse) from a regularised
   multinomial logistic regression over the embedding and a few standardised features of the
-  text that a mean-pooled embedding does not keep (its length, its numbers, negations like
-  NOT/EXCEPT, math symbols): see `prompt_features`;
+  text that a mean-pooled embedding does not keep (its numbers, negations like NOT/EXCEPT,
+  math symbols; how much text it quotes and of what kind, never its length): see
+  `prompt_features`;
 - `knn`: the mean gain (large minus small quality) of the k most similar labelled prompts;
 - `ensemble`: a weighted mean of the logistic and the knn score, each first turned into its
   rank among the calibration prompts' scores (a stored quantile table);
@@ -18,8 +21,12 @@ score from the unit-length embeddings, where higher means "the large tier is nee
 - `stacked`: a benchmark-fitted scorer (`base_*` arrays, usually an ensemble) plus a
   logistic model of general traffic (`general_*`: everyday requests labelled simple or
   complex), each standardised by its mean and spread over the benchmark's calibration
-  prompts, the second weighted by `general_weight`. The first ranks questions within a
-  benchmark; the second tells a greeting from a proof, which exam data never shows it;
+  prompts, the first multiplied by a gate g (`domain_*`: a logistic model of how much the
+  prompt is like the benchmark rows rather than the everyday ones, 0-1), the second weighted
+  by `general_weight` x (1 - `general_gate_share` x g), and the everyday side shifted by
+  (1 - g) x `general_offset`, so that one threshold meets the target on both kinds of
+  traffic. The first ranks questions within a benchmark; the second tells a greeting from a
+  proof, which exam data never shows it; the gate keeps each to what it knows;
 - `blend`: a scorer calibrated on the user's rows (`own_*`) shrunk toward a prior artifact
   (`prior_*`, any kind): each standardised over the calibration rows, mixed with the prior's
   share `prior_share` chosen by k-fold cross-validation (`tierroute calibrate --prior`).
@@ -43,19 +50,47 @@ from typing import Any
 
 import numpy as np
 
-ARTIFACT_FORMAT = 1
+from tierroute.core.asked import CONTEXT_KINDS, asked
+
+# 2: embeddings and features of what a prompt asks (tierroute.core.asked), not of its bulk;
+# format 1 artifacts embedded the whole prompt and read its length, and are refused.
+ARTIFACT_FORMAT = 2
 MODEL_KINDS = ("logistic", "knn", "ensemble", "centroid", "anchors", "stacked", "blend")
+# Of the request: its numbers, negations, math symbols, capitals; never its length (length is
+# not difficulty). Of the context set aside: how much, and of what kind.
 FEATURES = (
-    "log_chars",
-    "log_words",
+    "log_request_words",
     "log_numbers",
     "log_largest_number",
     "mean_word_length",
     "negation",
     "statement_pair",
     "log_math_symbols",
-    "log_capitals",
+    "capitals_share",
+    "log_context_words",
+    *(f"context_{kind}" for kind in CONTEXT_KINDS),
+    "lookup_form",
+    "reasoning_cue",
 )
+# A short request that opens with one of these asks for one fact (a lookup); any of the cues
+# asks for reasoning. The question's form, which an embedding of its topic barely keeps.
+_LOOKUP = re.compile(
+    r"^\W*(?:what|which|who|whom|whose|when|where|how (?:many|much|long|old)|is|are|does|do|did"
+    r"|qu[eé]|cu[aá]l|cu[aá]nt[oa]s?|qui|quel(?:le)?s?|o[uù]|combien|wer|wie viele?|welche[rs]?"
+    r"|wann|wo)\b",
+    re.I,
+)
+_REASONING = re.compile(
+    r"\b(?:why|explain|assess|analy[sz]e|design|propose|compare|evaluate|recommend|justify"
+    r"|prove|derive|plan|should|trade-?offs?|risks?|diagnos\w*|critique|review|strateg\w*"
+    r"|por qu[eé]|warum|pourquoi|analiza|analysiere|analyse|beweise|d[eé]montre|demuestra)\b"
+    r"|为什么|分析|设计|证明|なぜ|分析|設計|証明",
+    re.I,
+)
+LOOKUP_WORDS = 15
+# How much context the features tell apart: more than this reads as this much (a longer text
+# pasted before the same question asks no more of the tier).
+CONTEXT_WORDS_SEEN = 150
 _NUMBER = re.compile(r"\d+(?:\.\d+)?")
 _NEGATION = re.compile(r"\b(?:NOT|EXCEPT|LEAST)\b")
 _MATH = re.compile(r"[=+*/^<>]")
@@ -86,23 +121,34 @@ def prompt_features(texts: Sequence[str]) -> np.ndarray:
         return texts.features
     rows = []
     for text in texts:
-        numbers = _NUMBER.findall(text)
-        words = text.split()
+        ask = asked(text)
+        request = ask.request
+        numbers = _NUMBER.findall(request)
+        words = request.split()
         largest = max((float(n) for n in numbers), default=0.0)
+        letters = sum(c.isalpha() for c in request)
         rows.append(
             [
-                np.log1p(len(text)),
                 np.log1p(len(words)),
                 np.log1p(len(numbers)),
                 np.log1p(min(largest, 1e12)),
-                sum(map(len, words)) / len(words) if words else 0.0,
-                float(bool(_NEGATION.search(text))),
-                float("Statement 1" in text),
-                np.log1p(len(_MATH.findall(text))),
-                np.log1p(sum(c.isupper() for c in text)),
+                min(sum(map(len, words)) / len(words), 30.0) if words else 0.0,
+                float(bool(_NEGATION.search(request))),
+                float("Statement 1" in request),
+                np.log1p(len(_MATH.findall(request))),
+                sum(c.isupper() for c in request) / letters if letters else 0.0,
+                np.log1p(min(ask.context_words, CONTEXT_WORDS_SEEN)),
+                *(float(ask.kind == kind) for kind in CONTEXT_KINDS),
+                float(len(words) <= LOOKUP_WORDS and bool(_LOOKUP.match(request))),
+                float(bool(_REASONING.search(request))),
             ]
         )
     return np.array(rows, dtype=np.float32).reshape(len(texts), len(FEATURES))
+
+
+def requests(texts: Sequence[str]) -> list[str]:
+    """What is embedded of each prompt: what it asks (tierroute.core.asked)."""
+    return [asked(text).request for text in texts]
 
 
 def logistic_inputs(
@@ -144,6 +190,31 @@ def expected_gain(
     return np.asarray(score)
 
 
+def general_scores(
+    arrays: dict[str, np.ndarray],
+    params: dict[str, Any],
+    e: np.ndarray,
+    texts: Sequence[str],
+    search: Search = exact_search,
+) -> np.ndarray:
+    """A stacked scorer's everyday model: its logistic model's expected gain, mixed with the
+    mean label of the `k` most similar everyday requests (`knn_share` of it; none in an
+    artifact without one)."""
+    logit = expected_gain(arrays, params, logistic_inputs(arrays, e, texts))
+    share = float(params.get("knn_share", 0.0))
+    if not share:
+        return logit
+    return np.asarray((1 - share) * logit + share * _knn(arrays, int(params["k"]), e, search))
+
+
+def gate(
+    arrays: dict[str, np.ndarray], params: dict[str, Any], e: np.ndarray, texts: Sequence[str]
+) -> np.ndarray:
+    """A stacked scorer's gate, 0-1: how much each prompt is like the benchmark rows (1)
+    rather than everyday requests (0), from its logistic model over the same inputs."""
+    return np.asarray((expected_gain(arrays, params, logistic_inputs(arrays, e, texts)) + 1) / 2)
+
+
 def raw_scores(
     model: str,
     arrays: dict[str, np.ndarray],
@@ -171,13 +242,13 @@ def raw_scores(
         base = raw_scores(
             params["base_model"], part(arrays, "base_"), params["base_params"], e, texts, search
         )
-        general_arrays = part(arrays, "general_")
-        general = expected_gain(
-            general_arrays, params["general_params"], logistic_inputs(general_arrays, e, texts)
-        )
+        general = general_scores(part(arrays, "general_"), params["general_params"], e, texts)
+        g = gate(part(arrays, "domain_"), params["domain_params"], e, texts)
+        w = params["general_weight"] * (1 - params["general_gate_share"] * g)
         return np.asarray(
-            (base - params["base_mean"]) / params["base_std"]
-            + params["general_weight"] * (general - params["general_mean"]) / params["general_std"]
+            g * (base - params["base_mean"]) / params["base_std"]
+            + w * (general - params["general_mean"]) / params["general_std"]
+            + (1 - g) * params["general_offset"]
         )
     if model in ("logistic", "ensemble"):
         logit = expected_gain(arrays, params, logistic_inputs(arrays, e, texts))

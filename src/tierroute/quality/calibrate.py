@@ -19,13 +19,17 @@ import numpy as np
 from tierroute.core.prompts import normalize
 from tierroute.quality import apgr
 from tierroute.quality.artifact import (
+    FEATURES,
     MODEL_KINDS,
     QUANTILES,
     RecordedTexts,
     expected_gain,
+    gate,
+    general_scores,
     logistic_inputs,
     prompt_features,
     raw_scores,
+    requests,
     save_artifact,
 )
 from tierroute.quality.bootstrap import RESAMPLES, interval
@@ -45,9 +49,21 @@ ANCHORS_PER_CLASS = 32
 # A stacked scorer's general-traffic model: its regularisation and its weight are chosen by
 # cross-validation on the calibration rows: the least weight that tells simple from complex
 # everyday requests with GOAL_AUC, so that the benchmark ranking loses the least.
-GENERAL_C = (0.3, 1.0, 3.0, 10.0)
+GENERAL_C = (0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 GENERAL_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0)
 GOAL_AUC = 0.95
+# A feature a model must not see is divided by this (standardised to zero): the everyday
+# model and the gate never see a request's length, which the everyday data teaches is not
+# difficulty; the benchmark model may (a longer word problem is a harder one).
+BLIND_STD = 1e30
+LENGTH_FEATURES = ("log_request_words",)
+# The gate's regularisation (a stacked scorer's benchmark-or-everyday model), and how much of
+# the general model's weight it may take away on benchmark-like prompts.
+DOMAIN_C = 1.0
+# The everyday model's kNN: neighbours, and the shares of its score it may take.
+GENERAL_K = 10
+GENERAL_KNN_SHARES = (0.0, 0.25, 0.5)
+GATE_SHARES = (0.0, 0.5, 0.9, 1.0)
 # Calibration is judged by K_FOLDS-fold cross-validation within the calibration rows, and
 # shrunk toward a prior artifact: its share of the blend is chosen among PRIOR_SHARES, and a
 # blend is kept only if its out-of-fold APGR beats the prior's with a paired bootstrap 95%
@@ -107,8 +123,10 @@ def labelled(
 
 
 def embed_texts(texts: list[str], embedder: Any, cache_dir: Path | None = None) -> np.ndarray:
-    """The router's own embeddings of the prompts; with `cache_dir`, each distinct prompt is
-    embedded once per embedder version, whatever subsets later runs ask for."""
+    """The router's own embeddings of what the prompts ask (artifact.requests), as the router
+    embeds them; with `cache_dir`, each distinct text embedded once per embedder version,
+    whatever subsets later runs ask for."""
+    texts = requests(texts)
     keys = [hashlib.sha256(t.encode()).hexdigest()[:32] for t in texts]
     folder = None
     index: dict[str, int] = {}
@@ -142,17 +160,27 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return (v / max(float(np.linalg.norm(v)), 1e-12)).astype(np.float32)
 
 
-def _logistic(data: Labelled, c: float) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """A multinomial logistic model of the gain's sign (large better / same / worse)."""
+def _logistic(
+    data: Labelled, c: float, balanced: bool = False, blind: tuple[str, ...] = ()
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """A multinomial logistic model of the gain's sign (large better / same / worse); with
+    `balanced`, each class weighs alike however many rows it has; features named in `blind`
+    are not seen (standardised to zero)."""
     from sklearn.linear_model import LogisticRegression
 
     features = prompt_features(data.texts)
+    mean = features.mean(axis=0)
+    std = features.std(axis=0) + 1e-6
+    for name in blind:
+        mean[FEATURES.index(name)], std[FEATURES.index(name)] = 0.0, BLIND_STD
     arrays = {
-        "feature_mean": features.mean(axis=0).astype(np.float32),
-        "feature_std": (features.std(axis=0) + 1e-6).astype(np.float32),
+        "feature_mean": mean.astype(np.float32),
+        "feature_std": std.astype(np.float32),
     }
     x = logistic_inputs(arrays, data.embeddings, data.texts)
-    lr = LogisticRegression(C=c, max_iter=5000, tol=1e-6).fit(x, np.sign(data.gain).astype(int))
+    lr = LogisticRegression(
+        C=c, max_iter=5000, tol=1e-6, class_weight="balanced" if balanced else None
+    ).fit(x, np.sign(data.gain).astype(int))
     weights, bias = lr.coef_, lr.intercept_
     if len(lr.classes_) == 2:  # sklearn keeps one row for two classes: make it a softmax pair
         weights = np.vstack([np.zeros_like(weights[0]), weights[0]])
@@ -249,7 +277,12 @@ class Stack:
     chosen_on: dict[str, Any]
 
 
-def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) -> Stack:
+def fit_stacked(
+    data: Labelled,
+    general: Labelled,
+    weight: float | None = None,
+    target: dict[str, float] | None = None,
+) -> Stack:
     """A stacked scorer: an ensemble fitted on `data` (benchmark rows) plus a logistic model
     fitted on `general` (everyday rows labelled simple or complex). The general model's
     regularisation is chosen by 2-fold AUC on `general`; the weight (unless given) is the
@@ -262,7 +295,7 @@ def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) 
     for c in GENERAL_C:
         oof = np.zeros(len(general.rows))
         for f in (0, 1):
-            arrays, params = _logistic(general.subset(folds != f), c)
+            arrays, params = _logistic(general.subset(folds != f), c, blind=LENGTH_FEATURES)
             test = general.subset(folds == f)
             oof[folds == f] = expected_gain(
                 arrays, params, logistic_inputs(arrays, test.embeddings, test.texts)
@@ -270,19 +303,47 @@ def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) 
         oof_by_c[c] = oof
     c_auc = {c: auc(oof, complex_) for c, oof in oof_by_c.items()}
     c = max(GENERAL_C, key=lambda v: (c_auc[v], -v))
-    general_arrays, general_params = _logistic(general, c)
-    general_oof = oof_by_c[c]
+    general_arrays, general_params = _logistic(general, c, blind=LENGTH_FEATURES)
+    # ... mixed with the labels of the most similar everyday requests (a kNN over what they
+    # ask): a lookup question over a pasted text resembles the lookups more than its words
+    # alone say. Its share is chosen by the same 2-fold AUC.
+    knn_oof = np.zeros(len(general.rows))
+    for f in (0, 1):
+        test = general.subset(folds == f)
+        knn_oof[folds == f] = raw_scores(
+            "knn", _knn(general.subset(folds != f)), {"k": GENERAL_K}, test.embeddings,
+            test.texts,
+        )  # fmt: skip
+    mixes = {a: (1 - a) * oof_by_c[c] + a * knn_oof for a in GENERAL_KNN_SHARES}
+    mix_auc = {a: auc(oof, complex_) for a, oof in mixes.items()}
+    knn_share = max(GENERAL_KNN_SHARES, key=lambda a: (mix_auc[a], -a))
+    general_arrays |= {k: v for k, v in _knn(general).items()}
+    general_params |= {"k": GENERAL_K, "knn_share": knn_share}
+    general_oof = mixes[knn_share]
     base_arrays, base_params = fit("ensemble", data)
     base_oof = out_of_fold("ensemble", data)
 
     def general_score(rows: Labelled) -> np.ndarray:
-        x = logistic_inputs(general_arrays, rows.embeddings, rows.texts)
-        return expected_gain(general_arrays, general_params, x)
+        return general_scores(general_arrays, general_params, rows.embeddings, rows.texts)
 
     general_on_data = general_score(data)  # never fitted on these rows
     base_on_general = raw_scores(
         "ensemble", base_arrays, base_params, general.embeddings, general.texts
     )
+    # The gate: how much a prompt is like the benchmark rows rather than the everyday ones.
+    # The benchmark-fitted scorer speaks for prompts like its data; on a pasted log, a line of
+    # code or a greeting its score is noise, which the gate keeps out.
+    domain = _domain(data, general)
+    domain_arrays, domain_params = _logistic(domain, DOMAIN_C, balanced=True, blind=LENGTH_FEATURES)
+    domain_folds = _folds(domain, b"domain:")
+    gate_oof = np.zeros(len(domain.rows))
+    for f in (0, 1):
+        arrays, params = _logistic(
+            domain.subset(domain_folds != f), DOMAIN_C, balanced=True, blind=LENGTH_FEATURES
+        )
+        test = domain.subset(domain_folds == f)
+        gate_oof[domain_folds == f] = gate(arrays, params, test.embeddings, test.texts)
+    gate_data, gate_general = gate_oof[: len(data.rows)], gate_oof[len(data.rows) :]
     stats = {
         "base_mean": float(base_oof.mean()),
         "base_std": float(base_oof.std() + 1e-9),
@@ -290,40 +351,83 @@ def fit_stacked(data: Labelled, general: Labelled, weight: float | None = None) 
         "general_std": float(general_on_data.std() + 1e-9),
     }
 
-    def combine(base: np.ndarray, gen: np.ndarray, w: float) -> np.ndarray:
-        return (base - stats["base_mean"]) / stats["base_std"] + w * (
-            gen - stats["general_mean"]
-        ) / stats["general_std"]
+    def combine(
+        base: np.ndarray, gen: np.ndarray, g: np.ndarray, wk: tuple[float, float]
+    ) -> np.ndarray:
+        w, k = wk
+        return (
+            g * (base - stats["base_mean"]) / stats["base_std"]
+            + w * (1 - k * g) * (gen - stats["general_mean"]) / stats["general_std"]
+        )
 
+    # The general model's weight w, and how much the gate takes it away on benchmark-like
+    # prompts (k): the pair that reaches GOAL_AUC with the least cost to the benchmark
+    # ranking, else the best AUC.
     table = {}
-    for w in GENERAL_WEIGHTS if weight is None else (weight,):
-        a = auc(combine(base_on_general, general_oof, w), complex_)
-        g = apgr.curve(combine(base_oof, general_on_data, w), data.large, data.small).apgr
-        table[w] = {"auc": a, "apgr": g}
+    grid = [(w, k) for w in GENERAL_WEIGHTS for k in GATE_SHARES]
+    for wk in grid if weight is None else [(weight, 0.0)]:
+        a = auc(combine(base_on_general, general_oof, gate_general, wk), complex_)
+        oof = combine(base_oof, general_on_data, gate_data, wk)
+        table[wk] = {"auc": a, "apgr": apgr.curve(oof, data.large, data.small).apgr}
     reaching = [v for v in table if table[v]["auc"] >= GOAL_AUC]
-    w = min(reaching) if reaching else max(table, key=lambda v: (table[v]["auc"], -v))
-    logger.info("stacked: general C %s (AUC %s), weight %s of %s", c, c_auc, w, table)
-    arrays = {f"base_{k}": v for k, v in base_arrays.items()} | {
-        f"general_{k}": v for k, v in general_arrays.items()
-    }
+    wk = (
+        max(reaching, key=lambda v: (table[v]["apgr"], -v[0]))
+        if reaching
+        else max(table, key=lambda v: (table[v]["auc"], -v[0]))
+    )
+    w, gate_share = wk
+    logger.info("stacked: general C %s (AUC %s), weight %s of %s", c, c_auc, wk, table)
+    arrays = (
+        {f"base_{k}": v for k, v in base_arrays.items()}
+        | {f"general_{k}": v for k, v in general_arrays.items()}
+        | {f"domain_{k}": v for k, v in domain_arrays.items()}
+    )
     params = {
         "base_model": "ensemble",
         "base_params": base_params,
         "general_params": general_params,
+        "domain_params": domain_params,
         "general_weight": w,
+        "general_gate_share": gate_share,
         **stats,
     }
     chosen_on = {
         "general_rows": len(general.rows),
         "general_c_auc": {str(k): v for k, v in c_auc.items()},
-        "weights": {str(k): v for k, v in table.items()},
+        "general_knn_share_auc": {str(k): v for k, v in mix_auc.items()},
+        "weights": {f"{k[0]}, gate share {k[1]}": v for k, v in table.items()},
     }
-    return Stack(
-        arrays,
-        params,
-        combine(base_oof, general_on_data, w),
-        combine(base_on_general, general_oof, w),
-        chosen_on,
+    chosen_on["gate"] = {
+        "benchmark_rows_mean": float(gate_data.mean()),
+        "general_rows_mean": float(gate_general.mean()),
+    }
+    oof = combine(base_oof, general_on_data, gate_data, wk)
+    general_oof = combine(base_on_general, general_oof, gate_general, wk)
+    # One threshold serves both kinds of traffic: the everyday side (weighted by 1 - g) is
+    # shifted so that the threshold meeting `target` on the everyday rows is the benchmark
+    # rows' own (without it, the lower of the two would send lookups that need no large
+    # model to it, to meet the benchmark's target).
+    offset = 0.0
+    if target is not None:
+        gap = threshold_for(oof, data, target) - threshold_for(general_oof, general, target)
+        offset = float(gap / max(float(np.mean(1.0 - gate_general)), 1e-6))
+        oof = oof + (1.0 - gate_data) * offset
+        general_oof = general_oof + (1.0 - gate_general) * offset
+    params["general_offset"] = offset
+    return Stack(arrays, params, oof, general_oof, chosen_on)
+
+
+def _domain(data: Labelled, general: Labelled) -> Labelled:
+    """The benchmark and the everyday rows as one set whose gain's sign says which is which
+    (+1 benchmark, -1 everyday), for the gate's logistic model."""
+    joined = _joined(data, general)
+    n, m = len(data.rows), len(general.rows)
+    return Labelled(
+        joined.rows,
+        joined.texts,
+        joined.embeddings,
+        np.concatenate([np.ones(n), np.zeros(m)]),
+        np.concatenate([np.zeros(n), np.ones(m)]),
     )
 
 
@@ -491,7 +595,7 @@ def calibrate(
                 "--model stacked needs general traffic as well (--general FILE: labelled rows "
                 "of everyday requests, such as `tierroute data convert everyday`)"
             )
-        stack = fit_stacked(data, general)
+        stack = fit_stacked(data, general, target=target)
         # The target is met on both kinds of traffic: the lower of the two thresholds.
         on_data = threshold_for(stack.oof, data, target)
         on_general = threshold_for(stack.general_oof, general, target)

@@ -20,10 +20,19 @@ from typing import Any
 import numpy as np
 
 from tierroute.core.config import RouterConfig, load_config
-from tierroute.quality import apgr
+from tierroute.core.prompts import normalize
+from tierroute.quality import apgr, length
 from tierroute.quality.artifact import RecordedTexts, load_artifact, raw_scores
 from tierroute.quality.bootstrap import interval
-from tierroute.quality.calibrate import Labelled, auc, calibrate, fit, labelled, to_json
+from tierroute.quality.calibrate import (
+    Labelled,
+    auc,
+    calibrate,
+    embed_texts,
+    fit,
+    labelled,
+    to_json,
+)
 from tierroute.quality.labelled import (
     CONVERTERS,
     ROUTELLM_SETS,
@@ -459,7 +468,25 @@ def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]
             ).bounds(),
         }
     routers["random"] = {"auc": 0.5}
-    large = scores[f"artifact ({meta['model']})"] > meta["threshold"]
+    own = scores[f"artifact ({meta['model']})"]
+    large = own > meta["threshold"]
+    thresholds = {
+        f"artifact ({meta['model']})": meta["threshold"],
+        "seed anchors (hand-written)": ctx.router.complexity_threshold,
+    }
+    questions = [
+        r.prompt for r in data.rows if r.category in length.QUESTION_KINDS and r.scores[WEAK]
+    ]
+    passages = length.fillers(EVERYDAY)
+    for name, raw in scores.items():
+
+        def score(texts: list[str], router: str = name) -> np.ndarray:
+            return _scores_of(ctx, artifact, meta, arrays, router, texts)
+
+        routers[name]["length_matched"] = length.length_matched_auc(raw, complex_, data.texts)
+        routers[name]["pasted_context"] = length.pasted_context(
+            score, thresholds[name], questions, passages
+        )
     return {
         "rows": len(data.rows),
         "complex": int(complex_.sum()),
@@ -469,7 +496,27 @@ def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]
             "complex_to_large": float(large[complex_].mean()),
             "simple_to_large": float(large[~complex_].mean()),
         },
+        "small_share_by_kind": length.by_kind(
+            own, meta["threshold"], [r.category for r in data.rows]
+        ),
     }
+
+
+def _scores_of(
+    ctx: Context,
+    artifact: Path,
+    meta: dict[str, Any],
+    arrays: dict[str, np.ndarray],
+    router: str,
+    prompts: list[str],
+) -> np.ndarray:
+    """Raw scores of new prompts by the artifact, or the seed anchors' 0-10 scores."""
+    texts = [normalize(p) for p in prompts]
+    if router.startswith("seed"):
+        rows = [Row(p, {STRONG: 1.0, WEAK: 1.0}, "") for p in prompts]
+        return seed_anchor_scores(ctx, labelled(rows, WEAK, STRONG, ctx.embedder(), ctx.cache_dir))
+    e = embed_texts(texts, ctx.embedder(), ctx.cache_dir)
+    return raw_scores(meta["model"], arrays, meta.get("params", {}), e, texts)
 
 
 def _auc_or_nan(scores: np.ndarray, positive: np.ndarray) -> float:
@@ -532,31 +579,62 @@ def mt_bench_spread(
     }
 
 
+# The held-out APGR of the default before it scored what is asked rather than the whole
+# prompt (artifact d57696070c73): the bar is to lose at most 0.01 of it.
+BEFORE_APGR = {"MMLU": 0.661, "GSM8K": 0.653}
+
+
 def default_goals(results: dict[str, Any]) -> dict[str, bool]:
-    """Issue 12's bar for one default: everyday requests told apart, both benchmarks'
-    held-out halves ranked, MT-Bench (never seen) above random beyond its interval."""
+    """The bar for the default (held-out data): everyday requests told apart, by what they ask
+    and not by their length; the benchmarks' held-out halves ranked as well as before; MT-Bench
+    (never seen) above random beyond its interval."""
 
     def artifact(result: dict[str, Any]) -> dict[str, Any]:
         return next(r for n, r in result["routers"].items() if n.startswith("artifact"))
 
-    every = artifact(results["everyday (default artifact)"])
+    everyday = results["everyday (default artifact)"]
+    every = artifact(everyday)
+    matched = every["length_matched"]["auc"] or 0.0
+    kinds = everyday["small_share_by_kind"]
+    lookup, terse = kinds.get("context_lookup", 0.0), 1.0 - kinds.get("terse_hard", 1.0)
     mt = results["mt_bench (default artifact)"]
     mt_random = mt["routers"]["random (mean of 10 seeds)"]["apgr"]
+    mmlu_bar, gsm8k_bar = BEFORE_APGR["MMLU"] - 0.01, BEFORE_APGR["GSM8K"] - 0.01
     return {
         f"everyday AUC >= 0.95 (got {every['auc']:.3f})": every["auc"] >= 0.95,
+        f"everyday AUC on length-matched pairs >= 0.90 (got {matched:.3f})": matched >= 0.90,
+        f"context + lookup to the small tier >= 90% (got {lookup:.0%})": lookup >= 0.90,
+        f"short hard requests to the large tier >= 90% (got {terse:.0%})": terse >= 0.90,
         **{
-            f"{name} held-out APGR >= 0.70 (got {artifact(results[key])['apgr']:.3f})": (
-                artifact(results[key])["apgr"] >= 0.70
-            )
-            for name, key in (
-                ("MMLU", "mmlu (default artifact)"),
-                ("GSM8K", "gsm8k (default artifact)"),
+            f"{name} held-out APGR >= {bar:.3f} (got {got:.3f})": got >= bar
+            for name, got, bar in (
+                ("MMLU", artifact(results["mmlu (default artifact)"])["apgr"], mmlu_bar),
+                ("GSM8K", artifact(results["gsm8k (default artifact)"])["apgr"], gsm8k_bar),
             )
         },
         f"MT-Bench APGR's 95% CI above random's {mt_random:.3f} (got {_ci_text(artifact(mt))})": (
             artifact(mt)["apgr_ci95"] is not None and artifact(mt)["apgr_ci95"][0] > mt_random
         ),
     }
+
+
+def print_length(everyday: dict[str, Any]) -> None:
+    """Length does not decide: length-matched AUC, pasted context, share by kind."""
+    print("\nlength does not decide (everyday held-out half):")
+    for name, r in everyday["routers"].items():
+        matched = r.get("length_matched")
+        if matched is None:
+            continue
+        shares = r["pasted_context"]["small_share_by_pasted_words"]
+        print(
+            f"  {name:<34} length-matched AUC {matched['auc']:.3f} ({matched['pairs']} pairs; "
+            f"length alone {matched['length_auc']:.3f}); to the small tier with 0/50/150/300/500 "
+            "words pasted before a simple question: "
+            + " / ".join(f"{v:.0%}" for v in shares.values())
+        )
+    print("  share of each kind sent to the small tier (the artifact):")
+    for kind, share in everyday["small_share_by_kind"].items():
+        print(f"    {kind:<24} {share:>5.0%}")
 
 
 def _ci_text(result: dict[str, Any]) -> str:
@@ -636,6 +714,7 @@ def report(args: argparse.Namespace) -> int:
         f"  at the artifact's threshold: {at['complex_to_large']:.1%} of complex requests and "
         f"{at['simple_to_large']:.1%} of simple ones go to the large tier"
     )
+    print_length(results["everyday (default artifact)"])
     goals = default_goals(results)
     print("\nthe default artifact against its goals (held-out data):")
     for goal, met in goals.items():

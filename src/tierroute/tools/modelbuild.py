@@ -219,6 +219,7 @@ def build_degraded(models_dir: Path, out: Path = DEGRADED_OUT) -> Path:
     from tokenizers import Tokenizer
 
     from tierroute.quality import evaluate
+    from tierroute.quality.artifact import requests
     from tierroute.quality.labelled import CONVERTERS, split
     from tierroute.router.scoring.degraded import MAP_FILE, META_FILE, TABLE_FILE, mean_rows
 
@@ -242,7 +243,8 @@ def build_degraded(models_dir: Path, out: Path = DEGRADED_OUT) -> Path:
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.enable_truncation(ctx.embedder().max_tokens)
-    x = mean_rows(table - mean, tokenizer, list(labelled.texts)).astype(np.float64)
+    # What the router embeds of each prompt (what it asks), as the real embeddings are.
+    x = mean_rows(table - mean, tokenizer, requests(list(labelled.texts))).astype(np.float64)
 
     def fit(rows: np.ndarray, alpha: float) -> np.ndarray:
         a = x[rows]
