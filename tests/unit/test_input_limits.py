@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.asked import EARLIER_TURNS
 from tierroute.core.config import config_from_dict
 from tierroute.core.errors import InvalidArgument, TooLarge
-from tierroute.core.asked import EARLIER_TURNS
 from tierroute.core.prompts import routing_text
 from tierroute.core.sampling import check_sampling
 from tierroute.router.scoring.decider import Decider

@@ -68,9 +68,10 @@ def routing_text(prompt: str, messages: Sequence[_Message], context_chars: int =
     """The text a routing decision is made on. A prompt: itself. Messages: the last user turn,
     then the user turns before it, newest first, while they add at most `context_chars`
     characters (the last one cut short), so that a short follow-up ("and in Rust?") is scored
-    with what it follows (after the line `EARLIER_TURNS`, see `tierroute.core.asked`). The last turn comes first because the embedder reads only the start
-    of its text (router.embed_max_tokens): a long question is scored on itself alone. System
-    and assistant turns are not scored: they go to the tier, not to the router."""
+    with what it follows (after the line `EARLIER_TURNS`, see `tierroute.core.asked`). The
+    last turn comes first because the embedder reads only the start of its text
+    (router.embed_max_tokens): a long question is scored on itself alone. System and assistant
+    turns are not scored: they go to the tier, not to the router."""
     question = last_user_turn(prompt, messages)
     if prompt or context_chars <= 0:
         return question
