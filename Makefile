@@ -120,7 +120,7 @@ bench-tiers: setup
 # Routing quality on RouteLLM's data: the README's table, benchmarks/results/quality.json and
 # the quality-*.png plots.
 eval: setup
-	$(PY) -m tierroute.quality.evaluate --config $(CONFIG)
+	$(PY) -m tierroute.quality.eval_report --config $(CONFIG)
 
 # The N-model quality router on RouterDC's seven models (needs ../shared/data/routerdc7): fitted
 # on the train splits, measured on the test splits and three unseen tasks, with a cost/quality

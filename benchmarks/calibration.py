@@ -45,17 +45,16 @@ from tierroute.quality import apgr
 from tierroute.quality.artifact import load_artifact, raw_scores
 from tierroute.quality.calibrate import (
     PRIOR_SHARES,
-    Labelled,
     NotBetter,
     calibrate,
     fold_apgrs,
     kfold_scores,
     kfolds,
-    labelled,
     paired_gain,
     summary,
 )
 from tierroute.quality.evaluate import DEFAULT_ARTIFACT, context, machine
+from tierroute.quality.fitting import Labelled, labelled
 from tierroute.quality.labelled import Row, read_rows, split
 
 DATA = ROOT.parent / "shared" / "data" / "routerdc7"

@@ -27,8 +27,8 @@ from benchmarks.common import ROOT, machine, write_result
 from tierroute.core.config import load_config
 from tierroute.core.prompts import normalize
 from tierroute.quality.artifact import load_artifact, raw_scores, requests
-from tierroute.quality.calibrate import auc
 from tierroute.quality.evaluate import EVERYDAY, STRONG, WEAK, bootstrap
+from tierroute.quality.fitting import auc
 from tierroute.quality.labelled import CONVERTERS, split
 from tierroute.router.scoring.degraded import DegradedEmbedder
 from tierroute.router.scoring.embedder import Embedder

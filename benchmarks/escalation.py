@@ -42,8 +42,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.common import RESULTS, ROOT, machine, write_result
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
-from tierroute.quality.calibrate import auc
 from tierroute.quality.evaluate import bootstrap
+from tierroute.quality.fitting import auc
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 

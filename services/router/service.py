@@ -18,21 +18,22 @@ from tierroute.core.config import Config, ConfigError
 from tierroute.router import metrics
 from tierroute.router.front.server import HttpFront
 from tierroute.router.route.budgets import Deadline
-from tierroute.router.route.flow import (
+from tierroute.router.route.flow import RouteFlow
+from tierroute.router.route.judge import Judge
+from tierroute.router.route.routing_log import LogError, RoutingLog
+from tierroute.router.route.state import (
     Decided,
     Escalated,
     Finished,
     RouteEvent,
-    RouteFlow,
     Token,
     read_ahead,
 )
-from tierroute.router.route.judge import Judge
-from tierroute.router.route.routing_log import LogError, RoutingLog
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.tiers import bench
-from tierroute.router.tiers.measured import Measurements, StoreDown, StoreError, open_store
+from tierroute.router.tiers.measured import Measurements
 from tierroute.router.tiers.pool import TierPool
+from tierroute.router.tiers.store import StoreDown, StoreError, open_store
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.auth import CLIENT, AuthConfigError, load_clients
@@ -176,7 +177,8 @@ class RouterService:
             slots=lambda: {t: (s.limit(), s.in_flight, s.waiting) for t, s in pool.slots.items()},
         )
         if self.cfg.router.http_listen:  # first: /healthz answers and /readyz says loading
-            self.http = await HttpFront.start(self.cfg, self, self.clients)
+            self.http = await HttpFront.start(self.cfg, self, self.clients, host.admission)
+            host.add_front(self.http)  # it stops accepting when the gRPC port does
         if self.measurements.store is not None:
             await host.health.set(STORE_HEALTH, health_pb2.HealthCheckResponse.SERVING)
             self.measurements.on_store_state = self._store_state_reporter(host)
@@ -248,7 +250,7 @@ class RouterService:
     async def close(self) -> None:
         if self._state is not None and metrics.STATE.state is self._state:
             metrics.STATE.state = None
-        if self.http is not None:
+        if self.http is not None:  # the host drained it beside the gRPC port; else: now
             await self.http.stop()
         if self._bench_task is not None:
             self._bench_task.cancel()

@@ -16,7 +16,8 @@ from tests.helpers.services import ServiceProcess, router_config
 from tests.helpers.tools import cli
 from tierroute.core.config import ConfigError
 from tierroute.router.service import RouterService
-from tierroute.router.tiers.measured import ERROR_RATE, TTFT_MS, open_store
+from tierroute.router.tiers.measured import ERROR_RATE, TTFT_MS
+from tierroute.router.tiers.store import open_store
 
 CATEGORIES = {
     "chit_chat": ["Hello there!", "How is your day going?"],

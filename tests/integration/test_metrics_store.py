@@ -19,14 +19,12 @@ from tests.helpers.redis import RedisServer
 from tests.helpers.services import router_config, started
 from tierroute.core.config import ConfigError
 from tierroute.router.service import SERVICE_NAME, STORE_HEALTH, RouterService, host
-from tierroute.router.tiers.measured import (
-    ERROR_RATE,
+from tierroute.router.tiers.measured import ERROR_RATE, TTFT_MS, Measurements
+from tierroute.router.tiers.store import (
     REDIS_AFFINITY,
     REDIS_KEY,
-    TTFT_MS,
     Figure,
     Key,
-    Measurements,
     RedisStore,
     SqliteStore,
     StoreError,

@@ -23,7 +23,7 @@ from tests.helpers.prometheus import PrometheusServer
 from tests.helpers.services import EMBEDDER_DIR, ROOT, ServiceProcess, start_service
 from tests.helpers.tools import cli
 from tierroute.common.v1 import common_pb2 as common_pb
-from tierroute.router.route.routing_log import read_ledger
+from tierroute.router.route.log_reader import read_ledger
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 

@@ -23,8 +23,8 @@ from tierroute.core.config import RouterConfig
 from tierroute.core.prompts import normalize
 from tierroute.quality import apgr, length
 from tierroute.quality.artifact import ArtifactError, load_artifact, raw_scores
-from tierroute.quality.calibrate import auc
 from tierroute.quality.evaluate import Context, everyday_auc, routellm
+from tierroute.quality.fitting import auc
 from tierroute.quality.labelled import (
     CONVERTERS,
     STRONG,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tests.helpers.clock import Clock
 from tierroute.router.route.affinity import Affinity
-from tierroute.router.tiers.measured import SqliteStore, StoreDown
+from tierroute.router.tiers.store import SqliteStore, StoreDown
 
 ORDER = ["small", "medium", "large"]
 

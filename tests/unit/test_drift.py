@@ -8,13 +8,8 @@ import logging
 import numpy as np
 import pytest
 
-from tierroute.router.selection.operating import (
-    DRIFT_BINS,
-    UPDATE_EVERY,
-    DriftWatch,
-    EmbeddingReference,
-    psi,
-)
+from tierroute.router.selection.drift import DRIFT_BINS, DriftWatch, EmbeddingReference, psi
+from tierroute.router.selection.operating import UPDATE_EVERY
 
 PRIOR = np.linspace(0.0, 10.0, 200)  # calibration scores spread evenly over 0-10
 

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from tierroute.core.config import ConfigError, EscalationConfig, config_from_dict
-from tierroute.router.route.flow import _first
+from tierroute.router.route.stall import first_message as _first
 from tierroute.router.tiers.pool import FirstTokenTimer
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 

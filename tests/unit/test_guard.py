@@ -10,7 +10,8 @@ import numpy as np
 
 from tierroute.quality import apgr
 from tierroute.quality.bootstrap import interval
-from tierroute.quality.calibrate import Labelled, paired_gain, to_json
+from tierroute.quality.calibrate import paired_gain, to_json
+from tierroute.quality.fitting import Labelled
 
 
 def rows(n: int, seed: int = 0) -> tuple[Labelled, np.ndarray]:

@@ -23,7 +23,7 @@ from tierroute.core.config import config_from_dict
 from tierroute.core.errors import DeadlineExceeded, InvalidArgument, TooLarge, Unavailable
 from tierroute.router.front.server import HttpFront
 from tierroute.router.route.budgets import Deadline
-from tierroute.router.route.flow import Decided, Finished, RouteEvent, Token
+from tierroute.router.route.state import Decided, Finished, RouteEvent, Token
 from tierroute.router.v1 import router_service_pb2 as pb
 
 Script = Callable[[pb.RouteRequest], AsyncIterator[RouteEvent]]

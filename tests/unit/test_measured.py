@@ -11,16 +11,8 @@ import pytest
 
 from tests.helpers.clock import Clock
 from tierroute.router.route.routing_log import RoutingLog
-from tierroute.router.tiers.measured import (
-    ERROR_RATE,
-    TTFT_MS,
-    Figure,
-    Key,
-    Measurements,
-    SqliteStore,
-    StoreDown,
-    StoreError,
-)
+from tierroute.router.tiers.measured import ERROR_RATE, TTFT_MS, Measurements
+from tierroute.router.tiers.store import Figure, Key, SqliteStore, StoreDown, StoreError
 
 HALF_LIFE = 30.0
 

@@ -12,13 +12,8 @@ import pytest
 
 from tests.helpers.routing_log import DIM, entry, written
 from tierroute.quality.artifact import load_artifact, prompt_features, save_artifact
-from tierroute.router.route.routing_log import (
-    SCHEMA_VERSION,
-    LogError,
-    RoutingLog,
-    prompt_sha256,
-    read_labels,
-)
+from tierroute.router.route.log_reader import read_labels
+from tierroute.router.route.routing_log import SCHEMA_VERSION, LogError, RoutingLog, prompt_sha256
 
 
 def test_rows_keep_a_hash_and_the_embedding_and_the_text_only_when_asked(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers.routing_log import DIM, entry, written
-from tierroute.router.route.routing_log import read_labels
+from tierroute.router.route.log_reader import read_labels
 from tierroute.router.route.shadow import band, compare, fold
 from tierroute.tools import cli
 from tierroute.tools.report import wilson

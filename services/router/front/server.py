@@ -14,6 +14,7 @@ import uvicorn
 
 from tierroute.core.config import Config, ConfigError
 from tierroute.router.front.openai_api import Limits, Router, app
+from tierroute.runtime.admission import InFlight
 from tierroute.runtime.auth import Clients
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,15 @@ class HttpFront:
         self.port: int = sock.getsockname()[1]
 
     @classmethod
-    async def start(cls, cfg: Config, router: Router, clients: Clients | None = None) -> HttpFront:
+    async def start(
+        cls,
+        cfg: Config,
+        router: Router,
+        clients: Clients | None = None,
+        in_flight: InFlight | None = None,
+    ) -> HttpFront:
+        """Serve `router` on router.http_listen; `in_flight`: the count of requests in flight
+        shared with the process's gRPC port (None: its own)."""
         r = cfg.router
         sock = bind(r.http_listen)
         limits = Limits(
@@ -61,6 +70,7 @@ class HttpFront:
             r.http_max_header_bytes,
             clients,
             r.http_max_json_depth,
+            in_flight,
         )
         config = uvicorn.Config(
             app(router, limits),
@@ -83,8 +93,11 @@ class HttpFront:
         logger.info("HTTP front (OpenAI API) listening on %s://%s:%d", scheme, host, front.port)
         return front
 
-    async def stop(self) -> None:
-        """Stop accepting; let requests in progress finish (up to the drain time)."""
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop accepting; let requests in progress finish (within `grace` seconds, the
+        configured drain time by default)."""
+        if grace is not None:
+            self._server.config.timeout_graceful_shutdown = max(1, round(grace))
         self._server.should_exit = True
         try:
             await self._task

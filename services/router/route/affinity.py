@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 
-from tierroute.router.tiers.measured import Store, StoreDown
+from tierroute.router.tiers.store import Store, StoreDown
 
 logger = logging.getLogger(__name__)
 

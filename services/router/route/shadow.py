@@ -35,11 +35,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
 import numpy as np
 
 from tierroute.core.config import Config
 from tierroute.router import metrics
+from tierroute.router.tiers.client import TierError
 from tierroute.router.tiers.pool import TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
@@ -50,7 +50,6 @@ logger = logging.getLogger(__name__)
 # Bands of the complexity score (0-10) that agreement and regret are reported by.
 BANDS = ((0.0, 2.0), (2.0, 4.0), (4.0, 6.0), (6.0, 8.0), (8.0, 10.0))
 UNSCORED = "unscored"
-GENERATE_METHOD = tier_pb.DESCRIPTOR.services_by_name["TierService"].full_name + "/Generate"
 _FOLD = re.compile(r"\s+")
 _END = " .!?;:,\"'`*"
 
@@ -228,22 +227,16 @@ class Shadow:
             "tierroute.shadow": True,
         }
         started = time.perf_counter()
-        with telemetry.client_span(GENERATE_METHOD, __name__, attributes) as (span, metadata):
-            call = replica.stub.Generate(
-                generate, timeout=self.cfg.timeout_seconds, metadata=metadata
-            )
+        client = replica.client
+        with telemetry.client_span(client.operation, __name__, attributes) as (span, headers):
+            call = client.generate(generate, self.cfg.timeout_seconds, headers)
             try:
                 async for response in call:
                     if response.HasField("chunk"):
                         parts.append(response.chunk.text)
-            except grpc.aio.AioRpcError as error:
+            except TierError as error:
                 metrics.SHADOW_DROPPED.labels("failed").inc()
-                logger.info(
-                    "shadow call to %s failed (%s: %s): not compared",
-                    self.large,
-                    error.code().name,
-                    error.details(),
-                )
+                logger.info("shadow call to %s failed (%s): not compared", self.large, error)
                 return None
             finally:
                 call.cancel()

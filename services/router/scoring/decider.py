@@ -8,7 +8,6 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -24,9 +23,11 @@ from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.degraded import DegradedEmbedder
 from tierroute.router.scoring.embedder import Embedder
+from tierroute.router.scoring.scored import Ask, Message, Scored
 from tierroute.router.scoring.scorers import Score, Scorer, build_scorer
-from tierroute.router.selection.fit import Fit, Need
-from tierroute.router.selection.operating import DriftWatch, EmbeddingReference, OperatingPoint
+from tierroute.router.selection.drift import DriftWatch, EmbeddingReference
+from tierroute.router.selection.fit import Fit
+from tierroute.router.selection.operating import OperatingPoint
 from tierroute.router.selection.policy import (
     Bounds,
     Policy,
@@ -41,24 +42,6 @@ from tierroute.router.v1 import router_service_pb2 as pb
 logger = logging.getLogger(__name__)
 
 
-class Message(Protocol):
-    role: str
-    content: str
-
-
-@dataclass(frozen=True)
-class Scored:
-    """What the routing cache keeps: the score, not the tier (the bounds may move)."""
-
-    score: float
-    category: str
-    truncated: bool
-    # The prompt's embedding, kept only for the routing log (router.routing_log).
-    vector: np.ndarray | None = None
-    # Predicted quality per tier (router.quality_artifact), or None.
-    quality: dict[str, float] | None = None
-
-
 @dataclass(frozen=True)
 class _Scoring:
     """What the scorer's worker thread made of one prompt."""
@@ -67,14 +50,6 @@ class _Scoring:
     truncated: bool
     score: Score
     quality: dict[str, float] | None
-
-
-@dataclass(frozen=True)
-class Ask:
-    """What one request asks of the tiers beyond quality: what it needs of each, its SLO."""
-
-    needs: dict[str, Need]
-    bounds: Bounds
 
 
 class Decider:

@@ -28,14 +28,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-import grpc
-
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import Config, TierConfig
-from tierroute.runtime.host import CHANNEL_OPTIONS
-from tierroute.runtime.tls import aio_channel
+from tierroute.router.tiers.client import TierClient, TierError, connect
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
-from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
 DEFAULT_SAMPLE = Path(__file__).resolve().parents[1] / "data" / "tier-sample.jsonl"
 ALL = ""  # the category of a tier's figures over every category
@@ -114,9 +110,7 @@ class Progress:
         self.out.flush()
 
 
-async def _call(
-    stub: tier_grpc.TierServiceStub, prompt: Prompt, max_tokens: int, call_seconds: float
-) -> Call:
+async def _call(client: TierClient, prompt: Prompt, max_tokens: int, call_seconds: float) -> Call:
     request = tier_pb.GenerateRequest(
         messages=[common_pb.ChatMessage(role="user", content=prompt.text)],
         sampling=common_pb.SamplingParams(max_tokens=max_tokens, temperature=0.0),
@@ -124,7 +118,7 @@ async def _call(
     started = time.perf_counter()
     first = None
     try:
-        async for response in stub.Generate(request, timeout=call_seconds):
+        async for response in client.generate(request, call_seconds):
             if response.HasField("complete"):
                 c = response.complete
                 end = time.perf_counter()
@@ -139,8 +133,8 @@ async def _call(
                 )
             if first is None and response.chunk.text:
                 first = time.perf_counter()
-    except grpc.aio.AioRpcError as error:
-        return Call(prompt.category, False, error=f"{error.code().name}: {error.details()}")
+    except TierError as error:
+        return Call(prompt.category, False, error=str(error))
     return Call(prompt.category, False, error="the stream ended without its summary")
 
 
@@ -197,17 +191,16 @@ async def run(
     chosen = [t for t in cfg.tiers if tiers is None or t.name in tiers]
     limit = asyncio.Semaphore(concurrency)
     rows: list[dict[str, Any]] = []
-    channels = {t.name: aio_channel(t.address, cfg.tls, CHANNEL_OPTIONS) for t in chosen}
+    clients = {t.name: connect(t, t.address, cfg.tls) for t in chosen}
     try:
         models = {}
         for t in chosen:
-            stub = tier_grpc.TierServiceStub(channels[t.name])
             try:
-                described = await stub.Describe(tier_pb.DescribeRequest(), timeout=call_seconds)
-            except grpc.aio.AioRpcError as error:
+                described = await clients[t.name].describe(call_seconds)
+            except TierError as error:
                 raise TierUnreachable(
-                    f"tier {t.name} at {t.address}: {error.code().name}: {error.details()}; is "
-                    "it running (make run starts the suite)?"
+                    f"tier {t.name} at {t.address}: {error}; is it running (make run starts "
+                    "the suite)?"
                 ) from None
             models[t.name] = described.model or t.model
 
@@ -217,9 +210,7 @@ async def run(
         async def one(t: TierConfig, prompt: Prompt) -> None:
             async with limit:
                 started = time.perf_counter()
-                call = await _call(
-                    tier_grpc.TierServiceStub(channels[t.name]), prompt, max_tokens, call_seconds
-                )
+                call = await _call(clients[t.name], prompt, max_tokens, call_seconds)
                 walls[t.name].append(started)
                 walls[t.name].append(time.perf_counter())
             calls[t.name].append(call)
@@ -243,14 +234,15 @@ async def run(
                     row["error_examples"] = errors[:3]
                 rows.append(row)
     finally:
-        for channel in channels.values():
-            await channel.close()
+        for client in clients.values():
+            await client.close()
     return rows
 
 
 def observations(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], Any]:
     """The table as metrics-store figures, each weighing the calls it was measured on."""
-    from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS, Figure
+    from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS
+    from tierroute.router.tiers.store import Figure
 
     out = {}
     for row in rows:

@@ -11,7 +11,7 @@ fails `replica_ejection_failures` times in a row is ejected for `replica_ejectio
 doubled at each ejection that follows a failed probe, up to `replica_ejection_max_seconds`
 (outlier ejection, as Envoy does); once that time has passed it takes requests again, and its
 first success clears its record. The flow retries a call on another replica when the tier
-failed before answering anything (flow.py).
+failed before answering anything (route/attempt.py).
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ from collections import deque
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 
-import grpc
-
 from tierroute.core.config import Config, EscalationConfig
 from tierroute.router.tiers.breaker import CircuitBreaker
+from tierroute.router.tiers.client import TierClient, connect
 from tierroute.router.tiers.slots import (
     INITIAL_PER_REPLICA,
     MAX_PER_REPLICA,
@@ -34,28 +33,26 @@ from tierroute.router.tiers.slots import (
     TierSlots,
 )
 from tierroute.router.v1 import router_service_pb2 as pb
-from tierroute.runtime.host import CHANNEL_OPTIONS
-from tierroute.runtime.tls import aio_channel
-from tierroute.tier.v1 import tier_service_pb2_grpc as tier_grpc
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(eq=False)
 class Replica:
-    """One process serving a tier: where it is dialled, the channel to it, and its record."""
+    """One process serving a tier: its client (tiers/client.py) and its record."""
 
-    address: str
-    channel: grpc.aio.Channel
-    stub: tier_grpc.TierServiceStub
+    client: TierClient
     in_flight: int = 0
     failures: int = 0  # in a row
     ejections: int = 0  # in a row, without a success between
     ejected_until: float = -math.inf  # time.monotonic()
 
+    @property
+    def address(self) -> str:
+        return self.client.address
+
     def reachable(self) -> bool:
-        state = self.channel.get_state(try_to_connect=True)
-        return state != grpc.ChannelConnectivity.TRANSIENT_FAILURE
+        return self.client.reachable()
 
 
 class FirstTokenTimer:
@@ -113,9 +110,7 @@ class TierPool:
         for t in cfg.tiers:
             self.replicas[t.name] = []
             for address in t.dial_addresses():
-                channel = aio_channel(address, cfg.tls, CHANNEL_OPTIONS)
-                replica = Replica(address, channel, tier_grpc.TierServiceStub(channel))
-                self.replicas[t.name].append(replica)
+                self.replicas[t.name].append(Replica(connect(t, address, cfg.tls)))
         self.breakers = {
             t.name: CircuitBreaker(f"tier {t.name!r}", cfg.circuit_breaker) for t in cfg.tiers
         }
@@ -135,7 +130,7 @@ class TierPool:
     async def close(self) -> None:
         for replicas in self.replicas.values():
             for replica in replicas:
-                await replica.channel.close()
+                await replica.client.close()
 
     def pick(self, tier: str, tried: Collection[Replica] = ()) -> Replica | None:
         """The replica of `tier` the next call goes to: of those not `tried` and not ejected,

@@ -1,4 +1,5 @@
-"""Routing quality: `tierroute eval`, the report behind `make eval`, and the default artifact.
+"""Routing quality: what `tierroute eval` and `make eval` (commands.py, eval_report.py) are
+made of, and the default artifact.
 
 `evaluate` scores the evaluation rows with the artifact exactly as the router serves it, and in
 the same run: every scorer kind fitted on the calibration rows, the seed's hand-written anchor
@@ -7,12 +8,9 @@ scorer, a random router (mean of 10 seeds) and the optimal oracle.
 
 from __future__ import annotations
 
-import argparse
-import hashlib
 import logging
 import math
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,17 +20,10 @@ import numpy as np
 from tierroute.core.config import RouterConfig, load_config
 from tierroute.core.prompts import normalize
 from tierroute.quality import apgr, length
-from tierroute.quality.artifact import RecordedTexts, load_artifact, raw_scores
+from tierroute.quality.artifact import load_artifact, raw_scores
 from tierroute.quality.bootstrap import interval
-from tierroute.quality.calibrate import (
-    Labelled,
-    auc,
-    calibrate,
-    embed_texts,
-    fit,
-    labelled,
-    to_json,
-)
+from tierroute.quality.calibrate import calibrate
+from tierroute.quality.fitting import Labelled, auc, embed_texts, fit, labelled
 from tierroute.quality.labelled import (
     CONVERTERS,
     ROUTELLM_SETS,
@@ -229,185 +220,6 @@ def cost_ratio(ctx: Context, data: Labelled, small: str, large: str) -> tuple[fl
     return ctx.cost_ratio, "the config's output prices (first vs last tier)"
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    rows = list(CONVERTERS[args.benchmark](args.input))
-    n = write_rows(rows, args.out)
-    print(f"wrote {n} rows to {args.out}")
-    return 0
-
-
-def _target(text: str) -> dict[str, float]:
-    key, _, value = text.partition("=")
-    if key not in ("large_share", "pgr") or not value:
-        raise SystemExit(f"--target must be large_share=X or pgr=X, got {text!r}")
-    number = float(value)
-    if not 0.0 < number < 1.0:
-        raise SystemExit(f"--target {key} must be between 0 and 1, got {number}")
-    return {key: number}
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    if bool(args.data) == bool(args.from_log):
-        raise SystemExit(
-            "tierroute calibrate: give labelled JSONL files, or --from-log LOG (not both)"
-        )
-    if args.from_log:
-        return calibrate_from_log(args)
-    if not args.small or not args.large:
-        raise SystemExit("tierroute calibrate: --small and --large name the models in `scores`")
-    ctx = context(args.config, args.cache_dir)
-    rows = split(load_rows(args.data), args.split)
-    data = labelled(rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
-    general = None
-    if args.general:
-        general_rows = split(load_rows(args.general), args.split)
-        general = labelled(general_rows, args.small, args.large, ctx.embedder(), ctx.cache_dir)
-    source = f"{', '.join(p.name for p in args.data)} ({args.split} half)"
-    meta = _calibrated(
-        source,
-        data,
-        args.model,
-        _target(args.target),
-        small=args.small,
-        large=args.large,
-        embedder_version=ctx.embedder().version,
-        out=args.out,
-        source=source,
-        general=general,
-        prior=_prior(args.prior, ctx),
-        force=args.force,
-    )
-    cv = meta["calibration_out_of_fold"]
-    print(
-        f"wrote {args.out} ({meta['model']}, version {meta['version']}): on {len(rows)} "
-        f"calibration prompts (out of fold) APGR {cv['apgr']:.3f}, CPT(50%) {cv['cpt50']:.1f}%; "
-        f"at its threshold {cv['strong_share']:.1%} large calls"
-    )
-    return 0
-
-
-def _calibrated(where: str, data: Labelled, model: str, target: dict[str, float], **kw: Any) -> Any:
-    """`calibrate`, its refusals and data errors naming where the rows came from."""
-    try:
-        return calibrate(data, model, target, **kw)
-    except ValueError as error:
-        raise type(error)(f"{where}: {error}") from error
-
-
-def calibrate_from_log(args: argparse.Namespace) -> int:
-    """Labels from the routing log (the small tier's answers the validator escalated, or shadow
-    mode found the large tier answering otherwise: the large tier was needed; those it
-    delivered as confident, or the large tier agreed with: the small one was enough),
-    combined with the prior by the same k-fold blend and refusal as labelled files."""
-    from tierroute.router.route.routing_log import check, read_labels
-
-    check(args.from_log)  # a wrong file is named before anything is loaded
-    ctx = context(args.config, args.cache_dir)
-    small = args.small or (ctx.tiers[0] if ctx.tiers else "")
-    large = args.large or (ctx.tiers[-1] if ctx.tiers else "")
-    prior = _prior(args.prior, ctx)
-    if prior is None:
-        raise SystemExit(
-            f"tierroute calibrate --from-log {args.from_log}: a log teaches only about the "
-            "prompts its router sent to the small tier, so it needs a prior to combine with: "
-            "pass --prior ARTIFACT (the artifact the router served)"
-        )
-    embedder = ctx.embedder()
-    labels = read_labels(args.from_log, small, embedder.version, embedder.dimension)
-    needed = labels.needed_larger
-    rows = [
-        Row(key, {small: 1.0 - n, large: 1.0}, category)
-        for key, n, category in zip(labels.keys, needed, labels.categories, strict=True)
-    ]
-    data = Labelled(
-        rows,
-        RecordedTexts(labels.keys, labels.features),
-        labels.embeddings,
-        np.ones(len(rows)),
-        1.0 - needed,
-    )
-    source = f"routing log {args.from_log} ({len(rows)} judged answers of tier {small!r})"
-    print(
-        f"{args.from_log}: {len(rows)} answers of tier {small!r} judged "
-        f"({len(rows) - labels.from_shadow} by the validator, {labels.from_shadow} against the "
-        f"large tier in shadow mode): {int(needed.sum())} not good enough, "
-        f"{int((needed == 0).sum())} good enough; skipped {labels.skipped}"
-    )
-    meta = _calibrated(
-        str(args.from_log),
-        data,
-        args.model,
-        _target(args.target),
-        small=small,
-        large=large,
-        embedder_version=embedder.version,
-        out=args.out,
-        source=source,
-        prior=prior,
-        force=args.force,
-    )
-    # What the new threshold does to all the traffic the log saw, against the prior's.
-    traffic = RecordedTexts(["?"] * len(labels.all_features), labels.all_features)
-    shares = {}
-    for name, folder in (("prior", prior), ("new", args.out)):
-        m, arrays = load_artifact(folder)
-        raw = raw_scores(m["model"], arrays, m.get("params", {}), labels.all_embeddings, traffic)
-        shares[name] = float(np.mean(raw > m["threshold"]))
-    prior_share = meta["cross_validated_apgr"].get("prior", {}).get("share", 0.0)
-    print(
-        f"wrote {args.out} ({meta['model']}, prior's share {prior_share}, version "
-        f"{meta['version']}); of the {len(labels.all_features)} scored requests in the log, "
-        f"{shares['new']:.1%} would go to the large tier ({shares['prior']:.1%} with the prior)"
-    )
-    return 0
-
-
-def _prior(choice: str | None, ctx: Context) -> Path | None:
-    """--prior: a folder, `none`, or by default the artifact the config serves (scorer
-    learned), else the shipped default. Printed first: which prior the result must beat."""
-    if choice == "none":
-        print("prior: none (--prior none): the new artifact is compared with nothing")
-        return None
-    if choice:
-        prior, why = Path(choice), "--prior"
-    elif ctx.router.scorer == "learned" and ctx.router.artifact is not None:
-        prior, why = ctx.router.artifact, "the config's router.artifact"
-    else:
-        prior, why = SHIPPED_ARTIFACT, "the shipped default; --prior ARTIFACT or none to change"
-    if not (prior / "router.json").is_file():
-        raise ValueError(
-            f"the prior {prior} ({why}) is not a router artifact: pass "
-            "--prior ARTIFACT (the artifact your router serves), or --prior none to calibrate "
-            "without comparing against one"
-        )
-    print(f"prior: {prior} ({why})", flush=True)
-    return prior
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    ctx = context(args.config, args.cache_dir)
-    rows = load_rows(args.data)
-    meta, _ = load_artifact(args.artifact)
-    small, large = meta["small"], meta["large"]
-    data = labelled(split(rows, args.split), small, large, ctx.embedder(), ctx.cache_dir)
-    calibration = None
-    if args.split == "eval":
-        calibration = labelled(
-            split(rows, "calibrate"), small, large, ctx.embedder(), ctx.cache_dir
-        )
-    result = evaluate(ctx, args.artifact, data, calibration)
-    title = args.name or ", ".join(p.stem for p in args.data)
-    print_table(title, result)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(to_json(result) + "\n")
-        print(f"wrote {args.out}")
-    if args.plot:
-        plot(result, title, args.plot)
-        print(f"wrote {args.plot}")
-    return 0
-
-
 # --- `make eval` and the default artifact ---
 
 
@@ -552,96 +364,6 @@ def calibrate_routellm(
     )
 
 
-def mt_bench_spread(
-    ctx: Context, artifact: Path, rows: list[Row], splits: int = 20
-) -> dict[str, Any]:
-    """MT-Bench's 72 questions are few: the artifact's APGR over random halves of them."""
-    data = routellm(ctx, rows)
-    meta, arrays = load_artifact(artifact)
-    raw = raw_scores(meta["model"], arrays, meta.get("params", {}), data.embeddings, data.texts)
-    apgrs, randoms = [], []
-    for seed in range(splits):
-        mask = np.array(
-            [hashlib.sha256(f"{seed}:{r.prompt}".encode()).digest()[0] < 128 for r in rows]
-        )
-        apgrs.append(apgr.curve(raw[mask], data.large[mask], data.small[mask]).apgr)
-        randoms.append(
-            np.mean([c.apgr for c in apgr.random_curves(data.large[mask], data.small[mask])])
-        )
-    return {
-        "splits": splits,
-        "apgr_median": float(np.median(apgrs)),
-        "apgr_range": [float(min(apgrs)), float(max(apgrs))],
-        "random_apgr_median": float(np.median(randoms)),
-        "margin_over_random_positive_in": int(
-            sum(a > r for a, r in zip(apgrs, randoms, strict=True))
-        ),
-    }
-
-
-# The held-out APGR of the default before it scored what is asked rather than the whole
-# prompt (artifact d57696070c73): the bar is to lose at most 0.01 of it.
-BEFORE_APGR = {"MMLU": 0.661, "GSM8K": 0.653}
-
-
-def default_goals(results: dict[str, Any]) -> dict[str, bool]:
-    """The bar for the default (held-out data): everyday requests told apart, by what they ask
-    and not by their length; the benchmarks' held-out halves ranked as well as before; MT-Bench
-    (never seen) above random beyond its interval."""
-
-    def artifact(result: dict[str, Any]) -> dict[str, Any]:
-        return next(r for n, r in result["routers"].items() if n.startswith("artifact"))
-
-    everyday = results["everyday (default artifact)"]
-    every = artifact(everyday)
-    matched = every["length_matched"]["auc"] or 0.0
-    kinds = everyday["small_share_by_kind"]
-    lookup, terse = kinds.get("context_lookup", 0.0), 1.0 - kinds.get("terse_hard", 1.0)
-    mt = results["mt_bench (default artifact)"]
-    mt_random = mt["routers"]["random (mean of 10 seeds)"]["apgr"]
-    mmlu_bar, gsm8k_bar = BEFORE_APGR["MMLU"] - 0.01, BEFORE_APGR["GSM8K"] - 0.01
-    return {
-        f"everyday AUC >= 0.95 (got {every['auc']:.3f})": every["auc"] >= 0.95,
-        f"everyday AUC on length-matched pairs >= 0.90 (got {matched:.3f})": matched >= 0.90,
-        f"context + lookup to the small tier >= 90% (got {lookup:.0%})": lookup >= 0.90,
-        f"short hard requests to the large tier >= 90% (got {terse:.0%})": terse >= 0.90,
-        **{
-            f"{name} held-out APGR >= {bar:.3f} (got {got:.3f})": got >= bar
-            for name, got, bar in (
-                ("MMLU", artifact(results["mmlu (default artifact)"])["apgr"], mmlu_bar),
-                ("GSM8K", artifact(results["gsm8k (default artifact)"])["apgr"], gsm8k_bar),
-            )
-        },
-        f"MT-Bench APGR's 95% CI above random's {mt_random:.3f} (got {_ci_text(artifact(mt))})": (
-            artifact(mt)["apgr_ci95"] is not None and artifact(mt)["apgr_ci95"][0] > mt_random
-        ),
-    }
-
-
-def print_length(everyday: dict[str, Any]) -> None:
-    """Length does not decide: length-matched AUC, pasted context, share by kind."""
-    print("\nlength does not decide (everyday held-out half):")
-    for name, r in everyday["routers"].items():
-        matched = r.get("length_matched")
-        if matched is None:
-            continue
-        shares = r["pasted_context"]["small_share_by_pasted_words"]
-        print(
-            f"  {name:<34} length-matched AUC {matched['auc']:.3f} ({matched['pairs']} pairs; "
-            f"length alone {matched['length_auc']:.3f}); to the small tier with 0/50/150/300/500 "
-            "words pasted before a simple question: "
-            + " / ".join(f"{v:.0%}" for v in shares.values())
-        )
-    print("  share of each kind sent to the small tier (the artifact):")
-    for kind, share in everyday["small_share_by_kind"].items():
-        print(f"    {kind:<24} {share:>5.0%}")
-
-
-def _ci_text(result: dict[str, Any]) -> str:
-    ci = result["apgr_ci95"]
-    return f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else f"undefined: {result['apgr_ci95_undefined']}"
-
-
 def machine() -> str:
     """The CPU, its int8 instruction set (it shapes the int8 embedder's rounding) and cores."""
     import platform
@@ -658,102 +380,3 @@ def machine() -> str:
         model = platform.processor()
     cores = os.cpu_count()
     return f"{model} ({flags or 'no avx2'}), {cores} cores, Python {platform.python_version()}"
-
-
-def report(args: argparse.Namespace) -> int:
-    """`make eval`: per benchmark, calibrate on one half and evaluate on the other; the
-    transfer between MMLU and GSM8K; the default artifact on all of MT-Bench."""
-    ctx = context(args.config, args.cache_dir)
-    work = args.work
-    paths = convert_all(args.source, work / "data")
-    rows = {name: read_rows(path) for name, path in paths.items()}
-    results: dict[str, Any] = {}
-    for name in ("mmlu", "gsm8k"):
-        cal = routellm(ctx, split(rows[name], "calibrate"))
-        held = routellm(ctx, split(rows[name], "eval"))
-        artifact = work / "artifacts" / name
-        calibrate_routellm(ctx, cal, artifact, f"{name} calibration half")
-        results[name] = evaluate(ctx, artifact, held, cal)
-        print_table(f"{name} (calibrated on its other half)", results[name])
-        plot(results[name], f"{name}: held-out half", args.results / f"quality-{name}.png")
-    for train, test in (("mmlu", "gsm8k"), ("gsm8k", "mmlu")):
-        held = routellm(ctx, split(rows[test], "eval"))
-        key = f"{train}->{test}"
-        results[key] = evaluate(ctx, work / "artifacts" / train, held, None)
-        print_table(f"transfer: calibrated on {train}, evaluated on {test}", results[key])
-    mt = routellm(ctx, rows["mt_bench"])
-    results["mt_bench (default artifact)"] = evaluate(ctx, args.default_artifact, mt, None)
-    results["mt_bench (default artifact)"]["spread"] = mt_bench_spread(
-        ctx, args.default_artifact, rows["mt_bench"]
-    )
-    print_table(
-        "mt_bench: the default artifact (MMLU + GSM8K), unseen",
-        results["mt_bench (default artifact)"],
-    )
-    print(f"  over 20 random halves: {results['mt_bench (default artifact)']['spread']}")
-    plot(
-        results["mt_bench (default artifact)"],
-        "mt_bench: default artifact",
-        args.results / "quality-mt_bench.png",
-    )
-    for name in ("mmlu", "gsm8k"):
-        held = routellm(ctx, split(rows[name], "eval"))
-        key = f"{name} (default artifact)"
-        results[key] = evaluate(ctx, args.default_artifact, held, None)
-        print_table(f"{name} held-out half: the default artifact", results[key])
-    everyday = routellm(ctx, split(list(CONVERTERS["everyday"](args.everyday)), "eval"))
-    results["everyday (default artifact)"] = everyday_auc(ctx, args.default_artifact, everyday)
-    print(f"\neveryday held-out half ({len(everyday.rows)} prompts): AUC, complex above simple")
-    for name, r in results["everyday (default artifact)"]["routers"].items():
-        ci = r.get("auc_ci95")
-        print(
-            f"  {name:<34}{r['auc']:>7.3f}" + (f"   95% CI {ci[0]:.3f}-{ci[1]:.3f}" if ci else "")
-        )
-    at = results["everyday (default artifact)"]["at_threshold"]
-    print(
-        f"  at the artifact's threshold: {at['complex_to_large']:.1%} of complex requests and "
-        f"{at['simple_to_large']:.1%} of simple ones go to the large tier"
-    )
-    print_length(results["everyday (default artifact)"])
-    goals = default_goals(results)
-    print("\nthe default artifact against its goals (held-out data):")
-    for goal, met in goals.items():
-        print(f"  {'met ' if met else 'MISS'} {goal}")
-    meta, _ = load_artifact(args.default_artifact)
-    out = args.results / "quality.json"
-    doc = {
-        "command": "make eval",
-        # The figures below belong to this artifact, scored with this embedder on this CPU.
-        "default_artifact": meta["version"],
-        "embedder_version": ctx.embedder().version,
-        "machine": machine(),
-        "goals": goals,
-        "results": results,
-    }
-    out.write_text(to_json(doc) + "\n")
-    print(f"\nwrote {out}")
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="tierroute routing-quality report (make eval)")
-    parser.add_argument("--config", type=Path, default=Path("configs/default.yaml"))
-    parser.add_argument("--source", type=Path, default=ROUTELLM)
-    parser.add_argument("--everyday", type=Path, default=EVERYDAY)
-    parser.add_argument("--work", type=Path, default=Path("build/quality"))
-    parser.add_argument("--results", type=Path, default=Path("benchmarks/results"))
-    parser.add_argument("--cache-dir", type=Path, default=Path("models/embeddings-cache"))
-    parser.add_argument("--default-artifact", type=Path, default=DEFAULT_ARTIFACT)
-    parser.add_argument(
-        "--build-default", action="store_true", help="only (re)build the default artifact"
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if args.build_default:
-        print(build_default(args.source, args.default_artifact, args.config, args.cache_dir))
-        return 0
-    return report(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,8 +17,9 @@ import numpy as np
 
 from tierroute.core.prompts import normalize
 from tierroute.quality import multi
-from tierroute.quality.calibrate import embed_texts, to_json
+from tierroute.quality.calibrate import to_json
 from tierroute.quality.evaluate import context, machine
+from tierroute.quality.fitting import embed_texts
 from tierroute.quality.labelled import DataError, Row, read_rows
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from tierroute.quality.calibrate import auc
+from tierroute.quality.fitting import auc
 
 # Two prompts are of about the same length when the shorter has at least this share of the
 # longer's words.

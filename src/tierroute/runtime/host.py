@@ -24,8 +24,9 @@ from grpc_reflection.v1alpha import reflection
 
 from tierroute.core.config import Config, ConfigError, TlsConfig, load_config
 from tierroute.runtime import telemetry
+from tierroute.runtime.admission import InFlight
 from tierroute.runtime.auth import Clients
-from tierroute.runtime.interceptors import Admission, chain
+from tierroute.runtime.interceptors import chain
 from tierroute.runtime.metrics import MetricsServer
 
 logger = logging.getLogger(__name__)
@@ -67,6 +68,13 @@ CHANNEL_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.max_receive_message_length", 16 * 1024 * 1024),
 ]
+
+
+class Front(Protocol):
+    """A front of the process beside its gRPC port."""
+
+    async def stop(self, grace: float) -> None:
+        """Stop accepting; let requests in progress finish within `grace` seconds."""
 
 
 class Service(Protocol):
@@ -131,13 +139,12 @@ class Host:
     def __init__(self, service: Service, serving: Serving) -> None:
         self.service = service
         self.serving = serving
+        # One count for every front of the process: the gRPC port and any other (add_front).
+        self.admission = InFlight(serving.max_concurrent_requests, serving.limit_setting)
         interceptors = chain(
-            serving.max_concurrent_requests,
-            serving.limit_setting,
-            serving.clients,
-            (serving.max_message_bytes, serving.message_setting),
+            self.admission, serving.clients, (serving.max_message_bytes, serving.message_setting)
         )
-        self._admission = next(i for i in interceptors if isinstance(i, Admission))
+        self._fronts: list[Front] = []
         self.server = grpc.aio.server(
             options=server_options(serving.max_message_bytes), interceptors=interceptors
         )
@@ -183,11 +190,16 @@ class Host:
     @property
     def in_flight(self) -> int:
         """Calls of this server's own services in progress."""
-        return self._admission.in_flight
+        return self.admission.count
+
+    def add_front(self, front: Front) -> None:
+        """Another front of this process (the router's HTTP front): it stops accepting when
+        the gRPC port does, and drains beside it."""
+        self._fronts.append(front)
 
     async def wait_idle(self, poll: float = 0.01) -> None:
         """Return once no call of this server's own services is in progress."""
-        while self._admission.in_flight:  # noqa: ASYNC110 - the count changes without an event
+        while self.admission.count:  # noqa: ASYNC110 - the count changes without an event
             await asyncio.sleep(poll)
 
     async def load(self) -> None:
@@ -212,7 +224,10 @@ class Host:
         """Report NOT_SERVING, refuse new calls, give in-flight calls `grace` seconds (the
         configured drain time by default), then release the service."""
         await self.health.enter_graceful_shutdown()
-        await self.server.stop(self.serving.shutdown_grace_seconds if grace is None else grace)
+        grace = self.serving.shutdown_grace_seconds if grace is None else grace
+        # Every front stops accepting at once, and their requests drain side by side.
+        await asyncio.gather(self.server.stop(grace), *(f.stop(grace) for f in self._fronts))
+        self._fronts.clear()
         await self.service.close()
         if self.metrics is not None:
             await asyncio.to_thread(self.metrics.stop)

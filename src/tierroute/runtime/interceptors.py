@@ -29,20 +29,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from google.protobuf.message import DecodeError
 from opentelemetry import propagate, trace
 
 from tierroute.core.errors import RETRY_PUSHBACK_KEY, ServiceError
 from tierroute.runtime import metrics
+from tierroute.runtime.admission import InFlight
 from tierroute.runtime.auth import CLIENT, Clients
+from tierroute.runtime.decoding import EXEMPT, Decoding
 
 logger = logging.getLogger(__name__)
 
 Unary = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
 Stream = Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]
 
-# Services that every server carries and that are not the project's own work.
-_EXEMPT = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 # Server-side span status by OpenTelemetry's gRPC conventions: these codes are the server's
 # failure; the rest (a bad argument, a missing entity, a client that cancelled) are not.
 _SERVER_ERRORS = {
@@ -54,13 +53,6 @@ _SERVER_ERRORS = {
     grpc.StatusCode.DATA_LOSS,
 }
 _BY_VALUE = {code.value[0]: code for code in grpc.StatusCode}
-
-
-class _Undecodable:
-    """Stands for a request whose bytes did not decode; the first interceptor to see it aborts."""
-
-    def __init__(self, error: Exception) -> None:
-        self.error = error
 
 
 class _Wrapping(grpc.aio.ServerInterceptor):
@@ -79,7 +71,7 @@ class _Wrapping(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
         method = handler_call_details.method
-        if handler is None or method.startswith(_EXEMPT):
+        if handler is None or method.startswith(EXEMPT):
             return handler
         if handler.unary_unary is not None:
             return handler._replace(unary_unary=self.wrap_unary(handler.unary_unary, method))
@@ -201,44 +193,39 @@ class Tracing(_Wrapping):
 
 
 class Admission(_Wrapping):
-    """At most `limit` RPCs of this server's own services in flight at once."""
+    """At most `in_flight.limit` requests in flight, counted with the process's other fronts
+    (runtime/admission.py)."""
 
-    def __init__(self, limit: int, setting: str, retry_after_ms: int = 100) -> None:
-        self.limit = limit
-        self.in_flight = 0
-        self._setting = setting
-        self._retry_after_ms = retry_after_ms
+    def __init__(self, in_flight: InFlight) -> None:
+        self.in_flight = in_flight
 
     async def _refuse(self, context: grpc.aio.ServicerContext) -> None:
         await context.abort(
             grpc.StatusCode.RESOURCE_EXHAUSTED,
-            f"the service is at its limit of {self.limit} concurrent requests "
-            f"({self._setting}); retry after {self._retry_after_ms} ms with backoff",
-            ((RETRY_PUSHBACK_KEY, str(self._retry_after_ms)),),
+            self.in_flight.refusal(),
+            ((RETRY_PUSHBACK_KEY, str(self.in_flight.retry_after_ms)),),
         )
 
     def wrap_unary(self, behavior: Unary, method: str) -> Unary:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            if self.in_flight >= self.limit:
+            if not self.in_flight.enter():
                 await self._refuse(context)
-            self.in_flight += 1
             try:
                 return await behavior(request, context)
             finally:
-                self.in_flight -= 1
+                self.in_flight.leave()
 
         return admitted
 
     def wrap_stream(self, behavior: Stream, method: str) -> Stream:
         async def admitted(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            if self.in_flight >= self.limit:
+            if not self.in_flight.enter():
                 await self._refuse(context)
-            self.in_flight += 1
             try:
                 async for item in behavior(request, context):
                     yield item
             finally:
-                self.in_flight -= 1
+                self.in_flight.leave()
 
         return admitted
 
@@ -367,90 +354,8 @@ class ErrorMapping(_Wrapping):
         return mapped
 
 
-class _Oversize:
-    """Stands for a request over the message limit, which is not decoded at all."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-
-
-class Decoding(grpc.aio.ServerInterceptor):
-    """Requests that do not decode, or that are larger than the service's message limit,
-    become INVALID_ARGUMENT (saying which) before any interceptor runs."""
-
-    def __init__(self, max_bytes: int | None = None, setting: str = "") -> None:
-        self.max_bytes = max_bytes
-        self.setting = setting
-
-    async def intercept_service(
-        self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
-        handler = await continuation(handler_call_details)
-        if (
-            handler is None
-            or handler.request_deserializer is None
-            or handler.request_streaming
-            or handler_call_details.method.startswith(_EXEMPT)
-        ):
-            return handler
-        decode = handler.request_deserializer
-        limit = self.max_bytes
-
-        def tolerant(data: bytes) -> Any:
-            if limit is not None and len(data) > limit:
-                return _Oversize(len(data))
-            try:
-                return decode(data)
-            except (DecodeError, UnicodeDecodeError, ValueError) as exc:
-                return _Undecodable(exc)
-
-        async def refuse(
-            context: grpc.aio.ServicerContext, request: _Undecodable | _Oversize
-        ) -> None:
-            if isinstance(request, _Oversize):
-                await context.abort(
-                    grpc.StatusCode.INVALID_ARGUMENT,
-                    f"the request message is {request.size} bytes, over the limit of {limit} "
-                    f"bytes ({self.setting}): send a shorter prompt or fewer messages, or raise "
-                    "the setting",
-                )
-            assert isinstance(request, _Undecodable)
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"the request could not be decoded as {handler_call_details.method.lstrip('/')}'s "
-                f"request message ({type(request.error).__name__}): send a well-formed protobuf "
-                "whose string fields are valid UTF-8",
-            )
-
-        if handler.unary_unary is not None:
-            unary = handler.unary_unary
-
-            async def checked_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
-                if isinstance(request, _Undecodable | _Oversize):
-                    await refuse(context, request)
-                return await unary(request, context)
-
-            return handler._replace(request_deserializer=tolerant, unary_unary=checked_unary)
-        if handler.unary_stream is not None:
-            stream = handler.unary_stream
-
-            async def checked_stream(
-                request: Any, context: grpc.aio.ServicerContext
-            ) -> AsyncIterator[Any]:
-                if isinstance(request, _Undecodable | _Oversize):
-                    await refuse(context, request)
-                async for item in stream(request, context):
-                    yield item
-
-            return handler._replace(request_deserializer=tolerant, unary_stream=checked_stream)
-        return handler
-
-
 def chain(
-    max_in_flight: int,
-    in_flight_setting: str,
+    in_flight: InFlight,
     clients: Clients | None = None,
     message_limit: tuple[int, str] | None = None,
 ) -> Sequence[grpc.aio.ServerInterceptor]:
@@ -460,7 +365,7 @@ def chain(
         Decoding(*(message_limit or (None, ""))),
         Tracing(),
         *([Authentication(clients)] if clients is not None else []),
-        Admission(max_in_flight, in_flight_setting),
+        Admission(in_flight),
         Deadlines(),
         ErrorMapping(),
     ]

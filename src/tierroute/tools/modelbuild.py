@@ -12,11 +12,9 @@ commit, with the versions pinned in constraints.txt, builds the same embedder by
 machine; `models.lock.json` records its hash and a test checks it.
 
 The default router artifact is not built here: it is calibrated once (`--only router`, that is
-`make calibrate-default`: `tierroute calibrate` on the calibration halves of RouteLLM's MMLU and
-GSM8K files) and shipped in `artifacts/router-default/`. Its calibration embeds 7,621 prompts
-with the int8 embedder, whose arithmetic differs slightly between CPUs (onnxruntime's int8
-kernels for AVX2 and for AVX-512 VNNI round differently), so a rebuild on another CPU gives
-another artifact; the shipped one is the same everywhere.
+`make calibrate-default`) and shipped in `artifacts/router-default/`. Its calibration embeds
+with the int8 embedder, whose arithmetic differs slightly between CPUs, so a rebuild on another
+CPU gives another artifact; the shipped one is the same everywhere.
 """
 
 from __future__ import annotations

@@ -25,15 +25,11 @@ import numpy as np
 
 from tierroute.core.config import Config, ConfigError, load_config
 from tierroute.quality.artifact import ArtifactError
-from tierroute.router.route.routing_log import LogError, read_ledger
+from tierroute.router.route.log_reader import read_ledger
+from tierroute.router.route.routing_log import LogError
 from tierroute.router.route.shadow import band
 from tierroute.router.scoring.learned import calibration_scores
-from tierroute.router.selection.operating import (
-    DRIFT_BINS,
-    DRIFT_MIN_REQUESTS,
-    decile_edges,
-    psi,
-)
+from tierroute.router.selection.drift import DRIFT_BINS, DRIFT_MIN_REQUESTS, decile_edges, psi
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 

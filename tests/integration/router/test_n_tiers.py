@@ -23,7 +23,8 @@ from tests.helpers.services import started as started_host
 from tests.integration.router.test_route import Routed, route
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.router.service import RouterService, host
-from tierroute.router.tiers.measured import TTFT_MS, Figure, SqliteStore, open_store
+from tierroute.router.tiers.measured import TTFT_MS
+from tierroute.router.tiers.store import Figure, SqliteStore, open_store
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.host import Host

@@ -30,7 +30,7 @@ from tests.helpers.services import (
 from tests.helpers.services import started as started_host
 from tests.helpers.tools import cli
 from tierroute.common.v1 import common_pb2 as common_pb
-from tierroute.router.route.flow import PARTIAL_SUMMARY_KEY
+from tierroute.router.route.state import PARTIAL_SUMMARY_KEY
 from tierroute.router.service import host
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc

@@ -20,7 +20,7 @@ from tests.helpers.budgets import make_config
 from tests.helpers.services import EMBEDDER_DIR, ServiceProcess
 from tests.helpers.services import started as started_host
 from tests.integration.router.test_route import Routed, route
-from tierroute.router.route.routing_log import read_labels
+from tierroute.router.route.log_reader import read_labels
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.service import RouterService, host
 from tierroute.runtime.host import Host
