@@ -11,7 +11,7 @@ BUF         := .tools/node_modules/.bin/buf
 PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
-.PHONY: setup deps constraints models gen lint redis prometheus test test-contended test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-e2e bench-shadow bench-commit \
+.PHONY: setup deps constraints models gen lint redis prometheus test test-contended test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-upstream bench-e2e bench-shadow bench-commit \
 	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
 
 setup: deps models
@@ -146,6 +146,11 @@ certs: deps
 
 bench-route: setup
 	$(PY) benchmarks/bench_route.py --config $(CONFIG)
+
+# A Route to an OpenAI-compatible upstream tier (vLLM's own server) against the same requests
+# sent to it directly: the time to first token added and the tokens/s kept.
+bench-upstream: setup
+	$(PY) benchmarks/bench_upstream.py --config $(CONFIG)
 
 # The end-to-end table: a mixed workload (everyday, benchmark and checkable prompts) through the
 # HTTP front and gRPC Route against the large tier direct, one run, the suite started as its own

@@ -42,6 +42,9 @@ from tierroute.runtime.tls import server_credentials
 
 logger = logging.getLogger(__name__)
 
+# How long the start-up check of an OpenAI-compatible tier may take.
+STARTUP_CHECK_SECONDS = 60.0
+
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["RouterService"].full_name
 # The metrics store's health, a detail beside the router's own (grpc.health.v1 service name):
 # NOT_SERVING while router.metrics_store fails, when routing goes on with its last figures.
@@ -184,8 +187,23 @@ class RouterService:
             self.measurements.on_store_state = self._store_state_reporter(host)
         await asyncio.to_thread(self.measurements.start)
         await self.decider.load()
+        await self._check_upstreams()
         if self.cfg.router.bench_interval_seconds > 0:
             self._bench_task = asyncio.create_task(self._bench_every())
+
+    async def _check_upstreams(self) -> None:
+        """A tier of kind openai validated by log-probabilities must get them from its server:
+        one small request says so, or the router does not start (ConfigError)."""
+        from tierroute.router.tiers.openai_client import OpenAiTierClient, check_logprobs
+
+        for t in self.cfg.tiers:
+            if t.kind != "openai" or t.validation != "logprob":
+                continue
+            client = self.pool.replicas[t.name][0].client
+            assert isinstance(client, OpenAiTierClient)
+            problem = await check_logprobs(client, STARTUP_CHECK_SECONDS)
+            if problem is not None:
+                raise ConfigError(f"invalid configuration: {problem}")
 
     def _drift_state(self) -> tuple[dict[str, float], dict[str, bool]]:
         drift = self.decider.drift

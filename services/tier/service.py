@@ -186,6 +186,11 @@ def build(cfg: Config, args: argparse.Namespace, extra: list[str]) -> tuple[Tier
     except KeyError:
         names = ", ".join(t.name for t in cfg.tiers) or "none"
         raise ConfigError(f"no tier {args.tier!r} in the config (tiers: {names})") from None
+    if tier.kind != "tierroute":
+        raise ConfigError(
+            f"tier {tier.name!r} is of kind {tier.kind}: its own server serves it, not a tier "
+            "process (the router reaches it at its base_url)"
+        )
     for key, value in tier.env.items():
         os.environ.setdefault(key, value)
     # vLLM gives its workers 5 s to leave on shutdown, then signals them; a CPU worker beside

@@ -227,3 +227,65 @@ def test_hedging_and_prefix_settings_are_checked(
         "  - {name: large, address: 'h:2', model: m}\n"
     )
     assert load_config(write(tmp_path, fine), environ={}).tiers[0].hedge_margin == 0.5
+
+
+def test_the_upstream_config_puts_the_large_tier_on_an_openai_server_from_the_environment() -> None:
+    path = ROOT / "configs" / "upstream.yaml"
+    cfg = load_config(path, environ={})
+    small, large = cfg.tiers
+    assert small.kind == "tierroute" and large.kind == "openai"
+    assert large.dial_addresses() == ["http://127.0.0.1:8000/v1"]
+    moved = load_config(
+        path,
+        environ={
+            "TIERROUTE__TIERS__1__BASE_URL": "https://vllm-large:8000/v1",
+            "TIERROUTE__TIERS__1__MODEL": "meta-llama/Llama-3.1-70B-Instruct",
+        },
+    )
+    assert moved.tiers[1].dial_addresses() == ["https://vllm-large:8000/v1"]
+    assert moved.tiers[1].model == "meta-llama/Llama-3.1-70B-Instruct"
+
+
+@pytest.mark.parametrize(
+    ("tier", "says"),
+    [
+        ("kind: openai", "needs base_url"),
+        ("kind: openai\n    base_url: vllm:8000", "is not an http(s) URL"),
+        ("kind: openai\n    base_url: http://v/v1\n    engine_args: {dtype: float32}",
+         "runs no engine of ours"),
+        ("address: h:1\n    api_key_env: KEY", "apply to tiers of kind openai"),
+        ("kind: openai\n    base_url: http://v/v1\n    api_key_env: K\n    api_key_file: f",
+         "not both"),
+    ],
+)  # fmt: skip
+def test_an_upstream_tier_that_cannot_work_is_refused_naming_what_to_fix(
+    tmp_path: Path, tier: str, says: str
+) -> None:
+    path = write(tmp_path, f"tiers:\n  - name: big\n    model: m\n    {tier}\n")
+    with pytest.raises(ConfigError, match=says.replace("(", r"\(").replace(")", r"\)")):
+        load_config(path, environ={})
+
+
+def test_an_upstream_key_is_read_from_its_source_and_a_missing_one_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_text("sk-from-file\n")
+    path = write(
+        tmp_path,
+        "tiers:\n"
+        "  - {name: a, kind: openai, base_url: 'http://v/v1', model: m, api_key_env: UP_KEY}\n"
+        f"  - {{name: b, kind: openai, base_url: 'http://w/v1', model: m,\n"
+        f"      api_key_file: {key_file}}}\n",
+    )
+    cfg = load_config(path, environ={})
+    monkeypatch.delenv("UP_KEY", raising=False)
+    with pytest.raises(ValueError, match=r"UP_KEY.*not set"):
+        cfg.tiers[0].api_key()
+    monkeypatch.setenv("UP_KEY", "sk-from-env")
+    assert cfg.tiers[0].api_key() == (
+        "sk-from-env",
+        "the environment variable UP_KEY (tiers[a].api_key_env)",
+    )
+    key, where = cfg.tiers[1].api_key()
+    assert key == "sk-from-file" and str(key_file) in where

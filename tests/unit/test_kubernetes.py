@@ -62,3 +62,20 @@ def test_the_config_map_holds_a_config_tierroute_loads() -> None:
         "tierroute-tier-small:50061",
         "tierroute-tier-large:50062",
     ]
+
+
+def test_the_upstream_overlay_makes_the_large_tier_an_in_cluster_vllm_service() -> None:
+    docs = [
+        d
+        for d in yaml.safe_load_all((ROOT / "deploy/kubernetes/upstream/config.yaml").read_text())
+        if d
+    ]
+    for doc in docs:
+        kubernetes_validate.validate(doc, VERSION, strict=True)
+    cm = next(d for d in docs if d["kind"] == "ConfigMap")
+    assert cm["metadata"]["name"] == "tierroute-config"  # it replaces the base's
+    cfg = config_from_dict(yaml.safe_load(cm["data"]["config.yaml"]))
+    large = cfg.tiers[-1]
+    assert large.kind == "openai" and large.base_url.endswith(".svc.cluster.local:8000/v1")
+    assert large.api_key_file is not None and "api-key" in str(large.api_key_file)
+    assert any(d["kind"] == "Secret" for d in docs)

@@ -157,3 +157,18 @@ async def test_the_runner_s_health_port_answers_grpcurl_as_the_banner_shows_it()
         assert '"status": "SERVING"' in out
     finally:
         await server.stop(None)
+
+
+def test_the_suite_starts_no_process_for_a_tier_an_openai_server_serves() -> None:
+    from tierroute.tools.suite import services
+
+    cfg = config_from_dict(
+        {
+            "tiers": [
+                {"name": "small", "address": "127.0.0.1:50061", "model": "m"},
+                {"name": "large", "kind": "openai", "base_url": "http://h:8000/v1", "model": "m"},
+            ]
+        }
+    )
+    names = [s.name for s in services(cfg, Path("configs/upstream.yaml"))]
+    assert names == ["tier:small", "validator", "router"]

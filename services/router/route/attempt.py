@@ -1,6 +1,5 @@
 """One tier's attempt at a request: the call (through the tier-client interface, in a CLIENT
-span), the stall check on its first token, retries on another replica, prefix commit, and the
-hedge that races a held-back answer.
+span), its stall check, retries on another replica, prefix commit, and the hedge.
 
 An answer is streamed live, or held back until the validator has judged it (verdicts.py):
 delivered, or replaced by the next tier's; or, with the tier's `commit: prefix`, judged on its
@@ -134,6 +133,9 @@ class Attempts:
             "tierroute.replica": replica.address,
             "tierroute.escalation": not first,
         }
+        if tier.kind == "openai":  # OpenTelemetry's GenAI client conventions name the upstream
+            attributes |= {"gen_ai.operation.name": "chat", "gen_ai.request.model": tier.model}
+            attributes["server.address"] = replica.address
         timer = self.pool.first_token[tier.name]
         client = replica.client
         with telemetry.client_span(client.operation, __name__, attributes) as (span, headers):

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Literal, Protocol
 
-from tierroute.core.config import TierConfig, TlsConfig
+from tierroute.core.config import ConfigError, TierConfig, TlsConfig
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 
 Kind = Literal["unavailable", "overloaded", "bad_request", "deadline", "stalled", "cancelled"]
@@ -86,7 +86,16 @@ class TierClient(Protocol):
 
 
 def connect(tier: TierConfig, address: str, tls: TlsConfig) -> TierClient:
-    """A client of one replica of `tier`, dialled at `address`, of the tier's kind."""
+    """A client of one replica of `tier`, dialled at `address`, of the tier's kind. ConfigError
+    if an OpenAI-compatible tier's API key cannot be read."""
+    if tier.kind == "openai":
+        from tierroute.router.tiers.openai_client import OpenAiTierClient
+
+        try:
+            key, source = tier.api_key()
+        except ValueError as error:
+            raise ConfigError(f"invalid configuration: {error}") from None
+        return OpenAiTierClient(tier, address, key, source)
     from tierroute.router.tiers.grpc_client import GrpcTierClient
 
     return GrpcTierClient(address, tls)

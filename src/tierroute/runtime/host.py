@@ -316,6 +316,9 @@ def run_service(spec: Spec, argv: list[str] | None = None) -> int:
         telemetry.setup_tracing(serving.telemetry_name, cfg.monitoring.otlp_endpoint)
         try:
             await Host(service, serving).serve(args.port_file)
+        except ConfigError as exc:  # found while loading (an upstream that cannot serve it)
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 2
         finally:
             telemetry.shutdown_tracing()
         return 0

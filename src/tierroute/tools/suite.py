@@ -87,6 +87,7 @@ def services(cfg: Config, config_path: Path) -> list[Service]:
             t.shutdown_grace_seconds,
         )
         for t in cfg.tiers
+        if t.kind == "tierroute"  # an OpenAI-compatible tier runs elsewhere
     ]
     validator = Service(
         "validator",
@@ -284,15 +285,16 @@ def usage(cfg: Config) -> str:
         f'  {grpcurl} -plaintext -d \'{{"prompt": "What is the capital of France?"}}\' '
         f"{router} tierroute.router.v1.RouterService/Route",
     ]
-    for t in cfg.tiers[:1]:
+    for t in [t for t in cfg.tiers if t.kind == "tierroute"][:1]:
         lines.append(
             f'  {grpcurl} -plaintext -d \'{{"messages": [{{"role": "user", "content": '
             f'"What is the capital of France?"}}]}}\' {t.address} '
             "tierroute.tier.v1.TierService/Generate"
         )
-    if cfg.suite.health_listen:
+    own = [t for t in cfg.tiers if t.kind == "tierroute"]
+    if cfg.suite.health_listen and own:
         lines.append(
-            f'  {grpcurl} -plaintext -d \'{{"service": "tier:{cfg.tiers[0].name}"}}\' '
+            f'  {grpcurl} -plaintext -d \'{{"service": "tier:{own[0].name}"}}\' '
             f"{cfg.suite.health_listen} grpc.health.v1.Health/Check   (the suite's health)"
         )
     lines.append("Ctrl-C stops everything (the router first, the tiers last).")

@@ -29,17 +29,14 @@ import yaml
 from pydantic import BaseModel, Field, ValidationError, ValidationInfo, model_validator
 
 from tierroute.core.config.base import REDIS_SCHEMES, ConfigError, Strict
-from tierroute.core.config.router import ClientLimitsConfig, RouterConfig
-from tierroute.core.config.sections import (
-    BreakerConfig,
-    EscalationConfig,
+from tierroute.core.config.processes import (
     MonitoringConfig,
-    ShadowConfig,
     SuiteConfig,
-    TierConfig,
     TlsConfig,
     ValidatorConfig,
 )
+from tierroute.core.config.router import ClientLimitsConfig, RouterConfig
+from tierroute.core.config.sections import BreakerConfig, EscalationConfig, ShadowConfig, TierConfig
 
 __all__ = [
     "ENV_PREFIX",

@@ -1,9 +1,9 @@
-"""The configuration's other sections: the tiers (`tiers:`), escalation, shadow mode, circuit
-breakers, the validator, monitoring, the suite runner and TLS."""
+"""The configuration of the tiers (`tiers:`), escalation, shadow mode and circuit breakers."""
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -16,12 +16,39 @@ from tierroute.core.config.base import Strict
 
 logger = logging.getLogger("tierroute.core.config")
 
+# Settings of a tier of kind openai only.
+UPSTREAM_ONLY = (
+    "base_url",
+    "api_key_env",
+    "api_key_file",
+    "headers",
+    "connect_timeout_seconds",
+    "read_timeout_seconds",
+)
+
 
 class TierConfig(Strict):
     # Unique name, used in decisions and metrics (for example "small").
     name: str = Field(min_length=1)
-    # host:port where the router reaches the tier service.
+    # What serves the tier: our tier service ("tierroute", dialled over gRPC at `address`), or
+    # any OpenAI-compatible server ("openai": `vllm serve`, a vLLM fleet behind its own router,
+    # a hosted API) at `base_url`, its `replicas` more base URLs. `make run` starts only the
+    # tiers of kind tierroute.
+    kind: Literal["tierroute", "openai"] = "tierroute"
+    # host:port where the router reaches the tier service (kind openai: its base_url).
     address: str = Field(min_length=1)
+    # kind openai: the server's OpenAI API root, for example http://vllm:8000/v1.
+    base_url: str = ""
+    # kind openai: where the API key is read, once at start-up: an environment variable's name,
+    # or a file (its first line). Never in the config itself, never logged. Neither: no key.
+    api_key_env: str = ""
+    api_key_file: Path | None = None
+    # kind openai: extra HTTP headers on every request (for example an organisation header).
+    headers: dict[str, str] = Field(default_factory=dict)
+    # kind openai: seconds to connect, and to wait for each read of a streamed answer (the
+    # request's own budget still caps the whole call).
+    connect_timeout_seconds: float = Field(default=5.0, gt=0)
+    read_timeout_seconds: float = Field(default=60.0, gt=0)
     # More replicas of the same model (host:port each), started elsewhere: the router spreads
     # requests over `address` and these by fewest in flight, ejects one that keeps failing
     # (circuit_breaker.replica_ejection_*), and retries a call that failed before answering
@@ -111,6 +138,68 @@ class TierConfig(Strict):
                 "use commit full"
             )
         return self
+
+    @model_validator(mode="before")
+    @classmethod
+    def _upstream_address(cls, data: Any) -> Any:
+        """A tier of kind openai is dialled at its base_url."""
+        if isinstance(data, dict) and data.get("kind") == "openai" and not data.get("address"):
+            data = {**data, "address": data.get("base_url") or ""}
+            if not data["address"]:
+                raise ValueError(
+                    f"tier {data.get('name', '?')!r} of kind openai needs base_url (the server's "
+                    "OpenAI API root, for example http://vllm:8000/v1)"
+                )
+        return data
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> TierConfig:
+        if self.kind == "tierroute":
+            given = [k for k in UPSTREAM_ONLY if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f"tier {self.name!r}: {', '.join(given)} apply to tiers of kind openai; "
+                    "set kind: openai or remove them"
+                )
+            return self
+        given = [k for k in ("engine_args", "env", "listen") if k in self.model_fields_set]
+        if given:
+            raise ValueError(
+                f"tier {self.name!r} of kind openai runs no engine of ours, so "
+                f"{', '.join(given)} cannot apply; remove them (its server has its own settings)"
+            )
+        for url in self.dial_addresses():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"tier {self.name!r} of kind openai: {url!r} is not an http(s) URL "
+                    "(base_url and replicas are URLs such as http://vllm:8000/v1)"
+                )
+        if self.api_key_env and self.api_key_file is not None:
+            raise ValueError(f"tier {self.name!r}: set api_key_env or api_key_file, not both")
+        return self
+
+    def api_key(self) -> tuple[str | None, str]:
+        """The API key of a tier of kind openai, and where it was read (for messages: never
+        the key). ConfigError-worthy ValueError if the named source is missing or empty."""
+        if self.api_key_env:
+            where = f"the environment variable {self.api_key_env} (tiers[{self.name}].api_key_env)"
+            key = os.environ.get(self.api_key_env, "").strip()
+            if not key:
+                raise ValueError(f"tier {self.name!r}: {where} is not set or empty")
+            return key, where
+        if self.api_key_file is not None:
+            where = f"the file {self.api_key_file} (tiers[{self.name}].api_key_file)"
+            try:
+                lines = self.api_key_file.read_text().splitlines()
+            except OSError as error:
+                raise ValueError(
+                    f"tier {self.name!r}: cannot read {where}: {error.strerror}"
+                ) from None
+            key = lines[0].strip() if lines else ""
+            if not key:
+                raise ValueError(f"tier {self.name!r}: {where} is empty")
+            return key, where
+        return None, "nowhere (no api_key_env or api_key_file is set)"
 
     @model_validator(mode="before")
     @classmethod
@@ -255,78 +344,3 @@ class BreakerConfig(Strict):
     replica_ejection_failures: int = Field(default=3, ge=1)
     replica_ejection_seconds: float = Field(default=10.0, gt=0)
     replica_ejection_max_seconds: float = Field(default=300.0, gt=0)
-
-
-class ValidatorConfig(Strict):
-    # Where the validator listens. Port 0 picks a free port.
-    listen: str = "127.0.0.1:50071"
-    # Where the router reaches the validator. Empty: the `listen` address.
-    address: str = ""
-    # host:port of the Prometheus `/metrics` endpoint (plaintext, or HTTPS with `tls`). Empty:
-    # none. Port 0: any free port (logged).
-    metrics_listen: str = ""
-    # Seconds in-flight requests get to finish on SIGTERM.
-    shutdown_grace_seconds: float = Field(default=5.0, ge=0)
-    # Most Validate calls in flight at once; more get RESOURCE_EXHAUSTED.
-    max_concurrent_requests: int = Field(default=1024, ge=1)
-
-    def dial(self) -> str:
-        """Where the router reaches the validator."""
-        return self.address or self.listen
-
-
-class MonitoringConfig(Strict):
-    # Python log level of every service.
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    # OTLP/gRPC endpoint for traces, for example "127.0.0.1:4317". Empty: tracing off.
-    otlp_endpoint: str = ""
-
-
-class SuiteConfig(Strict):
-    """The suite runner (`make run`): how it supervises the services it starts."""
-
-    # Where the runner serves grpc.health.v1 for the suite: "" is SERVING while every service
-    # is, and each service has its own entry ("router", "validator", "tier:<name>"). Empty: off.
-    health_listen: str = "127.0.0.1:50050"
-    # Seconds before a service that exited is started again; doubled after each restart that
-    # did not stay up `stable_seconds`, up to the maximum.
-    restart_backoff_seconds: float = Field(default=1.0, gt=0)
-    restart_backoff_max_seconds: float = Field(default=60.0, gt=0)
-    stable_seconds: float = Field(default=60.0, gt=0)
-    # A service that was SERVING and then fails its health check (no answer, or NOT_SERVING,
-    # as a tier whose engine died reports) for this long is restarted. 0: never.
-    unhealthy_restart_seconds: float = Field(default=30.0, ge=0)
-    # Seconds a starting service gets to report SERVING (an engine load) before it is
-    # restarted, or, at the suite's first start, before the suite gives up.
-    start_timeout_seconds: float = Field(default=300.0, gt=0)
-
-
-class TlsConfig(Strict):
-    """TLS on every gRPC port and the HTTP front; mutual TLS between the router (and the suite
-    runner) and the tiers and validator. `make certs` writes a development CA and certificates.
-    Off: plaintext, for the embedded local setup on loopback only."""
-
-    enabled: bool = False
-    # The CA that signed the services' certificates: callers verify servers with it; the
-    # tiers and the validator verify the router's client certificate with it.
-    ca: Path | None = None
-    # Every service's certificate and key (PEM); its names must cover the addresses dialled.
-    cert: Path | None = None
-    key: Path | None = None
-    # The router's (and the suite runner's) client certificate toward the tiers and validator.
-    client_cert: Path | None = None
-    client_key: Path | None = None
-    # The tiers and the validator accept only clients with a certificate signed by `ca`.
-    mutual: bool = True
-
-    @model_validator(mode="after")
-    def _complete(self) -> TlsConfig:
-        if self.enabled:
-            needed = ["ca", "cert", "key"] + (["client_cert", "client_key"] if self.mutual else [])
-            missing = [k for k in needed if getattr(self, k) is None]
-            if missing:
-                raise ValueError(
-                    f"tls.enabled needs {', '.join('tls.' + k for k in missing)} "
-                    "(`make certs` writes a development set into certs/)"
-                )
-        return self
