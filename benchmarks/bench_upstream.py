@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import grpc
 import httpx
@@ -31,7 +29,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.bench_route import summarize, via_route
+from benchmarks.bench_route import compare, print_comparison, summarize, via_route
 from benchmarks.common import (
     LONG_PROMPTS,
     ROOT,
@@ -39,7 +37,6 @@ from benchmarks.common import (
     Sample,
     interleaved_pairs,
     machine,
-    paired,
     print_goals,
     write_result,
 )
@@ -168,29 +165,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     rows = asyncio.run(bench(args))
-    result = {k: {m: statistics.median(r[m] for r in v) for m in v[0]} for k, v in rows.items()}
-    ratios: dict[str, Any] = {}
-    for c in (1, 8):
-        r = paired(
-            rows,
-            f"route_c{c}",
-            f"server_c{c}",
-            "tokens_per_s",
-            "ttft_beyond_score_p50_ms:ttft_p50_ms",
-        )
-        ratios[f"c{c}"] = {
-            "tokens_per_s_kept": r["ratio"]["median"],
-            "tokens_per_s_kept_iqr": r["ratio"]["iqr"],
-            "ttft_added_beyond_score_ms": r["diff"]["median"],
-            "ttft_added_beyond_score_ms_iqr": r["diff"]["iqr"],
-        }
-    goals = {
-        f"c{c}_tokens_per_s_kept>=0.95": ratios[f"c{c}"]["tokens_per_s_kept"] >= 0.95
-        for c in (1, 8)
-    } | {
-        f"c{c}_ttft_added_beyond_score_ms<=3": ratios[f"c{c}"]["ttft_added_beyond_score_ms"] <= 3
-        for c in (1, 8)
-    }
+    result, ratios, goals = compare(rows, "route", "server", 3)
     doc = {
         "benchmark": "Route to an OpenAI-compatible upstream tier vs the same requests sent to it",
         "command": "make bench-upstream",
@@ -203,28 +178,13 @@ def main() -> int:
         "goals_met": goals,
     }
     write_result(args.out, doc)
-    print(
-        f"\nRoute (upstream tier) vs the server directly, {args.max_tokens} tokens per request, "
-        f"medians over {args.pairs} interleaved pairs"
+    print_comparison(
+        f"Route (upstream tier) vs the server directly, {args.max_tokens} tokens per request, "
+        f"medians over {args.pairs} interleaved pairs",
+        result,
+        ratios,
+        {"route": "Route", "server": "server (direct)"},
     )
-    print(f"{'measurement':<36}{'TTFT p50 ms':>12}{'minus Score':>12}{'Score ms':>10}{'tok/s':>8}")
-    for c in (1, 8):
-        for name, label in (("route", "Route"), ("server", "server (direct)")):
-            m = result[f"{name}_c{c}"]
-            print(
-                f"{label + f', concurrency {c}':<36}{m['ttft_p50_ms']:>12.1f}"
-                f"{m['ttft_beyond_score_p50_ms']:>12.1f}{m['score_p50_ms']:>10.2f}"
-                f"{m['tokens_per_s']:>8.1f}"
-            )
-    for c in (1, 8):
-        r = ratios[f"c{c}"]
-        lo, hi = r["ttft_added_beyond_score_ms_iqr"]
-        print(
-            f"concurrency {c}: Route keeps {r['tokens_per_s_kept']:.1%} of tokens/s "
-            f"(IQR {r['tokens_per_s_kept_iqr'][0]:.1%} to {r['tokens_per_s_kept_iqr'][1]:.1%}), "
-            f"adds {r['ttft_added_beyond_score_ms']:+.1f} ms TTFT beyond Score "
-            f"(IQR {lo:+.1f} to {hi:+.1f})"
-        )
     print_goals(goals, args.out)
     return 0
 
