@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
@@ -202,7 +202,7 @@ class Attempts:
         hold: bool,
         serving: Hedge | None = None,
         racing: Hedge | None = None,
-    ) -> AsyncIterator[Token]:
+    ) -> AsyncGenerator[Token, None]:
         """One tier's answer: streamed live, or (`hold`) held back until the validator has
         judged it. Appends the attempt to the outcome. `serving`: a hedge already calling this
         tier, whose responses are the answer; `racing`: a larger tier's hedge, stopped the

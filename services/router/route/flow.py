@@ -19,9 +19,10 @@ trailing metadata `tierroute-partial-summary-bin`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator
 
 import numpy as np
 from opentelemetry import trace
@@ -140,13 +141,16 @@ class RouteFlow:
             self._describe(request, decision)
             routed.outcome.score_ms = (time.perf_counter() - started) * 1000.0
             yield Decided(decision)
-            async for event in self._answer(tier, routed):
-                if answered is not None and isinstance(event, Token):
-                    answered.append(event)
-                if conversation and isinstance(event, Finished):
-                    # Before the summary: the conversation's next turn sees where it is held.
-                    await self.affinity.hold(conversation, held, event.summary.tier)
-                yield event
+            # Closed with this one when the client leaves: the tier call ends now, not whenever
+            # the abandoned generators are collected.
+            async with contextlib.aclosing(self._answer(tier, routed)) as answering:
+                async for event in answering:
+                    if answered is not None and isinstance(event, Token):
+                        answered.append(event)
+                    if conversation and isinstance(event, Finished):
+                        # Before the summary: the next turn sees where it is held.
+                        await self.affinity.hold(conversation, held, event.summary.tier)
+                    yield event
         except ServiceError as error:
             status = error.code.name
             raise
@@ -284,7 +288,7 @@ class RouteFlow:
         """The tiers an escalation from `tier` may go to, in order."""
         return [t for t in self._tiers[self._tiers.index(tier) + 1 :] if t in outcome.usable]
 
-    async def _answer(self, tier_name: str, routed: Routed) -> AsyncIterator[RouteEvent]:
+    async def _answer(self, tier_name: str, routed: Routed) -> AsyncGenerator[RouteEvent, None]:
         """The answer of the first tier that gives one the request may keep, escalating (and
         failing over) along the ranking."""
         request, outcome, holder = routed.request, routed.outcome, routed.holder
@@ -322,11 +326,11 @@ class RouteFlow:
                     if first and hold and following is not None:
                         hedge = self.attempts.hedge(tier, following, routed)
                     racing = hedge if serving is None else None
+                    attempt = self.attempts.answer(tier, routed, first, hold, serving, racing)
                     try:
-                        async for event in self.attempts.answer(
-                            tier, routed, first, hold, serving, racing
-                        ):
-                            yield event
+                        async with contextlib.aclosing(attempt) as answering:
+                            async for event in answering:
+                                yield event
                     except TierFailed as failure:
                         self.attempts.failed(failure, tier_name, routed, tier_started, following)
                     except BaseException:

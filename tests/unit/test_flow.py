@@ -1,0 +1,312 @@
+"""The Route flow over scripted tier clients (tiers/client.py): every path of a Route in a
+second, with no engine: deliver, escalate, fail over before and after tokens, a stall, a hedge,
+prefix commit, and a client that leaves. The decider and the validator are scripted too (their
+real counterparts: tests/integration/router/test_route.py, with vLLM engines)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import pytest
+
+from tests.helpers.budgets import make_config
+from tierroute.common.v1 import common_pb2 as common_pb
+from tierroute.core.config import Config
+from tierroute.core.errors import Unavailable
+from tierroute.router.route.budgets import Deadline
+from tierroute.router.route.flow import RouteFlow
+from tierroute.router.route.judge import Judge
+from tierroute.router.route.state import Decided, Escalated, Finished, RouteEvent, Token
+from tierroute.router.scoring.decider import Decider
+from tierroute.router.scoring.scored import Ask, Scored
+from tierroute.router.selection.policy import Selection
+from tierroute.router.tiers.client import TierError
+from tierroute.router.tiers.pool import Replica, TierPool
+from tierroute.router.v1 import router_service_pb2 as pb
+from tierroute.tier.v1 import tier_service_pb2 as tier_pb
+from tierroute.validator.v1 import validator_service_pb2 as val_pb
+
+Step = tier_pb.GenerateResponse | TierError | asyncio.Event
+
+
+def answer(*words: str) -> list[Step]:
+    """A tier's answer: a chunk per word (with a token log-prob each), then its summary."""
+    chunks: list[Step] = [
+        tier_pb.GenerateResponse(
+            chunk=tier_pb.GenerateChunk(
+                text=w, logprobs=[common_pb.TokenLogprob(token=w, logprob=-0.1)]
+            )
+        )
+        for w in words
+    ]
+    done = tier_pb.GenerateComplete(
+        prompt_tokens=5, completion_tokens=len(words), finish_reason=common_pb.FINISH_REASON_STOP
+    )
+    return [*chunks, tier_pb.GenerateResponse(complete=done)]
+
+
+class Call:
+    """One scripted generation: its steps in order; a TierError is raised, an Event waited on
+    (a tier that hangs until it is set)."""
+
+    def __init__(self, steps: list[Step]) -> None:
+        self.steps = steps
+        self.cancelled = False
+
+    async def __aiter__(self) -> AsyncIterator[tier_pb.GenerateResponse]:
+        for step in self.steps:
+            if isinstance(step, TierError):
+                raise step
+            if isinstance(step, asyncio.Event):
+                await step.wait()
+                continue
+            yield step
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class Client:
+    """A tier replica that answers each call with the next script (else a plain answer)."""
+
+    operation = "scripted/Generate"
+
+    def __init__(self, name: str) -> None:
+        self.address = f"scripted:{name}"
+        self.scripts: deque[list[Step]] = deque()
+        self.calls: list[tuple[tier_pb.GenerateRequest, Call]] = []
+
+    def generate(
+        self,
+        request: tier_pb.GenerateRequest,
+        timeout: float | None,
+        headers: Sequence[tuple[str, str]] = (),
+    ) -> Call:
+        call = Call(self.scripts.popleft() if self.scripts else answer(self.address))
+        self.calls.append((request, call))
+        return call
+
+    async def describe(self, seconds: float | None) -> tier_pb.DescribeResponse:
+        return tier_pb.DescribeResponse(model="scripted")
+
+    def reachable(self) -> bool:
+        return True
+
+    async def close(self) -> None:
+        pass
+
+
+class ScriptedDecider(Decider):
+    """The real input checks and policy; the score is the test's."""
+
+    score = 2.0
+
+    async def _decide_scored(
+        self, text: str, bypass_cache: bool, ask: Ask | None
+    ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
+        tiers = [t.name for t in self.cfg.tiers]
+        decision = pb.RoutingDecision(tier=tiers[0], complexity_score=self.score)
+        return decision, Selection(tiers, [], frozenset(tiers)), Scored(self.score, "", False)
+
+
+class ScriptedJudge(Judge):
+    """The validator's verdicts, in order (then DELIVER); what it was asked, kept."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.verdicts: deque[int] = deque()
+        self.asked: list[tuple[str, bool]] = []
+
+    async def _call(
+        self,
+        tier: Any,
+        request_id: str,
+        prompt: str,
+        answer: str,
+        logprobs: list[common_pb.TokenLogprob],
+        timeout: float,  # noqa: ASYNC109 - the real one's signature
+        partial: bool,
+    ) -> val_pb.ValidateResponse:
+        self.asked.append((answer, partial))
+        verdict = self.verdicts.popleft() if self.verdicts else val_pb.VERDICT_DELIVER
+        reason = (
+            val_pb.VALIDATION_REASON_LOW_CONFIDENCE
+            if verdict == val_pb.VERDICT_ESCALATE
+            else val_pb.VALIDATION_REASON_CONFIDENT
+        )
+        return val_pb.ValidateResponse(
+            verdict=verdict, reason=reason, confidence=0.5, content=answer
+        )
+
+
+class Router:
+    def __init__(self, small: dict[str, Any] | None = None, **escalation: Any) -> None:
+        self.cfg = make_config(
+            {
+                "router": {"complexity_threshold": 4.0},
+                "tiers": [
+                    {"name": "small", "address": "s:1", "model": "m", **(small or {})},
+                    {"name": "large", "address": "l:1", "model": "m"},
+                ],
+                "escalation": {"min_confidence": 0.7, **escalation},
+            }
+        )
+        self.small, self.large = Client("small"), Client("large")
+        self.pool = TierPool(self.cfg)
+        self.pool.replicas = {"small": [Replica(self.small)], "large": [Replica(self.large)]}
+        self.decider = ScriptedDecider(self.cfg)
+        self.judge = ScriptedJudge(self.cfg)
+        self.flow = RouteFlow(self.cfg, self.decider, self.pool, self.judge)
+
+    async def route(self, **fields: Any) -> list[RouteEvent]:
+        request = pb.RouteRequest(prompt="What is the capital of France?", **fields)
+        return [e async for e in self.flow.route(request, Deadline.after(60))]
+
+    async def close(self) -> None:
+        await self.judge.close()
+
+
+def text(events: list[RouteEvent], tier: str | None = None) -> str:
+    return "".join(e.text for e in events if isinstance(e, Token) and tier in (None, e.tier))
+
+
+def summary(events: list[RouteEvent]) -> pb.RouteSummary:
+    assert isinstance(events[0], Decided) and isinstance(events[-1], Finished)
+    return events[-1].summary
+
+
+async def test_an_unvalidated_tier_streams_live_and_is_delivered() -> None:
+    router = Router()
+    router.small.scripts.append(answer("Paris", " is", " it."))
+    events = await router.route()
+    await router.close()
+    assert text(events) == "Paris is it." and summary(events).tier == "small"
+    assert [type(e) for e in events] == [Decided, Token, Token, Token, Finished]
+    assert router.large.calls == []
+
+
+async def test_a_rejected_answer_is_never_sent_and_the_larger_tier_answers() -> None:
+    router = Router({"validation": "logprob"})
+    router.small.scripts.append(answer("Lyon"))
+    router.large.scripts.append(answer("Paris"))
+    router.judge.verdicts.append(val_pb.VERDICT_ESCALATE)
+    events = await router.route()
+    await router.close()
+    assert text(events) == "Paris" and "Lyon" not in text(events)
+    escalated = [e.escalation for e in events if isinstance(e, Escalated)]
+    assert [(e.from_tier, e.to_tier, e.reason) for e in escalated] == [
+        ("small", "large", pb.ESCALATION_REASON_LOW_CONFIDENCE)
+    ]
+    assert router.small.calls[0][0].logprobs, "a logprob tier is asked for its log-probs"
+    assert summary(events).attempts[0].validation == pb.VALIDATION_STATUS_FAILED
+
+
+async def test_a_tier_that_fails_before_answering_is_failed_over_and_counted() -> None:
+    router = Router()
+    router.small.scripts.append([TierError("unavailable", "connection refused")])
+    events = await router.route()
+    await router.close()
+    assert summary(events).tier == "large"
+    assert summary(events).escalation_reason == pb.ESCALATION_REASON_TIER_FAILURE
+    assert router.pool.breakers["small"]._consecutive == 1
+
+
+async def test_an_overloaded_tier_moves_the_request_on_without_a_breaker_failure() -> None:
+    router = Router()
+    router.small.scripts.append([TierError("overloaded", "busy", retry_after_s=2.0)])
+    events = await router.route()
+    await router.close()
+    assert summary(events).tier == "large"
+    assert summary(events).escalation_reason == pb.ESCALATION_REASON_TIER_OVERLOADED
+    assert router.pool.breakers["small"]._consecutive == 0
+
+
+async def test_a_tier_that_fails_after_tokens_ends_the_request_saying_how_much_was_sent() -> None:
+    router = Router()
+    router.small.scripts.append(
+        [*answer("Paris")[:1], TierError("unavailable", "connection reset")]
+    )
+    sent: list[RouteEvent] = []
+    request = pb.RouteRequest(prompt="What is the capital of France?")
+    with pytest.raises(Unavailable, match="5 characters into its answer"):
+        async for event in router.flow.route(request, Deadline.after(60)):
+            sent.append(event)
+    await router.close()
+    assert text(sent) == "Paris" and router.large.calls == []
+
+
+async def test_a_bad_request_is_the_clients_error_and_never_failed_over() -> None:
+    router = Router()
+    router.small.scripts.append([TierError("bad_request", "prompt too long for the context")])
+    with pytest.raises(Exception, match="prompt too long") as caught:
+        await router.route()
+    await router.close()
+    assert type(caught.value).__name__ == "InvalidArgument"
+    assert router.large.calls == [] and router.pool.breakers["small"]._consecutive == 0
+
+
+async def test_a_stalled_tier_is_abandoned_and_the_larger_tier_answers() -> None:
+    # The subject is the stall: a first-token timeout of 50 ms, against a tier that never
+    # answers (an event nobody sets), so the outcome cannot depend on the machine's speed.
+    router = Router(first_token_timeout_floor_ms=50, first_token_timeout_ceiling_ms=50)
+    router.small.scripts.append([asyncio.Event()])
+    events = await router.route()
+    await router.close()
+    assert summary(events).tier == "large" and text(events, "small") == ""
+    assert router.small.calls[0][1].cancelled, "the stalled call is cancelled"
+    assert router.pool.breakers["small"]._consecutive == 1
+
+
+async def test_a_hedge_is_cancelled_and_charged_when_the_small_answer_is_delivered() -> None:
+    router = Router({"validation": "logprob", "hedge_margin": 1.0})
+    router.decider.score = 3.5  # within the margin of the small tier's bound (4.0)
+    router.small.scripts.append(answer("Paris"))
+    release = asyncio.Event()  # the large tier's answer never comes before the verdict
+    router.large.scripts.append([release, *answer("Paris, France")])
+    events = await router.route()
+    await router.close()
+    s = summary(events)
+    assert s.tier == "small" and text(events) == "Paris"
+    hedged = [a for a in s.attempts if a.hedged]
+    assert [(a.tier, a.delivered) for a in hedged] == [("large", False)]
+    assert router.large.calls[0][1].cancelled
+
+
+async def test_a_hedge_answers_with_its_head_start_when_the_small_answer_is_rejected() -> None:
+    router = Router({"validation": "logprob", "hedge_margin": 1.0})
+    router.decider.score = 3.5
+    router.small.scripts.append(answer("Lyon"))
+    router.large.scripts.append(answer("Paris"))
+    router.judge.verdicts.append(val_pb.VERDICT_ESCALATE)
+    events = await router.route()
+    await router.close()
+    s = summary(events)
+    assert s.tier == "large" and text(events) == "Paris"
+    assert len(router.large.calls) == 1, "the hedge's call is the answer: no second call"
+    assert s.attempts[-1].hedged and s.attempts[-1].delivered
+
+
+async def test_prefix_commit_judges_the_first_tokens_then_streams_the_rest_live() -> None:
+    router = Router({"validation": "logprob", "commit": "prefix", "commit_prefix_tokens": 2})
+    router.small.scripts.append(answer("The", " capital", " is", " Paris."))
+    events = await router.route()
+    await router.close()
+    assert router.judge.asked == [("The capital", True)], "judged once, on the prefix"
+    assert [e.text for e in events if isinstance(e, Token)] == ["The capital", " is", " Paris."]
+    assert summary(events).attempts[0].validation == pb.VALIDATION_STATUS_PASSED
+
+
+async def test_a_client_that_leaves_cancels_the_tier_call_and_counts_no_failure() -> None:
+    router = Router()
+    router.small.scripts.append([*answer("Paris")[:1], asyncio.Event()])
+    events = router.flow.route(pb.RouteRequest(prompt="hi"), Deadline.after(60))
+    assert isinstance(await anext(events), Decided)
+    assert isinstance(await anext(events), Token)
+    await events.aclose()  # the client leaves mid-answer
+    await router.close()
+    assert router.small.calls[0][1].cancelled
+    assert router.pool.breakers["small"]._consecutive == 0
+    assert router.pool.slots["small"].in_flight == 0
