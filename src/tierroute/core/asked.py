@@ -28,6 +28,7 @@ words of context, and of what kind (prose, code, a table, a log).
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 
@@ -98,6 +99,10 @@ class Asked:
         return len(self.context.split())
 
 
+# One Route asks this of the same text several times (the scorer's features and embedding
+# text, the score span, the routing log); a long prompt takes about a millisecond per 4,000
+# characters, so the latest answers are kept (Asked is immutable).
+@functools.lru_cache(maxsize=256)
 def asked(text: str) -> Asked:
     """The request in `text` and its context (see the module's docstring)."""
     text = text.strip()
