@@ -26,15 +26,22 @@ HELLO = {"model": "auto", "messages": [{"role": "user", "content": "hi"}]}
 
 
 class Held:
-    """Holds each call until `release` is set; `holding` is set once one is held."""
+    """Holds each call until `release` is set; `until(n)` returns once n calls are held."""
 
     def __init__(self) -> None:
         self.release = asyncio.Event()
-        self.holding = asyncio.Event()
+        self.count = 0
+        self._changed = asyncio.Condition()
 
     async def hold(self) -> None:
-        self.holding.set()
+        async with self._changed:
+            self.count += 1
+            self._changed.notify_all()
         await self.release.wait()
+
+    async def until(self, n: int) -> None:
+        async with self._changed:
+            await self._changed.wait_for(lambda: self.count >= n)
 
 
 class Validator(val_grpc.ValidatorServiceServicer):
@@ -128,11 +135,10 @@ async def test_grpc_and_http_requests_count_against_one_limit(
 ) -> None:
     host, held, address, base = edge
     grpc_call = asyncio.create_task(validate(address, "hold"))
-    await held.holding.wait()
+    await held.until(1)
     http_call = asyncio.create_task(chat(base, "hold"))
-    async with asyncio.timeout(30):
-        while host.admission.count < 2:  # noqa: ASYNC110 - the count has no event
-            await asyncio.sleep(0.01)
+    await held.until(2)  # both held, so both admitted: admission comes before the handler
+    assert host.admission.count == 2
     # The limit (2) is reached by one request on each front: both fronts refuse the third.
     refused = await chat(base, "hi")
     assert refused.status_code == 429, refused.text
@@ -156,7 +162,7 @@ async def test_stopping_the_host_stops_both_fronts_accepting_and_drains_both(
 ) -> None:
     host, held, address, base = edge
     in_progress = asyncio.create_task(chat(base, "hold"))
-    await held.holding.wait()
+    await held.until(1)
     stopping = asyncio.create_task(host.stop(30))
     # Both fronts stop accepting while the HTTP request is still in progress.
     async with asyncio.timeout(30):

@@ -19,6 +19,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from tierroute.core.config import config_from_dict
+from tierroute.router.front.server import bind
 from tierroute.router.tiers.client import TierError
 from tierroute.router.tiers.openai_client import OpenAiTierClient, chat_body
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
@@ -73,13 +74,11 @@ async def base_url() -> AsyncIterator[str]:
     SCRIPT.clear()
     app = Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                             Route("/v1/models", models)])  # fmt: skip
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    # Listening before uvicorn's first tick (as the HTTP front's own bind does): connections
+    # queue until it serves them, so there is nothing to wait for.
+    sock = bind("127.0.0.1:0")
     server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="off"))
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    async with asyncio.timeout(30):
-        while not server.started:  # noqa: ASYNC110 - uvicorn has no started event
-            await asyncio.sleep(0.01)
     yield f"http://127.0.0.1:{sock.getsockname()[1]}/v1"
     server.should_exit = True
     await task
