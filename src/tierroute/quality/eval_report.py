@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from tierroute.quality import apgr
+from tierroute.quality import apgr, length
 from tierroute.quality.artifact import load_artifact, raw_scores
 from tierroute.quality.calibrate import (
     to_json,
@@ -88,14 +88,17 @@ def default_goals(results: dict[str, Any]) -> dict[str, bool]:
     matched = every["length_matched"]["auc"] or 0.0
     kinds = everyday["small_share_by_kind"]
     lookup, terse = kinds.get("context_lookup", 0.0), 1.0 - kinds.get("terse_hard", 1.0)
+    lookup_ci, terse_ci = (
+        _share_ci(everyday, k, s) for k, s in [("context_lookup", lookup), ("terse_hard", terse)]
+    )
     mt = results["mt_bench (default artifact)"]
     mt_random = mt["routers"]["random (mean of 10 seeds)"]["apgr"]
     mmlu_bar, gsm8k_bar = BEFORE_APGR["MMLU"] - 0.01, BEFORE_APGR["GSM8K"] - 0.01
     return {
         f"everyday AUC >= 0.95 (got {every['auc']:.3f})": every["auc"] >= 0.95,
         f"everyday AUC on length-matched pairs >= 0.90 (got {matched:.3f})": matched >= 0.90,
-        f"context + lookup to the small tier >= 90% (got {lookup:.0%})": lookup >= 0.90,
-        f"short hard requests to the large tier >= 90% (got {terse:.0%})": terse >= 0.90,
+        f"context + lookup to the small tier >= 90% (got {lookup:.0%}{lookup_ci})": lookup >= 0.90,
+        f"short hard requests to the large tier >= 90% (got {terse:.0%}{terse_ci})": terse >= 0.90,
         **{
             f"{name} held-out APGR >= {bar:.3f} (got {got:.3f})": got >= bar
             for name, got, bar in (
@@ -123,9 +126,18 @@ def print_length(everyday: dict[str, Any]) -> None:
             "words pasted before a simple question: "
             + " / ".join(f"{v:.0%}" for v in shares.values())
         )
-    print("  share of each kind sent to the small tier (the artifact):")
+    print("  share of each kind sent to the small tier (the artifact; 95% Wilson interval):")
     for kind, share in everyday["small_share_by_kind"].items():
-        print(f"    {kind:<24} {share:>5.0%}")
+        print(f"    {kind:<24} {share:>5.0%}{_share_ci(everyday, kind, share)}")
+
+
+def _share_ci(everyday: dict[str, Any], kind: str, share: float) -> str:
+    """`share` of `kind`'s prompts, as ", n=N, 95% CI a-b" (empty for results without counts)."""
+    n = everyday.get("prompts_by_kind", {}).get(kind)
+    if not n:
+        return ""
+    low, high = length.wilson(share, n)
+    return f", n={n}, 95% CI {low:.0%}-{high:.0%}"
 
 
 def _ci_text(result: dict[str, Any]) -> str:

@@ -311,6 +311,7 @@ def everyday_auc(ctx: Context, artifact: Path, data: Labelled) -> dict[str, Any]
         "small_share_by_kind": length.by_kind(
             own, meta["threshold"], [r.category for r in data.rows]
         ),
+        "prompts_by_kind": length.prompts_by_kind([r.category for r in data.rows]),
     }
 
 

@@ -11,6 +11,7 @@ an unrelated text before a simple question moves it to the large tier (`make eva
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -108,3 +109,17 @@ def by_kind(raw: np.ndarray, threshold: float, kinds: Sequence[str]) -> dict[str
         mask = np.array([k == kind for k in kinds])
         out[kind] = float(np.mean(raw[mask] <= threshold))
     return out
+
+
+def prompts_by_kind(kinds: Sequence[str]) -> dict[str, int]:
+    """How many prompts of each kind: a share of 12 moves by 8 points a prompt."""
+    return {kind: sum(k == kind for k in kinds) for kind in sorted(set(kinds))}
+
+
+def wilson(share: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval (95% by default) of a share observed over `n` trials."""
+    if n == 0:
+        return (0.0, 1.0)
+    centre = (share + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(share * (1 - share) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return (max(0.0, centre - half), min(1.0, centre + half))
