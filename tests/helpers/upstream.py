@@ -61,14 +61,17 @@ class Upstream:
         self.kill()
 
 
-def start_upstream(log: Path, api_key: str, timeout: float = 300) -> Upstream:
-    """Start the server; return once its /health answers 200."""
+def start_upstream(
+    log: Path, api_key: str, max_model_len: int = 2048, timeout: float = 300
+) -> Upstream:
+    """Start the server (its model's context window `max_model_len` tokens); return once its
+    /health answers 200."""
     port = free_port()
     command = [
         sys.executable, "-m", "vllm.entrypoints.openai.api_server",
         "--model", str(SMOLLM_DIR), "--served-model-name", SERVED_MODEL,
         "--host", "127.0.0.1", "--port", str(port), "--api-key", api_key,
-        "--dtype", "float32", "--max-model-len", "2048",
+        "--dtype", "float32", "--max-model-len", str(max_model_len),
         "--gpu-memory-utilization", "0.3", "--enforce-eager",
     ]  # fmt: skip
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1", "PYTHONUNBUFFERED": "1"}

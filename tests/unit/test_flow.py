@@ -15,7 +15,7 @@ import pytest
 from tests.helpers.budgets import make_config
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import Config
-from tierroute.core.errors import Unavailable
+from tierroute.core.errors import InvalidArgument, Unavailable
 from tierroute.router.route.budgets import Deadline
 from tierroute.router.route.flow import RouteFlow
 from tierroute.router.route.judge import Judge
@@ -23,7 +23,7 @@ from tierroute.router.route.state import Decided, Escalated, Finished, RouteEven
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.scoring.scored import Ask, Scored
 from tierroute.router.selection.policy import Selection
-from tierroute.router.tiers.client import TierError
+from tierroute.router.tiers.client import TierError, refused
 from tierroute.router.tiers.pool import Replica, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
@@ -143,13 +143,18 @@ class ScriptedJudge(Judge):
 
 
 class Router:
-    def __init__(self, small: dict[str, Any] | None = None, **escalation: Any) -> None:
+    def __init__(
+        self,
+        small: dict[str, Any] | None = None,
+        large: dict[str, Any] | None = None,
+        **escalation: Any,
+    ) -> None:
         self.cfg = make_config(
             {
                 "router": {"complexity_threshold": 4.0},
                 "tiers": [
                     {"name": "small", "address": "s:1", "model": "m", **(small or {})},
-                    {"name": "large", "address": "l:1", "model": "m"},
+                    {"name": "large", "address": "l:1", "model": "m", **(large or {})},
                 ],
                 "escalation": {"min_confidence": 0.7, **escalation},
             }
@@ -246,6 +251,57 @@ async def test_a_bad_request_is_the_clients_error_and_never_failed_over() -> Non
     await router.close()
     assert type(caught.value).__name__ == "InvalidArgument"
     assert router.large.calls == [] and router.pool.breakers["small"]._consecutive == 0
+
+
+# How our tier service and vLLM's OpenAI server refuse a request longer than the model's window.
+TOO_LONG = {
+    "ours": "the prompt does not fit: 2100 prompt tokens + max_tokens 48 = 2148 > the model's "
+    "context of 2048 tokens; shorten the prompt or lower max_tokens",
+    "vllm": "Input length (2100) exceeds model's maximum context length (2048).",
+    "vllm-engine": "The decoder prompt (length 2100) is longer than the maximum model length of "
+    "2048. Make sure that `max_model_len` is no smaller than the number of text tokens.",
+    "openai": "This model's maximum context length is 2048 tokens. However, your messages "
+    "resulted in 2100 tokens. Please reduce the length of the messages.",
+}
+
+
+@pytest.mark.parametrize("server", sorted(TOO_LONG))
+async def test_a_context_too_long_for_a_tier_moves_to_one_with_a_larger_window(
+    server: str,
+) -> None:
+    # The small tier's config overstates its window (16384); each server names its own (2048).
+    router = Router({"context_window": 16384}, {"context_window": 4096})
+    router.small.scripts.append([refused(TOO_LONG[server], "HTTP 400")])
+    events = await router.route()
+    await router.close()
+    assert summary(events).tier == "large" and text(events) == "scripted:large"
+    assert summary(events).escalation_reason == pb.ESCALATION_REASON_CONTEXT_TOO_LONG
+    assert router.pool.breakers["small"]._consecutive == 0, "the request's size, not a fault"
+
+
+async def test_a_context_too_long_with_no_larger_window_is_the_clients_error() -> None:
+    router = Router({"context_window": 2048}, {"context_window": 2048})
+    router.small.scripts.append([refused(TOO_LONG["vllm"], "HTTP 400")])
+    with pytest.raises(InvalidArgument, match="no tier with a larger context window") as caught:
+        await router.route()
+    await router.close()
+    assert "maximum context length (2048)" in str(caught.value)
+    assert router.large.calls == [] and router.pool.breakers["small"]._consecutive == 0
+
+
+def test_other_refusals_stay_bad_requests() -> None:
+    assert refused("top_p must be in (0, 1], got 1.5.", "HTTP 400").kind == "bad_request"
+    unnamed = refused("context_length_exceeded", "HTTP 400")
+    assert unnamed.kind == "too_long" and unnamed.window is None  # then the configured one
+
+
+async def test_a_refusal_that_names_no_window_is_compared_by_the_configured_ones() -> None:
+    router = Router({"context_window": 2048}, {"context_window": 8192})
+    router.small.scripts.append([refused("context_length_exceeded", "HTTP 400")])
+    events = await router.route()
+    await router.close()
+    assert summary(events).tier == "large"
+    assert summary(events).escalation_reason == pb.ESCALATION_REASON_CONTEXT_TOO_LONG
 
 
 async def test_a_stalled_tier_is_abandoned_and_the_larger_tier_answers() -> None:

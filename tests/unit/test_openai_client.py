@@ -40,6 +40,9 @@ async def chat(request: Request) -> Response:
     if what == "too_long":
         message = "This model's maximum context length is 2048 tokens."
         return JSONResponse({"object": "error", "message": message}, 400)
+    if what == "bad_parameter":
+        message = "top_p must be in (0, 1], got 1.5."
+        return JSONResponse({"object": "error", "message": message}, 400)
     if what == "key":
         return JSONResponse({"error": {"message": "Unauthorized"}}, 401)
 
@@ -137,7 +140,8 @@ async def test_a_stream_becomes_chunks_with_logprobs_then_a_priced_summary(base_
         ("busy", "overloaded", 3.0),
         ("draining", "overloaded", 2.0),
         ("unavailable", "unavailable", None),
-        ("too_long", "bad_request", None),
+        ("too_long", "too_long", None),
+        ("bad_parameter", "bad_request", None),
         ("cut", "unavailable", None),
     ],
 )

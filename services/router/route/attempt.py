@@ -20,18 +20,12 @@ from collections.abc import AsyncGenerator, Callable
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core import envelope
 from tierroute.core.config import Config, TierConfig
-from tierroute.core.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    Overloaded,
-    ServiceError,
-    Unavailable,
-)
 from tierroute.router import metrics
+from tierroute.router.route.failures import TierFailed, error_for
 from tierroute.router.route.hedge import Hedge
 from tierroute.router.route.shadow import Shadow
 from tierroute.router.route.stall import first_message, prepend, stalled
-from tierroute.router.route.state import PARTIAL_SUMMARY_KEY, Outcome, Routed, Token, tier_attempt
+from tierroute.router.route.state import Routed, Token, tier_attempt
 from tierroute.router.route.verdicts import Verdicts
 from tierroute.router.tiers.client import TierError
 from tierroute.router.tiers.measured import ERROR_RATE, TPOT_MS, TTFT_MS, Measurements
@@ -42,28 +36,6 @@ from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 from tierroute.validator.v1 import validator_service_pb2 as val_pb
 
 logger = logging.getLogger(__name__)
-
-
-class TierFailed(Exception):
-    """A tier call failed; `sent_chars` is how much of its answer had reached the client.
-
-    `overloaded`: the tier refused the call for load, or our own budget ran out while the
-    tier, answering other streams all along, had not yet answered this one: the request waited
-    in the tier's queue. That is load, not failure: the breaker does not count it and the
-    replica is not ejected for it; the request may still move to a larger tier.
-    """
-
-    def __init__(self, tier: str, error: TierError, budget: bool, busy: bool = False) -> None:
-        super().__init__(f"tier {tier!r} failed: {error}")
-        self.error = error
-        self.budget = budget
-        self.sent_chars = 0
-        kind = error.kind
-        self.overloaded = kind == "overloaded" or (kind == "deadline" and budget and busy)
-        # A deadline from our own per-tier budget is the tier's fault; the client's is not.
-        self.tier_fault = not self.overloaded and (
-            kind in ("unavailable", "stalled") or (kind == "deadline" and budget)
-        )
 
 
 def generate_request(
@@ -330,6 +302,10 @@ class Attempts:
         recorded in the outcome; raised as the request's error unless another tier can take
         over (nothing of it reached the client, and it was not the request's fault)."""
         outcome = routed.outcome
+        too_long = failure.error.kind == "too_long"
+        reason = (
+            pb.ESCALATION_REASON_CONTEXT_TOO_LONG if too_long else pb.ESCALATION_REASON_TIER_FAILURE
+        )
         if failure.tier_fault:
             self.pool.record(tier, False, routed.holder)
             self.measured.observe(tier, outcome.category, ERROR_RATE, 1.0)
@@ -343,15 +319,15 @@ class Attempts:
             outcome.attempts.append(
                 pb.TierAttempt(
                     tier=tier,
-                    escalation_reason=pb.ESCALATION_REASON_TIER_FAILURE,
+                    escalation_reason=reason,
                     latency_ms=(time.perf_counter() - started) * 1000.0,
                 )
             )
         if failure.sent_chars or following is None or failure.error.kind == "bad_request":
             raise error_for(failure, outcome) from failure
-        logger.warning("%s; failing over", failure)
+        logger.warning("%s; %s", failure, "trying " + following if too_long else "failing over")
         if not failure.overloaded:
-            outcome.escalation_reason = pb.ESCALATION_REASON_TIER_FAILURE
+            outcome.escalation_reason = reason
 
     def _retry_on_another(
         self, failure: TierFailed, tier: TierConfig, tried: list[Replica]
@@ -366,33 +342,3 @@ class Attempts:
             and kind != "deadline"
             and self.pool.pick(tier.name, tried) is not None
         )
-
-
-def error_for(failure: TierFailed, outcome: Outcome) -> ServiceError:
-    """The error that ends a request whose tier failed and that no other tier can take."""
-    kind = failure.error.kind
-    if kind == "bad_request":
-        return InvalidArgument(failure.error.message or str(failure))
-    if failure.overloaded and not failure.sent_chars:
-        return Overloaded(
-            f"{failure}: the tier is overloaded and no other tier could take the request; "
-            f"retry after {failure.error.retry_after_s or 1.0:g} s",
-            retry_after_s=failure.error.retry_after_s or 1.0,
-        )
-    error = DeadlineExceeded if kind == "deadline" else Unavailable
-    if failure.sent_chars:
-        return error(
-            f"{failure}, {failure.sent_chars} characters into its answer: the answer is incomplete",
-            outcome.partial(),
-            grpc_note=" (the chunks sent are what was delivered; the partial summary is in the "
-            f"trailing metadata {PARTIAL_SUMMARY_KEY!r})",
-        )
-    if error is DeadlineExceeded:
-        if failure.budget:
-            return error(
-                f"{failure}: it did not finish within its budget "
-                "(escalation.first_tier_timeout_ms, or escalation_timeout_ms after an "
-                "escalation) and no other tier could take over"
-            )
-        return error(f"{failure}; the client's deadline passed")
-    return error(f"{failure}; no other tier could serve the request")

@@ -35,8 +35,9 @@ from tierroute.core.sampling import check_sampling
 from tierroute.router import metrics
 from tierroute.router.route.accounting import Accounting
 from tierroute.router.route.affinity import Affinity
-from tierroute.router.route.attempt import Attempts, TierFailed, generate_request
+from tierroute.router.route.attempt import Attempts, generate_request
 from tierroute.router.route.budgets import Deadline
+from tierroute.router.route.failures import TierFailed
 from tierroute.router.route.hedge import Hedge
 from tierroute.router.route.judge import Judge
 from tierroute.router.route.limits import ClientLimits
@@ -288,6 +289,22 @@ class RouteFlow:
         """The tiers an escalation from `tier` may go to, in order."""
         return [t for t in self._tiers[self._tiers.index(tier) + 1 :] if t in outcome.usable]
 
+    def _wider(
+        self, tier: str, window: int | None, outcome: Outcome, escalations_left: int
+    ) -> str | None:
+        """After `tier` refused the request as longer than its context window (`window`: the
+        one it named, else its configured one): only tiers with a larger window (or none
+        configured) stay usable; the first of them that can take it now, if the request may
+        still move."""
+        if window is not None:
+            outcome.usable = frozenset(
+                t for t in outcome.usable if (w := self.cfg.tier(t).window()) is None or w > window
+            )
+        if escalations_left <= 0:
+            return None
+        following, _ = self.pool.first_available(self._larger(tier, outcome), None)
+        return following
+
     async def _answer(self, tier_name: str, routed: Routed) -> AsyncGenerator[RouteEvent, None]:
         """The answer of the first tier that gives one the request may keep, escalating (and
         failing over) along the ranking."""
@@ -332,6 +349,9 @@ class RouteFlow:
                             async for event in answering:
                                 yield event
                     except TierFailed as failure:
+                        if failure.error.kind == "too_long":
+                            window = failure.error.window or tier.window()
+                            following = self._wider(tier.name, window, outcome, escalations_left)
                         self.attempts.failed(failure, tier_name, routed, tier_started, following)
                     except BaseException:
                         self.pool.release(tier_name, holder)  # the client left: no verdict

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 
 from tierroute.core.config import TlsConfig
-from tierroute.router.tiers.client import Kind, TierError
+from tierroute.router.tiers.client import Kind, TierError, refused
 from tierroute.runtime.host import CHANNEL_OPTIONS
 from tierroute.runtime.tls import aio_channel
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
@@ -29,7 +29,10 @@ _KIND: dict[grpc.StatusCode, Kind] = {
 def tier_error(error: grpc.aio.AioRpcError) -> TierError:
     """The tier-client failure a gRPC error stands for; its text keeps the status's name."""
     code = error.code()
-    return TierError(_KIND.get(code, "unavailable"), error.details() or "", label=code.name)
+    kind = _KIND.get(code, "unavailable")
+    if kind == "bad_request":
+        return refused(error.details() or "", code.name)
+    return TierError(kind, error.details() or "", label=code.name)
 
 
 class GrpcCall:

@@ -10,9 +10,9 @@ moment the router stops reading it (the upstream engine then aborts the request)
 retries would also hide failures from the breaker.
 
 Faults: a refused or reset connection and 5xx are the tier failing; 429, and 503 with
-`Retry-After`, are load (overloaded, with the hint); 400 is the request's fault (a context too
-long for the model, a bad parameter); 401/403 say the API key was refused, naming where it was
-read from (never the key).
+`Retry-After`, are load (overloaded, with the hint); 400 is the request's fault: a context too
+long for the model (`too_long`: a tier with a larger window may take it) or a bad parameter;
+401/403 say the API key was refused, naming where it was read from (never the key).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import httpx
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.config import TierConfig
-from tierroute.router.tiers.client import TierError
+from tierroute.router.tiers.client import TierError, refused
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 
 logger = logging.getLogger(__name__)
@@ -246,7 +246,7 @@ class OpenAiTierClient:
         if status == 429 or (status == 503 and "retry-after" in response.headers):
             return TierError("overloaded", message, _retry_after(response), label=label)
         if status in (400, 404, 413, 422):
-            return TierError("bad_request", message, label=label)
+            return refused(message, label)
         return TierError("unavailable", message, label=label)
 
     def generate(

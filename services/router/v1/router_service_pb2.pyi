@@ -32,6 +32,7 @@ class EscalationReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ESCALATION_REASON_TIER_FAILURE: _ClassVar[EscalationReason]
     ESCALATION_REASON_VALIDATOR_UNAVAILABLE: _ClassVar[EscalationReason]
     ESCALATION_REASON_TIER_OVERLOADED: _ClassVar[EscalationReason]
+    ESCALATION_REASON_CONTEXT_TOO_LONG: _ClassVar[EscalationReason]
 
 class ValidationStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -59,6 +60,7 @@ ESCALATION_REASON_EMPTY_ANSWER: EscalationReason
 ESCALATION_REASON_TIER_FAILURE: EscalationReason
 ESCALATION_REASON_VALIDATOR_UNAVAILABLE: EscalationReason
 ESCALATION_REASON_TIER_OVERLOADED: EscalationReason
+ESCALATION_REASON_CONTEXT_TOO_LONG: EscalationReason
 VALIDATION_STATUS_UNSPECIFIED: ValidationStatus
 VALIDATION_STATUS_NOT_VALIDATED: ValidationStatus
 VALIDATION_STATUS_PASSED: ValidationStatus

@@ -1,7 +1,8 @@
 """Tiers anywhere: vLLM's own OpenAI-compatible server (started with an API key) as a tier
 beside our tier service, the router in-process: streaming, validation by log-probabilities and
 escalation in both directions, a refused API key, cancellation that stops the upstream's work,
-and an upstream killed mid-answer."""
+a request longer than the upstream's window moved to a tier with a larger one, and an upstream
+killed mid-answer."""
 
 from __future__ import annotations
 
@@ -28,11 +29,13 @@ KEY = "sk-tierroute-test-upstream"
 KEY_ENV = "TIERROUTE_TEST_UPSTREAM_KEY"
 WRONG_KEY_ENV = "TIERROUTE_TEST_WRONG_KEY"
 SIMPLE = "What is the capital of France?"
+# The upstream's model window, half of our tier's (2048): a request between the two fits ours only.
+UPSTREAM_WINDOW = 1024
 
 
 @pytest.fixture(scope="module")
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
-    server = start_upstream(tmp_path_factory.mktemp("upstream") / "vllm.log", KEY)
+    server = start_upstream(tmp_path_factory.mktemp("upstream") / "vllm.log", KEY, UPSTREAM_WINDOW)
     yield server
     server.stop()
 
@@ -50,7 +53,7 @@ def upstream_tier(name: str, upstream: Upstream, **fields: Any) -> dict[str, Any
         "base_url": upstream.base_url,
         "model": SERVED_MODEL,
         "api_key_env": KEY_ENV,
-        "context_window": 2048,
+        "context_window": UPSTREAM_WINDOW,
         "max_tokens": 48,
         "temperature": 0.0,
         "price_per_1k_input_usd": 0.001,
@@ -185,12 +188,38 @@ async def test_a_refused_api_key_is_unavailable_naming_where_the_key_came_from(
     )
 
 
+async def test_a_request_too_long_for_the_upstream_moves_to_a_tier_with_a_larger_window(
+    upstream: Upstream, large_tier: ServiceProcess, router_with: Any
+) -> None:
+    # The router's config overstates the upstream's window (as a user's may), so it sends the
+    # request; the upstream itself refuses it as longer than its model's context.
+    address = await router_with(
+        [
+            upstream_tier("small", upstream, context_window=16384),
+            our_tier("large", large_tier.address),
+        ]
+    )
+    filler = "The quarterly report lists revenue, costs and staff numbers by region. " * 110
+    prompt = f"{filler}\n\n{SIMPLE}"  # about 1,300 tokens: over 1024, under 2048
+    events, summary = await route(address, prompt=prompt, force_tier="small")
+    assert summary.tier == "large" and text_of(events)
+    assert summary.escalation_reason == pb.ESCALATION_REASON_CONTEXT_TOO_LONG
+    refused = summary.attempts[0]
+    assert refused.tier == "small" and not refused.delivered
+    # No larger window left: the client's error, naming the upstream's own words.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await route(address, prompt=prompt, force_tier="small", disable_escalation=True)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    details = caught.value.details() or ""
+    assert "maximum context length" in details and "shorten the prompt" in details
+
+
 async def test_a_client_that_leaves_stops_the_upstreams_generation(
     upstream: Upstream, large_tier: ServiceProcess, router_with: Any
 ) -> None:
     address = await router_with(
         [
-            upstream_tier("small", upstream, max_tokens=1500, temperature=1.0),
+            upstream_tier("small", upstream, max_tokens=900, temperature=1.0),
             our_tier("large", large_tier.address),
         ]
     )
@@ -212,7 +241,7 @@ async def test_a_client_that_leaves_stops_the_upstreams_generation(
                 break  # the answer is streaming: the client leaves
         call.cancel()
     # The upstream engine stops: nothing is left running or waiting there, and the request did
-    # not run to its end (1,500 tokens at the CPU engine's pace would take minutes).
+    # not run to its end (900 tokens at the CPU engine's pace take well over a minute).
     async with asyncio.timeout(CALL_TIMEOUT_SECONDS):
         while (  # noqa: ASYNC110 - the upstream's /metrics has no event to wait on
             upstream.metric("vllm:num_requests_running") > 0
@@ -228,7 +257,7 @@ async def test_an_upstream_killed_mid_answer_ends_the_request_with_what_was_deli
     """Last in this module: it kills the module's upstream."""
     address = await router_with(
         [
-            upstream_tier("small", upstream, max_tokens=1500, temperature=1.0),
+            upstream_tier("small", upstream, max_tokens=900, temperature=1.0),
             our_tier("large", large_tier.address),
         ]
     )
