@@ -12,7 +12,7 @@ PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
 .PHONY: setup deps constraints models gen lint redis prometheus test test-contended test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-upstream bench-e2e bench-shadow bench-commit \
-	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default clean
+	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default config-reference clean
 
 setup: deps models
 
@@ -138,6 +138,11 @@ eval-n: setup
 		--price cognitivecomputations/dolphin-2.9-llama3-8b=0.10 \
 		--artifact-out build/quality/routerdc7-quality \
 		--out benchmarks/results/quality-n.json --plot benchmarks/results/quality-n.png
+
+# The configuration reference (docs/config-reference.md), from the config's field comments; a
+# test fails when the two differ.
+config-reference: deps
+	$(PY) -m tierroute.tools.config_reference > docs/config-reference.md
 
 # A development CA and certificates for `tls` (certs/, git-ignored): server.pem for every
 # service on 127.0.0.1/localhost, client.pem for the router. Production: your own PKI.

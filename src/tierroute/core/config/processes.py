@@ -63,6 +63,7 @@ class TlsConfig(Strict):
     runner) and the tiers and validator. `make certs` writes a development CA and certificates.
     Off: plaintext, for the embedded local setup on loopback only."""
 
+    # TLS on every port (the files below), or plaintext.
     enabled: bool = False
     # The CA that signed the services' certificates: callers verify servers with it; the
     # tiers and the validator verify the router's client certificate with it.
