@@ -60,7 +60,6 @@ from tierroute.runtime.interceptors import trace_id
 logger = logging.getLogger(__name__)
 
 _PATHS = frozenset({"/v1/chat/completions", "/v1/models", "/healthz", "/readyz"})
-# What a ServiceError is over HTTP: (status, OpenAI error type).
 
 
 class Router(Protocol):

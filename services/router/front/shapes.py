@@ -16,25 +16,12 @@ from starlette.responses import JSONResponse
 
 from tierroute.common.v1 import common_pb2 as common_pb
 from tierroute.core.errors import (
-    DeadlineExceeded,
-    InvalidArgument,
-    Overloaded,
     ServiceError,
-    TooLarge,
-    Unavailable,
 )
 from tierroute.router.route.state import Escalated, Finished, RouteEvent, Token
 from tierroute.router.v1 import router_service_pb2 as pb
 
 RETRY_AFTER_SECONDS = 1
-_STATUS: dict[type[ServiceError], tuple[int, str]] = {
-    TooLarge: (413, "invalid_request_error"),
-    InvalidArgument: (400, "invalid_request_error"),
-    Overloaded: (429, "rate_limit_error"),
-    Unavailable: (503, "service_unavailable"),
-    DeadlineExceeded: (504, "timeout"),
-}
-
 AUTO = "auto"
 
 
@@ -77,9 +64,7 @@ class HttpError(Exception):
 
 
 def from_service_error(error: ServiceError) -> HttpError:
-    status, kind = next(
-        (v for cls, v in _STATUS.items() if isinstance(error, cls)), (500, "server_error")
-    )
+    status, kind = error.http
     headers = {}
     if status == 429:
         wait = getattr(error, "retry_after_s", None)

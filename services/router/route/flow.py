@@ -153,7 +153,7 @@ class RouteFlow:
                         await self.affinity.hold(conversation, held, event.summary.tier)
                     yield event
         except ServiceError as error:
-            status = error.code.name
+            status = error.status
             raise
         except (asyncio.CancelledError, GeneratorExit):
             status = "CANCELLED"  # the client left

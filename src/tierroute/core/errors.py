@@ -1,17 +1,20 @@
-"""The project's errors, each with its gRPC status; the message tells the caller what to fix.
-(They are turned into statuses in one place: tierroute.runtime.interceptors.ErrorMapping.)"""
+"""The project's errors, each with its gRPC status and its HTTP status side by side; the message
+tells the caller what to fix, and names nothing of one transport. Each front turns them into
+its own statuses in one place: gRPC in tierroute.runtime.interceptors.ErrorMapping, HTTP in
+the front's shapes (services/router/front/shapes.py)."""
 
 from __future__ import annotations
 
 import math
 
-import grpc
-
 
 class ServiceError(Exception):
-    """An error with a gRPC status; the message tells the caller what to fix."""
+    """An error with a status; the message tells the caller what to fix."""
 
-    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+    # The gRPC status's name (grpc.StatusCode[status]), and the HTTP status with OpenAI's
+    # error type for it.
+    status: str = "INTERNAL"
+    http: tuple[int, str] = (500, "server_error")
 
     def __init__(
         self,
@@ -28,11 +31,14 @@ class ServiceError(Exception):
 
 
 class InvalidArgument(ServiceError):
-    code = grpc.StatusCode.INVALID_ARGUMENT
+    status = "INVALID_ARGUMENT"
+    http = (400, "invalid_request_error")
 
 
 class TooLarge(InvalidArgument):
     """Input over a size limit (INVALID_ARGUMENT over gRPC, 413 over HTTP)."""
+
+    http = (413, "invalid_request_error")
 
 
 # Trailing metadata of a RESOURCE_EXHAUSTED: when to retry, in ms (grpc's retry pushback).
@@ -40,7 +46,8 @@ RETRY_PUSHBACK_KEY = "grpc-retry-pushback-ms"
 
 
 class Overloaded(ServiceError):
-    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+    status = "RESOURCE_EXHAUSTED"
+    http = (429, "rate_limit_error")
 
     def __init__(
         self,
@@ -57,8 +64,10 @@ class Overloaded(ServiceError):
 
 
 class Unavailable(ServiceError):
-    code = grpc.StatusCode.UNAVAILABLE
+    status = "UNAVAILABLE"
+    http = (503, "service_unavailable")
 
 
 class DeadlineExceeded(ServiceError):
-    code = grpc.StatusCode.DEADLINE_EXCEEDED
+    status = "DEADLINE_EXCEEDED"
+    http = (504, "timeout")

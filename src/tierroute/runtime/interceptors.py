@@ -321,7 +321,11 @@ class ErrorMapping(_Wrapping):
     @staticmethod
     async def _abort(context: grpc.aio.ServicerContext, exc: Exception, method: str) -> None:
         if isinstance(exc, ServiceError):
-            await context.abort(exc.code, bounded(str(exc) + exc.grpc_note), exc.trailing_metadata)
+            await context.abort(
+                grpc.StatusCode[exc.status],
+                bounded(str(exc) + exc.grpc_note),
+                exc.trailing_metadata,
+            )
         tid = trace_id()
         logger.error("%s failed unexpectedly (trace id %s)", method, tid, exc_info=exc)
         await context.abort(
