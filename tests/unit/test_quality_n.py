@@ -13,7 +13,8 @@ from tierroute.quality.artifact import ArtifactError
 from tierroute.quality.evaluate_n import parse_prices
 from tierroute.quality.labelled import DataError, Row
 from tierroute.quality.multi import QualityModel, calibrate_quality, predict, table
-from tierroute.router.selection.policy import Bounds, by_predicted_quality, select
+from tierroute.router.selection.policy import Bounds, by_predicted_quality
+from tierroute.router.selection.selector import select
 
 MODELS = ("alpha", "beta", "gamma")
 

@@ -11,7 +11,8 @@ from tierroute.core.config import Config, config_from_dict
 from tierroute.core.errors import InvalidArgument
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.selection.fit import BYTES_PER_TOKEN_ESTIMATE, Fit
-from tierroute.router.selection.policy import Bounds, Policy, above, select
+from tierroute.router.selection.policy import Bounds, Policy, above
+from tierroute.router.selection.selector import select
 from tierroute.router.tiers.measured import TTFT_MS
 from tierroute.router.v1 import router_service_pb2 as pb
 
@@ -185,7 +186,7 @@ def test_the_decider_reads_measured_speed_per_category() -> None:
         decider.measurements.observe("medium", "math", TTFT_MS, 900.0)
         decider.measurements.observe("medium", "chat", TTFT_MS, 50.0)
     ask = decider.ask("hi", [], 0, pb.Slo(max_ttft_ms=500))
-    math_selection = decider._select(["medium", "large", "small"], "medium", ask, "math")
-    chat_selection = decider._select(["medium", "large", "small"], "medium", ask, "chat")
+    math_selection = decider.selector.select(["medium", "large", "small"], "medium", ask, "math")
+    chat_selection = decider.selector.select(["medium", "large", "small"], "medium", ask, "chat")
     assert math_selection.tiers[0] == "large"
     assert chat_selection.tiers[0] == "medium"

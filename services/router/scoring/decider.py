@@ -1,4 +1,6 @@
-"""The decision: embedder, scorer, routing cache and selection, within the score budget."""
+"""The decision: the prompt scored (embedder, scorer, routing cache, within the score budget),
+the tiers ranked for the score (selection/policy.py) and selected for the request
+(selection/selector.py)."""
 
 from __future__ import annotations
 
@@ -28,15 +30,9 @@ from tierroute.router.scoring.scorers import Score, Scorer, build_scorer
 from tierroute.router.selection.drift import DriftWatch, EmbeddingReference
 from tierroute.router.selection.fit import Fit
 from tierroute.router.selection.operating import OperatingPoint
-from tierroute.router.selection.policy import (
-    Bounds,
-    Policy,
-    Selection,
-    above,
-    by_predicted_quality,
-    select,
-)
-from tierroute.router.tiers.measured import TTFT_MS, Measurements
+from tierroute.router.selection.policy import Bounds, Policy, Selection
+from tierroute.router.selection.selector import Selector
+from tierroute.router.tiers.measured import Measurements
 from tierroute.router.v1 import router_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
@@ -58,6 +54,7 @@ class Decider:
         self.policy = Policy(cfg)
         self.fit = Fit(cfg)
         self.measurements = measurements or Measurements(cfg.router.metrics_half_life_seconds)
+        self.selector = Selector(cfg, self.policy, self.measurements)
         self.cache: TTLCache[Scored] = TTLCache(
             cfg.router.cache_max_entries, cfg.router.cache_ttl_seconds
         )
@@ -233,7 +230,7 @@ class Decider:
         if self.operating is not None:
             self.operating.observe(scored.score)
             self.policy.shift(self.operating.offset)
-        selection = self._select(
+        selection = self.selector.select(
             [c.tier for c in ranking], ranking[0].tier, ask, scored.category, scored.quality
         )
         chosen = next(c for c in ranking if c.tier == selection.tiers[0])
@@ -260,46 +257,6 @@ class Decider:
             predicted_quality={t: round(q, 4) for t, q in (scored.quality or {}).items()},
         )
         return decision, selection, scored
-
-    def _select(
-        self,
-        ranked: list[str],
-        band: str,
-        ask: Ask | None,
-        category: str,
-        quality: dict[str, float] | None = None,
-    ) -> Selection:
-        """The tiers that meet the quality bar (the score's band and above, or by predicted
-        quality), narrowed to what the request fits and its SLO allows."""
-        names = self.policy.tiers
-        if ask is None:
-            ask = Ask({}, Bounds(frozenset(names)))
-        bounds = ask.bounds
-        ttft: dict[str, float | None] = {}
-        if bounds.max_ttft_ms is not None or (quality and self.cfg.router.latency_weight):
-            ttft = {t: self.measurements.figure(t, TTFT_MS, category) for t in names}
-        cost: dict[str, float] = {}
-        if bounds.max_cost_per_1k is not None or quality:
-            cost = {t: self._cost(t, ask) for t in names}
-        if not quality:
-            return select(ranked, above(names, band), names, bounds, ttft, cost)
-        router = self.cfg.router
-        tie_break = {
-            t: router.quality_weight * quality[t]
-            - router.latency_weight * (ttft.get(t) or 0.0) / 1000.0
-            for t in names
-        }
-        ranked, meets, by_quality = by_predicted_quality(
-            quality, cost, names, router.quality_tolerance, tie_break
-        )
-        return select(ranked, meets, names, bounds, ttft, cost, by_quality)
-
-    def _cost(self, tier: str, ask: Ask) -> float:
-        """USD per 1k tokens of this request on `tier` (its output price, without a request)."""
-        need = ask.needs.get(tier)
-        if need is None:
-            return self.cfg.tier(tier).cost_per_1k(0, 0)
-        return self.cfg.tier(tier).cost_per_1k(need.prompt_tokens, need.max_tokens)
 
     async def _score_in_budget(self, normalized: str, key: str) -> tuple[Scored | None, str, str]:
         """The prompt scored within `score_budget_ms`: by the embedder if its queue and pace
@@ -381,7 +338,7 @@ class Decider:
         band = self.cfg.fallback_tier()
         names = self.policy.tiers
         i = names.index(band)
-        selection = self._select([*names[i:], *reversed(names[:i])], band, ask, "")
+        selection = self.selector.select([*names[i:], *reversed(names[:i])], band, ask, "")
         tier = selection.tiers[0]
         logger.warning("scoring %s: routing to the default tier %r (%s serves)", why, band, tier)
         decision = pb.RoutingDecision(
