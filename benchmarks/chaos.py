@@ -804,8 +804,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.seed is not None:
         random.seed(args.seed)
     # The runner's own restart of a tier that stopped answering is slower than the router's
-    # failover around it: kept out of the way of the stall scenario.
-    suite = Suite(args.workdir, suite={"unhealthy_restart_seconds": 120})
+    # failover around it: kept out of the way of the stall scenario. The budget of a whole
+    # answer (the default's 30 s, 60 s after an escalation) is no scenario's subject, and 64
+    # Routes at once on two busy cores take longer than that to stream: it is set past any
+    # answer here and below the callers' own deadline, so that a Route ends with the router's
+    # explained DEADLINE_EXCEEDED before the caller would count it hung. A stall is still
+    # caught by the first-token timeout, which keeps the default's.
+    answer_ms = int(TRAFFIC_DEADLINE_S * 1000 * 0.8)
+    suite = Suite(
+        args.workdir,
+        suite={"unhealthy_restart_seconds": 120},
+        escalation={"first_tier_timeout_ms": answer_ms, "escalation_timeout_ms": answer_ms},
+    )
     print(f"starting the suite (log: {suite.log})", flush=True)
     started = time.monotonic()
     suite.start()
