@@ -102,6 +102,12 @@ OVERLOAD = Counter(
     "while the tier, busy with others, had not started it).",
     ("tier", "what"),
 )
+REPLICA_CALLS = Counter(
+    "tierroute_replica_calls",
+    "Tier calls by the replica (upstream) that took them and how each ended: ok, or the kind "
+    "of failure (unavailable, overloaded, bad_request, too_long, deadline, stalled, cancelled).",
+    ("tier", "replica", "outcome"),
+)
 QUEUE_SECONDS = Histogram(
     "tierroute_tier_queue_seconds",
     "Time a tier call waited in the router for a place within the tier's concurrency limit.",
@@ -208,6 +214,8 @@ class State:
     drift: Callable[[], tuple[dict[str, float], dict[str, bool]]]
     # tier -> (concurrency limit, calls in flight, calls waiting for a place)
     slots: Callable[[], dict[str, tuple[int, int, int]]] = dict
+    # (tier, kind, model, replica address) of every replica
+    replica_info: Callable[[], list[tuple[str, str, str, str]]] = list
 
 
 BREAKER_STATES = ("closed", "half_open", "open")
@@ -241,6 +249,15 @@ class _StateCollector(Collector):
         for (tier, address), out in state.replicas().items():
             ejected.add_metric((tier, address), 1.0 if out else 0.0)
         yield ejected
+        info = GaugeMetricFamily(
+            "tierroute_tier_info",
+            "1 for each replica of each tier: its kind (tierroute: our tier service; openai: an "
+            "OpenAI-compatible server), the model it is asked for, and where it is dialled.",
+            labels=("tier", "kind", "model", "replica"),
+        )
+        for labels in state.replica_info():
+            info.add_metric(labels, 1.0)
+        yield info
         yield GaugeMetricFamily(
             "tierroute_metrics_store_up",
             "1 while the metrics store (router.metrics_store) is reachable.",

@@ -36,7 +36,7 @@ from tierroute.router.tiers.pool import TierPool
 from tierroute.router.tiers.store import StoreDown, StoreError, open_store
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
-from tierroute.runtime.auth import CLIENT, AuthConfigError, load_clients
+from tierroute.runtime.auth import CLIENT, AuthConfigError, caller, load_clients
 from tierroute.runtime.host import Host, Serving, Spec, run_service
 from tierroute.runtime.tls import server_credentials
 
@@ -88,9 +88,8 @@ def _client(context: grpc.aio.ServicerContext) -> str:
     without tokens, the address the call comes from."""
     name = CLIENT.get()
     if not name:
-        peer = context.peer() or ""
-        name = "peer:" + peer.split(":", 1)[-1].rsplit(":", 1)[0]
-        CLIENT.set(name)
+        peer = context.peer() or ""  # "ipv4:127.0.0.1:53510"
+        name = caller(None, None, peer.split(":", 1)[-1].rsplit(":", 1)[0], "gRPC") or ""
     return name
 
 
@@ -178,6 +177,11 @@ class RouterService:
             operating=lambda: (policy.applied_last_bound, self.cfg.router.target_large_share),
             drift=self._drift_state,
             slots=lambda: {t: (s.limit(), s.in_flight, s.waiting) for t, s in pool.slots.items()},
+            replica_info=lambda: [
+                (t.name, t.kind, t.model, r.address)
+                for t in self.cfg.tiers
+                for r in pool.replicas[t.name]
+            ],
         )
         if self.cfg.router.http_listen:  # first: /healthz answers and /readyz says loading
             self.http = await HttpFront.start(self.cfg, self, self.clients, host.admission)

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from prometheus_client import REGISTRY
 
 from tests.helpers.budgets import make_config
 from tierroute.common.v1 import common_pb2 as common_pb
@@ -209,14 +210,23 @@ async def test_a_rejected_answer_is_never_sent_and_the_larger_tier_answers() -> 
     assert summary(events).attempts[0].validation == pb.VALIDATION_STATUS_FAILED
 
 
+def replica_calls(tier: str, outcome: str) -> float:
+    labels = {"tier": tier, "replica": f"scripted:{tier}", "outcome": outcome}
+    return REGISTRY.get_sample_value("tierroute_replica_calls_total", labels) or 0.0
+
+
 async def test_a_tier_that_fails_before_answering_is_failed_over_and_counted() -> None:
     router = Router()
     router.small.scripts.append([TierError("unavailable", "connection refused")])
+    before = replica_calls("small", "unavailable"), replica_calls("large", "ok")
     events = await router.route()
     await router.close()
     assert summary(events).tier == "large"
     assert summary(events).escalation_reason == pb.ESCALATION_REASON_TIER_FAILURE
     assert router.pool.breakers["small"]._consecutive == 1
+    # Each replica's calls, by how they ended (which upstream fails, in Prometheus).
+    assert replica_calls("small", "unavailable") - before[0] == 1
+    assert replica_calls("large", "ok") - before[1] == 1
 
 
 async def test_an_overloaded_tier_moves_the_request_on_without_a_breaker_failure() -> None:

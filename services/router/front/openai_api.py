@@ -54,7 +54,7 @@ from tierroute.router.route.state import Decided, RouteEvent, Token
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.runtime import telemetry
 from tierroute.runtime.admission import InFlight
-from tierroute.runtime.auth import CLIENT, Clients
+from tierroute.runtime.auth import Clients, caller
 from tierroute.runtime.interceptors import trace_id
 
 logger = logging.getLogger(__name__)
@@ -192,16 +192,10 @@ class _Front:
     def _client(self, request: Request) -> str:
         """The caller: its token's client name, or without tokens `peer:<address>`; HttpError
         401 without a known bearer token. The token is never logged nor echoed."""
-        clients = self.limits.clients
-        if clients is None:
-            peer = "peer:" + (request.client.host if request.client else "unknown")
-            CLIENT.set(peer)
-            trace.get_current_span().set_attribute("tierroute.client", peer)
-            return peer
         header = request.headers.get("authorization")
-        name = clients.from_header(header)
+        peer = request.client.host if request.client else "unknown"
+        name = caller(self.limits.clients, header, peer, "HTTP")
         if name is None:
-            logger.info("HTTP: refused a request: %s bearer token", "unknown" if header else "no")
             raise HttpError(
                 401,
                 "missing or unknown API key: send `Authorization: Bearer <token>` (the OpenAI "
@@ -209,8 +203,6 @@ class _Front:
                 code="invalid_api_key",
                 headers={"www-authenticate": "Bearer"},
             )
-        CLIENT.set(name)
-        trace.get_current_span().set_attribute("tierroute.client", name)
         return name
 
     async def models(self, request: Request) -> Response:

@@ -110,6 +110,7 @@ class Attempts:
             attributes["server.address"] = replica.address
         timer = self.pool.first_token[tier.name]
         client = replica.client
+        ended = "cancelled"  # unless it ends otherwise: its reader stopped (an escalation)
         with telemetry.client_span(client.operation, __name__, attributes) as (span, headers):
             call = client.generate(generate, timeout, headers)
             called = time.monotonic()
@@ -118,8 +119,10 @@ class Attempts:
                 try:
                     first_response = await first_message(responses, timer, called)
                 except StopAsyncIteration:
+                    ended = "ok"
                     return
                 except TimeoutError:
+                    ended = "stalled"
                     raise TierFailed(tier.name, stalled(timer), True) from None
                 ttft_ms = timer.samples[-1] * 1000.0
                 self.pool.slots[tier.name].observe(ttft_ms / 1000.0)
@@ -140,13 +143,16 @@ class Attempts:
                             )
                             self.measured.observe(tier.name, category, TPOT_MS, per_token)
                     yield response
+                ended = "ok"
             except TierError as error:
+                ended = error.kind
                 span.set_attribute("tierroute.tier_error", error.kind)
                 # The tier answered other calls meanwhile: what ran out was the wait, not the tier
                 busy = timer.last_message > called
                 raise TierFailed(tier.name, error, budget, busy) from error
             finally:
                 call.cancel()  # a client that went away, or an escalation: stop the tier's work
+                metrics.REPLICA_CALLS.labels(tier.name, replica.address, ended).inc()
 
     def hedge(self, tier: TierConfig, following: str, routed: Routed) -> Hedge | None:
         """The next larger tier, asked now, if the request's score lies within `tier`'s

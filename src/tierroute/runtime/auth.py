@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
@@ -29,12 +30,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
+from opentelemetry import trace
 
 TOKEN_PREFIX = "trk_"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 # The client a request came from, for logs; "" when the API is open.
 CLIENT: contextvars.ContextVar[str] = contextvars.ContextVar("tierroute_client", default="")
+
+
+logger = logging.getLogger(__name__)
 
 
 class AuthConfigError(ValueError):
@@ -47,6 +52,26 @@ def digest(token: str) -> str:
 
 def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
+
+
+def caller(clients: Clients | None, header: str | None, peer: str, front: str) -> str | None:
+    """Who is calling, the same way on every front: the client its `authorization: Bearer`
+    header names, or, on a service without tokens, `peer:<peer>`. None when tokens are needed
+    and the header names no known one (logged as a refusal on `front`, never the token). The
+    name goes in CLIENT (for logs, limits and the ledger) and on the current span."""
+    if clients is None:
+        name = f"peer:{peer}"
+    else:
+        known = clients.from_header(header)
+        if known is None:
+            logger.info(
+                "%s: refused a request: %s bearer token", front, "unknown" if header else "no"
+            )
+            return None
+        name = known
+    CLIENT.set(name)
+    trace.get_current_span().set_attribute("tierroute.client", name)
+    return name
 
 
 @dataclass(frozen=True)

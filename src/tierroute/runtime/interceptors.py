@@ -34,7 +34,7 @@ from opentelemetry import propagate, trace
 from tierroute.core.errors import RETRY_PUSHBACK_KEY, ServiceError
 from tierroute.runtime import metrics
 from tierroute.runtime.admission import InFlight
-from tierroute.runtime.auth import CLIENT, Clients
+from tierroute.runtime.auth import Clients, caller
 from tierroute.runtime.decoding import EXEMPT, Decoding
 
 logger = logging.getLogger(__name__)
@@ -243,16 +243,13 @@ class Authentication(_Wrapping):
             (v for k, v in (context.invocation_metadata() or ()) if k.lower() == "authorization"),
             None,
         )
-        name = self.clients.from_header(value if isinstance(value, str) else None)
-        if name is None:
-            logger.info("refused a call: %s bearer token", "unknown" if value else "no")
+        header = value if isinstance(value, str) else None
+        if caller(self.clients, header, context.peer() or "", "gRPC") is None:
             await context.abort(
                 grpc.StatusCode.UNAUTHENTICATED,
                 "missing or unknown bearer token: send the metadata `authorization: Bearer "
                 "<token>` (`tierroute --token`, or TIERROUTE_TOKEN)",
             )
-        trace.get_current_span().set_attribute("tierroute.client", str(name))
-        CLIENT.set(str(name))
 
     def wrap_unary(self, behavior: Unary, method: str) -> Unary:
         async def authenticated(request: Any, context: grpc.aio.ServicerContext) -> Any:

@@ -7,18 +7,22 @@ killed mid-answer."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
+from prometheus_client import REGISTRY
 
 from tests.helpers.budgets import CALL_TIMEOUT_SECONDS, make_config
 from tests.helpers.services import EMBEDDER_DIR, ServiceProcess
 from tests.helpers.services import started as started_host
 from tests.helpers.upstream import SERVED_MODEL, Upstream, start_upstream
 from tierroute.router.service import host
+from tierroute.router.tiers import bench
+from tierroute.router.tiers.measured import TTFT_MS
 from tierroute.router.v1 import router_service_pb2 as pb
 from tierroute.router.v1 import router_service_pb2_grpc as pb_grpc
 from tierroute.runtime.host import Host
@@ -186,6 +190,56 @@ async def test_a_refused_api_key_is_unavailable_naming_where_the_key_came_from(
     assert summary.tier == "large" and summary.escalation_reason == (
         pb.ESCALATION_REASON_TIER_FAILURE
     )
+
+
+async def test_bench_tiers_measures_an_upstream_tier_beside_ours(
+    upstream: Upstream, large_tier: ServiceProcess
+) -> None:
+    cfg = make_config(
+        {
+            "router": {"model": str(EMBEDDER_DIR)},
+            "tiers": [upstream_tier("small", upstream), our_tier("large", large_tier.address)],
+        }
+    )
+    prompts = [bench.Prompt(SIMPLE, "lookup"), bench.Prompt("Say hello.", "chit_chat")]
+    rows = await bench.run(cfg, prompts, 2, 2, 8, CALL_TIMEOUT_SECONDS)
+    overall = {r["tier"]: r for r in rows if r["category"] == bench.ALL}
+    small = overall["small"]
+    assert small["model"] == SERVED_MODEL, "described by the upstream's GET /models"
+    assert small["calls"] == 4 and small["errors"] == 0 and small["ttft_p50_ms"] > 0
+    assert small["cost_per_1k_usd"] > 0, "priced at its configured prices"
+    assert overall["large"]["calls"] == 4
+    assert ("small", bench.ALL, TTFT_MS) in bench.observations(rows)
+
+
+async def test_a_dead_replica_of_an_upstream_tier_is_passed_over_within_the_tier(
+    upstream: Upstream, large_tier: ServiceProcess, router_with: Any
+) -> None:
+    # A port bound and never listened on: connections to it are refused, for the whole test.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{held.getsockname()[1]}/v1"
+        address = await router_with(
+            [
+                upstream_tier("small", upstream, base_url=dead, replicas=[upstream.base_url]),
+                our_tier("large", large_tier.address),
+            ]
+        )
+
+        def calls(replica: str, outcome: str) -> float:
+            labels = {"tier": "small", "replica": replica, "outcome": outcome}
+            return REGISTRY.get_sample_value("tierroute_replica_calls_total", labels) or 0.0
+
+        before = calls(dead, "unavailable"), calls(upstream.base_url, "ok")
+        for _ in range(3):
+            events, summary = await route(address, prompt=SIMPLE, force_tier="small")
+            # The live replica answered every one: the tier never failed over to "large".
+            assert summary.tier == "small" and not summary.escalated and text_of(events)
+        assert calls(upstream.base_url, "ok") - before[1] == 3
+        assert calls(dead, "unavailable") - before[0] >= 1, "the dead replica was tried"
+        for replica in (dead, upstream.base_url):
+            info = {"tier": "small", "kind": "openai", "model": SERVED_MODEL, "replica": replica}
+            assert REGISTRY.get_sample_value("tierroute_tier_info", info) == 1.0
 
 
 async def test_a_request_too_long_for_the_upstream_moves_to_a_tier_with_a_larger_window(
