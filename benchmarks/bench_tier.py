@@ -140,7 +140,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         return await interleaved_pairs(runs, args.pairs, args.max_tokens, summarize)
     finally:
         service.stop()
-        await engine.shutdown()
+        await asyncio.to_thread(engine.shutdown)  # synchronous in vLLM 0.32
 
 
 def main() -> int:
