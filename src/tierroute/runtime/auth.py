@@ -64,9 +64,8 @@ def caller(clients: Clients | None, header: str | None, peer: str, front: str) -
     else:
         known = clients.from_header(header)
         if known is None:
-            logger.info(
-                "%s: refused a request: %s bearer token", front, "unknown" if header else "no"
-            )
+            why = "unknown" if header else "no"
+            logger.info("refused a call: %s bearer token (%s)", why, front)
             return None
         name = known
     CLIENT.set(name)
