@@ -62,9 +62,9 @@ def test_escalations_teach_needed_larger_and_confident_deliveries_small_enough(
         keep_prompts=True,
     )
     labels = read_labels(path, "small", "emb", DIM)
-    assert labels.keys == ["hard one", "easy one"]
-    assert list(labels.needed_larger) == [1.0, 0.0]
-    assert labels.features == pytest.approx(prompt_features(["hard one", "easy one"]))
+    assert labels.keys == ["easy one", "hard one"]  # in the order of the prompts
+    assert list(labels.needed_larger) == [0.0, 1.0]
+    assert labels.features == pytest.approx(prompt_features(["easy one", "hard one"]))
     assert labels.skipped == {
         "other embedder": 1,
         "not judged on this tier": 1,
@@ -74,6 +74,26 @@ def test_escalations_teach_needed_larger_and_confident_deliveries_small_enough(
     }
     # Every scored row of this embedder is traffic the threshold is applied to.
     assert len(labels.all_embeddings) == 5
+
+
+def test_the_same_answers_logged_in_another_order_teach_the_same_labels(tmp_path: Path) -> None:
+    # Concurrent requests finish, and are logged, in a different order on every run: the
+    # labels (and so the artifact calibrate fits on them) must not follow that order.
+    entries = [
+        entry("spell it backwards", "ESCALATE", "LOW_CONFIDENCE"),
+        entry("convert the units"),
+        entry("name the capital", "ESCALATE", "LOW_CONFIDENCE"),
+        entry("say hello"),
+    ]
+    one = read_labels(written(tmp_path / "one.sqlite", entries), "small", "emb", DIM)
+    other = read_labels(written(tmp_path / "other.sqlite", entries[::-1]), "small", "emb", DIM)
+    assert (
+        one.keys == other.keys == sorted(f"sha256:{prompt_sha256(e.normalized)}" for e in entries)
+    )
+    assert list(one.needed_larger) == list(other.needed_larger)
+    assert np.array_equal(one.embeddings, other.embeddings)
+    assert np.array_equal(one.features, other.features)
+    assert list(one.ids) != list(other.ids)  # the rows were written in the other order
 
 
 def test_without_prompts_the_key_is_the_hash(tmp_path: Path) -> None:

@@ -143,13 +143,17 @@ def read_labels(path: Path, small: str, embedder_version: str, dimension: int) -
             f"shadow mode) teaches a label (skipped: {skipped}): record more traffic with this "
             f"embedder ({embedder_version}) first"
         )
+    # In the order of the prompts, not of the rows: concurrent requests finish (and are
+    # logged) in a different order on every run, and the same labels must teach the same
+    # artifact (the fits' sums and the k-fold choice of the prior's share see row order).
+    order = sorted(range(len(ids)), key=lambda i: (keys[i], needed[i], ids[i]))
     return Labels(
-        np.array(ids),
-        keys,
-        np.stack(vectors).astype(np.float32),
-        np.stack(feats).astype(np.float32),
-        np.array(needed, dtype=np.float64),
-        categories,
+        np.array(ids)[order],
+        [keys[i] for i in order],
+        np.stack(vectors)[order].astype(np.float32),
+        np.stack(feats)[order].astype(np.float32),
+        np.array(needed, dtype=np.float64)[order],
+        [categories[i] for i in order],
         np.stack(all_vectors).astype(np.float32),
         np.stack(all_feats).astype(np.float32),
         skipped,

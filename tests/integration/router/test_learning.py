@@ -107,8 +107,11 @@ def config(small: str, large: str, validator: str, **router: Any) -> dict[str, A
 
 
 async def route_all(address: str, prompts: dict[str, str]) -> list[pb.RouteSummary]:
-    """Route each prompt (by request id), ten at a time."""
-    limit = asyncio.Semaphore(10)
+    """Route each prompt (by request id), one at a time: each answer is the engine's alone, never
+    batched with another, so the small tier's log-probabilities, and the labels the log learns
+    from, are the same on every run (batched float32 arithmetic differs in its last bits and
+    greedy decoding can take another path)."""
+    limit = asyncio.Semaphore(1)
 
     async def one(stub: pb_grpc.RouterServiceStub, request_id: str) -> pb.RouteSummary:
         request = pb.RouteRequest(prompt=prompts[request_id], request_id=request_id)
