@@ -1,7 +1,9 @@
-"""Micro-batching: concurrent scoring requests share one ONNX run.
+"""Micro-batching: concurrent scoring requests share one trip to a scoring thread.
 
-Requests queue up; a worker takes everything queued (up to `max_size`) and scores it in one
-run on its own thread, so the event loop keeps accepting requests meanwhile. Requests that
+Requests queue up; a worker takes everything queued (up to `max_size`) and scores it as one
+batch on its own thread (the embedder runs the batch's prompts side by side, each alone, and
+the scorer scores them in one matrix product), so the event loop keeps accepting requests
+meanwhile. Requests that
 arrive during a run form the next batch, so batches grow with load and a lone request never
 waits. With `max_wait_ms` > 0 the worker also waits up to that long for a batch to fill.
 `workers` batches may run at once (router.scorer_threads).

@@ -34,7 +34,9 @@ class RouterConfig(Strict):
     model: Path = Path("models/minilm-l6-v2-int8")
     # onnxruntime execution device. Only "cpu" is built and tested.
     device: Literal["cpu"] = "cpu"
-    # Threads onnxruntime may use for one embedding run. 0: one per core.
+    # Threads the embedder uses: a lone prompt's ONNX run uses all of them, a batch's prompts run
+    # side by side, one per thread (each prompt is embedded alone: int8 activations are scaled
+    # per run, so prompts run together would nudge each other's embeddings). 0: one per core.
     intra_op_threads: int = Field(default=0, ge=0)
     # Let onnxruntime's threads spin-wait after a run for the next one: slightly faster bursts,
     # but they take CPU from anything sharing the machine (an engine on the same box).
@@ -78,7 +80,7 @@ class RouterConfig(Strict):
     routing_context_chars: int = Field(default=256, ge=0)
     # Tokens of the prompt the embedder reads; the rest is ignored for scoring.
     embed_max_tokens: int = Field(default=256, ge=8, le=512)
-    # Most prompts embedded in one ONNX run.
+    # Most prompts the scorer takes at once (a batch: embedded side by side, scored together).
     batch_max_size: int = Field(default=32, ge=1)
     # How long the first prompt of a batch may wait for others, in ms. 0: no waiting; prompts
     # that arrive while a batch runs form the next batch.
@@ -90,7 +92,7 @@ class RouterConfig(Strict):
     # decides (reason SCORE_DEGRADED), or without one the request goes to `default_tier`
     # (ROUTER_FALLBACK); the late decision still fills the routing cache.
     score_budget_ms: float = Field(default=50.0, gt=0)
-    # Batches the scorer may run at once, each on its own thread (its ONNX run uses
+    # Batches the scorer may run at once, each on its own thread (its prompts' ONNX runs use
     # `intra_op_threads` more). One suits a small CPU; more suit many cores.
     scorer_threads: int = Field(default=1, ge=1, le=64)
     # Most prompts waiting for the scorer. Beyond it, and whenever the measured time of a
