@@ -211,6 +211,15 @@ def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, 
             out["scorer_exact_knn"] = stage(lambda p: exact.score(vectors[p], [p]))
         with threadpool_limits(os.cpu_count(), user_api="blas"):
             out["scorer_blas_default_threads"] = stage(lambda p: scorer.score(vectors[p], [p]))
+        # A batch of 32 as the scorer's worker embeds it, against the way it did before each
+        # prompt ran alone (length-sorted runs of 8, padded, all threads on each), alternating;
+        # per batch.
+        batch = (prompts * 2)[:32]
+        out["batch32_side_by_side"], out["batch32_padded_runs_before"] = alternating(
+            reps * 4,
+            lambda: embedder.embed_with_truncation(batch),
+            lambda: padded_runs(embedder, batch),
+        )
         if decider.degraded is not None:
             degraded = decider.degraded
             out["degraded_embedding"] = stage(lambda p: degraded.embed(p))
@@ -228,6 +237,28 @@ def profile(config: Path, prompts: list[str], reps: int) -> dict[str, dict[str, 
         return out
 
     return asyncio.run(run())
+
+
+def alternating(reps: int, *fns: Any) -> list[dict[str, float]]:
+    """Each of `fns` timed `reps` times, taking turns (microseconds, median and p99)."""
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(reps):
+        for fn, kept in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            kept.append((time.perf_counter() - t0) * 1e6)
+    return [{"p50_us": float(np.median(t)), "p99_us": float(np.percentile(t, 99))} for t in times]
+
+
+def padded_runs(embedder: Any, texts: list[str]) -> np.ndarray:
+    """The batch path before each prompt ran alone: length-sorted runs of 8, each padded to
+    its longest prompt, on the all-threads session (one int8 activation scale per run)."""
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    vectors = np.empty((len(texts), embedder.dimension), dtype=np.float32)
+    for start in range(0, len(order), 8):
+        rows = order[start : start + 8]
+        vectors[rows] = embedder.run(embedder.encode([texts[i] for i in rows]))
+    return vectors
 
 
 # A pasted text for the request finder to set aside (in prose paragraphs).
@@ -344,6 +375,10 @@ def main() -> int:
     for name, m in stages.items():
         print(f"{name:<42}{m['p50_us']:>9.0f}{m['p99_us']:>9.0f}")
     print(f"{'gRPC, protobuf and client (c=1 p50 - decision)':<42}{grpc_us:>9.0f}")
+    ratio = (
+        stages["batch32_side_by_side"]["p50_us"] / stages["batch32_padded_runs_before"]["p50_us"]
+    )
+    print(f"(batch32 rows: a batch of 32; side by side takes {ratio:.0%} of the padded runs' time)")
     print_goals(goals, args.out)
     return 0
 
