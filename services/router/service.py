@@ -196,16 +196,27 @@ class RouterService:
             self._bench_task = asyncio.create_task(self._bench_every())
 
     async def _check_upstreams(self) -> None:
-        """A tier of kind openai validated by log-probabilities must get them from its server:
-        one small request says so, or the router does not start (ConfigError)."""
-        from tierroute.router.tiers.openai_client import OpenAiTierClient, check_logprobs
+        """A tier of kind openai takes its context window from its server where the config
+        sets none; one validated by log-probabilities must get them from its server: one
+        small request says so, or the router does not start (ConfigError)."""
+        from tierroute.router.tiers.openai_client import (
+            OpenAiTierClient,
+            check_logprobs,
+            learn_window,
+        )
 
         for t in self.cfg.tiers:
-            if t.kind != "openai" or t.validation != "logprob":
+            if t.kind != "openai":
                 continue
-            client = self.pool.replicas[t.name][0].client
-            assert isinstance(client, OpenAiTierClient)
-            problem = await check_logprobs(client, STARTUP_CHECK_SECONDS)
+            clients = [
+                r.client
+                for r in self.pool.replicas[t.name]
+                if isinstance(r.client, OpenAiTierClient)
+            ]
+            await learn_window(clients, STARTUP_CHECK_SECONDS)
+            if t.validation != "logprob":
+                continue
+            problem = await check_logprobs(clients[0], STARTUP_CHECK_SECONDS)
             if problem is not None:
                 raise ConfigError(f"invalid configuration: {problem}")
 

@@ -21,7 +21,7 @@ from starlette.routing import Route
 from tierroute.core.config import config_from_dict
 from tierroute.router.front.server import bind
 from tierroute.router.tiers.client import TierError
-from tierroute.router.tiers.openai_client import OpenAiTierClient, chat_body
+from tierroute.router.tiers.openai_client import OpenAiTierClient, chat_body, learn_window
 from tierroute.tier.v1 import tier_service_pb2 as tier_pb
 
 SCRIPT: dict[str, object] = {}
@@ -195,6 +195,34 @@ async def test_describe_reads_the_model_and_its_window_from_the_models_list(
     assert "absent" in str(caught.value) and "other" in str(caught.value)
     await c.close()
     await missing.close()
+
+
+async def test_a_tier_without_a_configured_window_takes_the_one_its_server_reports(
+    base_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"  # closed: a replica that is down
+    unset = client(base_url)
+    assert unset.tier.window() is None
+    down = OpenAiTierClient(unset.tier, dead, "sk-secret", "K")
+    await learn_window([down, unset], 10.0)  # the first replica that answers says
+    assert unset.tier.window() == 4096
+    assert "could not read the context window" in caplog.text and dead in caplog.text
+    # A configured window is kept; one larger than the server's is named with the fix.
+    larger = client(base_url, context_window=16384)
+    await learn_window([larger], 10.0)
+    assert larger.tier.window() == 16384
+    assert "tiers[up].context_window is 16384" in caplog.text and "serves 4096" in caplog.text
+    smaller = client(base_url, context_window=1024)
+    await learn_window([smaller], 10.0)
+    assert smaller.tier.window() == 1024
+    # No replica answers: the window stays unset, and the tier is called as usual.
+    nothing = client(dead)
+    await learn_window([nothing], 10.0)
+    assert nothing.tier.window() is None
+    for c in (unset, down, larger, smaller, nothing):
+        await c.close()
 
 
 def test_a_self_reported_tier_asks_for_the_envelope_as_a_json_schema() -> None:

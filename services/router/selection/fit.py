@@ -70,27 +70,34 @@ class _Counter:
 class Fit:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
-        counters: dict[str, _Counter] = {}
+        self._by_model: dict[str, _Counter] = {}
         self._counters: dict[str, _Counter] = {}
         for tier in cfg.tiers:
-            if tier.window() is None:
-                continue
-            if tier.model not in counters:
-                counters[tier.model] = _Counter(tier.model)
-            self._counters[tier.name] = counters[tier.model]
-            if not counters[tier.model].exact:
-                logger.info(
-                    "tier %s: no tokenizer.json in %r; its prompts are counted as one token "
-                    "per %d bytes for its context window of %d",
-                    tier.name,
-                    tier.model,
-                    BYTES_PER_TOKEN_ESTIMATE,
-                    tier.window(),
-                )
+            if tier.window() is not None:
+                self._counter(tier.name)
         self._instruction = [envelope.INSTRUCTION]
         # router.max_prompt_tokens is counted as the largest tier counts.
         self._limit = cfg.router.max_prompt_tokens
         self._limit_counter = _Counter(cfg.tiers[-1].model) if self._limit and cfg.tiers else None
+
+    def _counter(self, name: str) -> _Counter:
+        """The counter of tier `name`'s tokens (made on first use: a window an upstream
+        reports is learned after the router is built)."""
+        if name not in self._counters:
+            tier = self.cfg.tier(name)
+            if tier.model not in self._by_model:
+                self._by_model[tier.model] = _Counter(tier.model)
+            self._counters[name] = counter = self._by_model[tier.model]
+            if not counter.exact:
+                logger.info(
+                    "tier %s: no tokenizer.json in %r; its prompts are counted as one token "
+                    "per %d bytes for its context window of %s",
+                    name,
+                    tier.model,
+                    BYTES_PER_TOKEN_ESTIMATE,
+                    tier.window(),
+                )
+        return self._counters[name]
 
     def check_tokens(self, prompt: str, messages: Sequence[_Message]) -> None:
         """TooLarge when the prompt has more tokens than router.max_prompt_tokens. A prompt of
@@ -131,7 +138,7 @@ class Fit:
             elif size + extra + answer <= window:  # fits whatever the exact count
                 out[tier.name] = Need(estimate, answer, True)
             else:
-                counter = self._counters[tier.name]
+                counter = self._counter(tier.name)
                 key = (id(counter), enveloped)
                 if key not in counted:
                     counted[key] = counter.count(tier_texts)

@@ -261,6 +261,22 @@ class OpenAiTierClient:
     async def describe(self, seconds: float | None) -> tier_pb.DescribeResponse:
         """From `GET /models`: the model, and its context window where the server reports it
         (vLLM's `max_model_len`), else the configured one."""
+        card = await self.card(seconds)
+        window = int(card.get("max_model_len") or self.tier.window() or 0)
+        return tier_pb.DescribeResponse(
+            tier=self.tier.name,
+            model=self.tier.model,
+            max_context_tokens=window,
+            price_per_1k_input_usd=self.tier.price_per_1k_input_usd,
+            price_per_1k_output_usd=self.tier.price_per_1k_output_usd,
+            ready=True,
+            default_max_tokens=self.tier.max_tokens,
+            default_temperature=self.tier.temperature,
+        )
+
+    async def card(self, seconds: float | None) -> dict[str, Any]:
+        """The tier's model as `GET /models` lists it (TierError: not reachable, refused, or
+        the model is not served there)."""
         try:
             response = await self.http.get("models", timeout=self.timeout(seconds))
         except httpx.TimeoutException:
@@ -278,17 +294,7 @@ class OpenAiTierClient:
                 f"{self.where} does not serve model {self.tier.model!r} "
                 f"(tiers[{self.tier.name}].model; it serves: {served})",
             )
-        window = int(card.get("max_model_len") or self.tier.window() or 0)
-        return tier_pb.DescribeResponse(
-            tier=self.tier.name,
-            model=self.tier.model,
-            max_context_tokens=window,
-            price_per_1k_input_usd=self.tier.price_per_1k_input_usd,
-            price_per_1k_output_usd=self.tier.price_per_1k_output_usd,
-            ready=True,
-            default_max_tokens=self.tier.max_tokens,
-            default_temperature=self.tier.temperature,
-        )
+        return dict(card)
 
     def reachable(self) -> bool:
         return time.monotonic() >= self.down_until
@@ -327,3 +333,41 @@ async def check_logprobs(client: OpenAiTierClient, seconds: float) -> str | None
             "or a server that returns them"
         )
     return None
+
+
+async def learn_window(clients: Sequence[OpenAiTierClient], seconds: float) -> None:
+    """The tier's context window from its server (the first replica that answers `GET
+    /models` with a `max_model_len`) where the configuration sets none; a warning where the
+    configured one is larger than the server's. None answering: logged, the window stays the
+    configured one (or none), and the tier is called as usual."""
+    tier = clients[0].tier
+    configured = tier.configured_window()
+    for client in clients:
+        try:
+            served = (await client.card(seconds)).get("max_model_len")
+        except TierError as error:
+            logger.warning("could not read the context window of %s now: %s", client.where, error)
+            continue
+        if not isinstance(served, int) or served <= 0:
+            if configured is None:
+                logger.info(
+                    "%s reports no max_model_len: its window is unbounded to the router; "
+                    "set tiers[%s].context_window",
+                    client.where,
+                    tier.name,
+                )
+            return
+        if configured is None:
+            tier.learn_served_window(served)
+            logger.info("%s serves a context window of %d tokens", client.where, served)
+        elif configured > served:
+            logger.warning(
+                "tiers[%s].context_window is %d, but %s serves %d tokens: a request between "
+                "the two is sent there, refused and moved to a wider tier; set %d",
+                tier.name,
+                configured,
+                client.where,
+                served,
+                served,
+            )
+        return

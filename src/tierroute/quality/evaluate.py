@@ -1,5 +1,5 @@
-"""Routing quality: what `tierroute eval` and `make eval` (commands.py, eval_report.py) are
-made of, and the default artifact.
+"""Routing quality: what `tierroute eval` and `make eval` (tools/quality_commands.py,
+eval_report.py) are made of, and the default artifact.
 
 `evaluate` scores the evaluation rows with the artifact exactly as the router serves it, and in
 the same run: every scorer kind fitted on the calibration rows, the seed's hand-written anchor

@@ -108,9 +108,9 @@ def offline_commands(commands: Any) -> None:
 
     def later(name: str) -> Callable[[argparse.Namespace], int]:
         def run(args: argparse.Namespace) -> int:
-            from tierroute.quality import commands  # numpy/scikit-learn work: only when asked
+            from tierroute.tools import quality_commands  # numpy, scikit-learn: when asked
 
-            return int(getattr(commands, name)(args))
+            return int(getattr(quality_commands, name)(args))
 
         return run
 

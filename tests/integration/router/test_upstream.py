@@ -268,6 +268,33 @@ async def test_a_request_too_long_for_the_upstream_moves_to_a_tier_with_a_larger
     assert "maximum context length" in details and "shorten the prompt" in details
 
 
+async def test_an_upstream_without_a_configured_window_is_given_the_one_its_server_reports(
+    upstream: Upstream, large_tier: ServiceProcess, router_with: Any
+) -> None:
+    # No context_window in the config: the router reads vLLM's max_model_len (1024) from GET
+    # /v1/models at start, and a request that cannot fit is never sent there.
+    address = await router_with(
+        [
+            upstream_tier("small", upstream, context_window=None),
+            our_tier("large", large_tier.address),
+        ]
+    )
+    filler = "The quarterly report lists revenue, costs and staff numbers by region. " * 50
+    # 3,600 bytes: about 1,200 tokens as the router counts for a model it has no tokenizer of
+    # (one per three bytes): over 1024, under 2048.
+    long = f"{filler}\n\n{SIMPLE}"
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.RouterServiceStub(channel)
+        decision = (await stub.Score(pb.ScoreRequest(prompt=long), timeout=30)).decision
+        short = (await stub.Score(pb.ScoreRequest(prompt=SIMPLE), timeout=30)).decision
+    assert decision.tier == "large", decision
+    assert "context_window_excluded:small" in decision.reasons
+    assert short.tier == "small"
+    events, summary = await route(address, prompt=long)
+    assert summary.tier == "large" and not summary.escalated and text_of(events)
+    assert [a.tier for a in summary.attempts] == ["large"]  # never sent to the upstream
+
+
 async def test_a_client_that_leaves_stops_the_upstreams_generation(
     upstream: Upstream, large_tier: ServiceProcess, router_with: Any
 ) -> None:

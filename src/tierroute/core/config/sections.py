@@ -9,6 +9,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import (
     Field,
+    PrivateAttr,
     model_validator,
 )
 
@@ -105,9 +106,11 @@ class TierConfig(Strict):
     # reports its cost per 1,000 tokens as this over the throughput it measured.
     price_per_hour_usd: float = Field(default=0.0, ge=0)
     # The most tokens (prompt, chat template and answer) one request may take on this tier.
-    # Unset: engine_args.max_model_len, if set; else unbounded. A request that does not fit
-    # is not sent here (reason context_window_excluded:<tier>).
+    # Unset: engine_args.max_model_len, if set; kind openai: the `max_model_len` its server
+    # reports at the router's start (GET /models; vLLM reports it); else unbounded. A request
+    # that does not fit is not sent here (reason context_window_excluded:<tier>).
     context_window: int | None = Field(default=None, ge=1)
+    _served_window: int | None = PrivateAttr(default=None)  # learn_served_window
     # vLLM engine arguments, passed to AsyncEngineArgs unchanged (the tier service reads them).
     engine_args: dict[str, Any] = Field(default_factory=dict)
     # Environment variables set in the tier process before the engine starts (for example
@@ -240,10 +243,17 @@ class TierConfig(Strict):
 
     def window(self) -> int | None:
         """The tier's context window in tokens (None: unbounded)."""
-        if self.context_window is not None:
-            return self.context_window
+        return self.configured_window() or self._served_window
+
+    def configured_window(self) -> int | None:
+        """The window the configuration sets (context_window, else engine_args.max_model_len)."""
         configured = self.engine_args.get("max_model_len")
-        return int(configured) if configured else None
+        return self.context_window or (int(configured) if configured else None)
+
+    def learn_served_window(self, tokens: int) -> None:
+        """The window the tier's server reports (kind openai, at the router's start): the
+        tier's window where the configuration sets none."""
+        self._served_window = tokens
 
     def cost_per_1k(self, prompt_tokens: int, max_tokens: int) -> float:
         """USD per 1,000 tokens of a request of `prompt_tokens` that may generate
