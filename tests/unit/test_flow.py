@@ -23,6 +23,7 @@ from tierroute.router.route.judge import Judge
 from tierroute.router.route.state import Decided, Escalated, Finished, RouteEvent, Token
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.scoring.scored import Ask, Scored
+from tierroute.router.selection.filters import Admit, Admitted
 from tierroute.router.selection.policy import Selection
 from tierroute.router.tiers.client import TierError, refused
 from tierroute.router.tiers.pool import Replica, TierPool
@@ -106,10 +107,16 @@ class ScriptedDecider(Decider):
     score = 2.0
 
     async def _decide_scored(
-        self, text: str, bypass_cache: bool, ask: Ask | None
+        self, text: str, bypass_cache: bool, ask: Ask | None, admit: Admit | None
     ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
         tiers = [t.name for t in self.cfg.tiers]
-        decision = pb.RoutingDecision(tier=tiers[0], complexity_score=self.score)
+        admitted = admit(tiers) if admit is not None else Admitted(tiers[0])
+        decision = pb.RoutingDecision(
+            tier=admitted.tier,
+            complexity_score=self.score,
+            reason_codes=admitted.codes,
+            reasons=admitted.reasons,
+        )
         return decision, Selection(tiers, [], frozenset(tiers)), Scored(self.score, "", False)
 
 
@@ -376,3 +383,62 @@ async def test_a_client_that_leaves_cancels_the_tier_call_and_counts_no_failure(
     assert router.small.calls[0][1].cancelled
     assert router.pool.breakers["small"]._consecutive == 0
     assert router.pool.slots["small"].in_flight == 0
+
+
+def decisions(tier: str, reason: str) -> float:
+    labels = {"tier": tier, "reason": reason}
+    return REGISTRY.get_sample_value("tierroute_routing_decisions_total", labels) or 0.0
+
+
+def fail(breaker: Any) -> None:
+    """Open `breaker`: its threshold of consecutive failures."""
+    for _ in range(breaker.cfg.failure_threshold):
+        breaker.record(False, object())
+
+
+async def test_a_tier_whose_breaker_is_open_is_passed_over_in_the_decision_itself() -> None:
+    router = Router()
+    fail(router.pool.breakers["small"])
+    router.large.scripts.append(answer("Paris"))
+    before = decisions("large", "circuit_open")
+    events = await router.route()
+    await router.close()
+    # What the client is told is the decision as admitted, built once: large, and why.
+    decided = events[0]
+    assert isinstance(decided, Decided)
+    assert decided.decision.tier == "large"
+    assert list(decided.decision.reason_codes) == [pb.REASON_CODE_CIRCUIT_OPEN]
+    assert list(decided.decision.reasons) == ["circuit_open:small"]
+    assert summary(events).tier == "large" and router.small.calls == []
+    assert decisions("large", "circuit_open") - before == 1  # counted as it was made
+
+
+async def test_tiers_the_validator_would_judge_are_passed_over_while_it_is_down() -> None:
+    router = Router({"validation": "logprob"})
+    fail(router.judge.breaker)
+    router.large.scripts.append(answer("Paris"))
+    events = await router.route()
+    await router.close()
+    decided = events[0]
+    assert isinstance(decided, Decided) and decided.decision.tier == "large"
+    assert list(decided.decision.reasons) == ["validator_unavailable:small"]
+    assert router.small.calls == [] and summary(events).tier == "large"
+    # Escalation off: a judged tier's answer would be delivered unjudged, so it is not skipped.
+    router = Router({"validation": "logprob"})
+    fail(router.judge.breaker)
+    router.small.scripts.append(answer("Paris"))
+    events = await router.route(disable_escalation=True)
+    await router.close()
+    assert summary(events).tier == "small"
+
+
+async def test_no_tier_to_admit_is_unavailable_naming_each_tier_and_why() -> None:
+    router = Router()
+    fail(router.pool.breakers["small"])
+    fail(router.pool.breakers["large"])
+    with pytest.raises(Unavailable) as caught:
+        await router.route()
+    await router.close()
+    assert "small (REASON_CODE_CIRCUIT_OPEN)" in str(caught.value)
+    assert "large (REASON_CODE_CIRCUIT_OPEN)" in str(caught.value)
+    assert "cooldown" in str(caught.value)

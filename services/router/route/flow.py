@@ -3,10 +3,11 @@ Escalated events, then Finished); failures raise the project's errors
 (tierroute.core.errors). The gRPC servicer and the HTTP front adapt it; neither holds routing,
 escalation or failover.
 
-The flow decides (the decider scores; the selection ranks), then walks the ranking: failover
-lives in one place (`_admit`), at the start and after every failed or rejected attempt,
-passing over tiers whose breaker is open or whose replicas are down. One tier's attempt (the
-call, the stall check, replicas, prefix commit, hedging) is attempt.py; the validator's
+The flow decides (the decider scores; the selection ranks; the request's admission, handed to
+the decider, passes over tiers the validator would judge while it is down, puts a
+conversation's held tier first and passes over tiers whose breaker is open or whose replicas
+are down, before the decision is built), then answers, failing over and escalating. One tier's
+attempt (the call, the stall check, replicas, prefix commit, hedging) is attempt.py; the validator's
 verdicts are verdicts.py; what the request's end is counted as (metrics, ledger, routing log,
 shadow mode) is accounting.py; the request's state and the events are state.py.
 
@@ -57,7 +58,7 @@ from tierroute.router.route.state import (
 from tierroute.router.route.verdicts import Verdicts
 from tierroute.router.scoring.decider import Decider
 from tierroute.router.scoring.scored import Scored
-from tierroute.router.selection.filters import judgeable, passed_over
+from tierroute.router.selection.filters import Admit, Admitted, judgeable
 from tierroute.router.selection.policy import BELOW_QUALITY_BAR
 from tierroute.router.tiers.measured import ERROR_RATE
 from tierroute.router.tiers.pool import TierPool
@@ -203,9 +204,10 @@ class RouteFlow:
             request.sampling.max_tokens,
             request.slo if request.HasField("slo") else None,
         )
+        admit = self._admission(request, routed.holder, held)
         with telemetry.tracer(__name__).start_as_current_span("score") as score_span:
             decision, selection, scored = await self.decider.decide_scored(
-                text, request.bypass_cache, ask
+                text, request.bypass_cache, ask, admit
             )
             what = asked(normalize(text))  # what was scored: the request, not its bulk
             score_span.set_attributes(
@@ -218,12 +220,6 @@ class RouteFlow:
             )
         routed.outcome.usable = selection.usable
         routed.outcome.score = decision.complexity_score if scored is not None else None
-        ranking = self._judgeable(selection.tiers, request, decision)
-        if held is not None:
-            ranking, why = self.affinity.first(ranking, held)
-            if why:
-                decision.reasons.append(why)
-        self._admit(ranking, routed.holder, decision)
         return decision, scored
 
     def _describe(self, request: pb.RouteRequest, decision: pb.RoutingDecision) -> None:
@@ -246,44 +242,51 @@ class RouteFlow:
                 ", ".join(decision.reasons),
             )
 
-    def _judgeable(
-        self, ranking: list[str], request: pb.RouteRequest, decision: pb.RoutingDecision
-    ) -> list[str]:
-        """While the validator is down and the policy is to escalate, an answer from a tier
-        it would judge is thrown away: pass over such tiers instead of wasting their work."""
-        if (
-            not self.judge.down
-            or self.cfg.escalation.on_validator_unavailable != "escalate"
-            or request.disable_escalation
-            or self.cfg.escalation.max_retries == 0
-        ):
-            return ranking
-        kept = judgeable(
-            ranking, lambda t: self.cfg.tier(t).validation != "none", self._tiers[-1], decision
+    def _admission(self, request: pb.RouteRequest, holder: object, held: str | None) -> Admit:
+        """What admits this request to a tier of the selection's ranking, in order: tiers the
+        validator would judge passed over while it is down (and the policy is to escalate: their
+        answers would be thrown away), the conversation's held tier first, then the first tier
+        whose breaker and replicas can take it (a half-open probe is claimed for `holder`).
+        UNAVAILABLE if none can."""
+        validator_down = (
+            self.judge.down
+            and self.cfg.escalation.on_validator_unavailable == "escalate"
+            and not request.disable_escalation
+            and self.cfg.escalation.max_retries > 0
         )
-        if kept[:1] != ranking[:1]:
-            logger.warning(
-                "the validator is down: passing over %s, whose answers it would judge",
-                ", ".join(t for t in ranking if t not in kept),
-            )
-        return kept
 
-    def _admit(self, ranking: list[str], holder: object, decision: pb.RoutingDecision) -> str:
-        """The first tier of the ranking that can take the request; the decision's reason
-        codes say why any was passed over. UNAVAILABLE if none can."""
-        tier, skipped = self.pool.first_available(ranking, holder)
-        passed_over(decision, skipped)
-        if tier is None:
-            raise Unavailable(
-                "no tier can take the request: "
-                + ", ".join(f"{n} ({pb.ReasonCode.Name(r)})" for n, r in skipped)
-                + "; retry after the breakers' cooldown "
-                + f"({self.cfg.circuit_breaker.cooldown_seconds:g} s)"
-            )
-        if skipped:
-            logger.warning("passed over %s: %s serves", ", ".join(n for n, _ in skipped), tier)
-        decision.tier = tier
-        return tier
+        def admit(ranking: list[str]) -> Admitted:
+            admitted = Admitted()
+            if validator_down:
+                kept, skipped = judgeable(
+                    ranking, lambda t: self.cfg.tier(t).validation != "none", self._tiers[-1]
+                )
+                if skipped:
+                    logger.warning(
+                        "the validator is down: passing over %s, whose answers it would judge",
+                        ", ".join(t for t, _ in skipped),
+                    )
+                admitted.passed_over(skipped)
+                ranking = kept
+            if held is not None:
+                ranking, why = self.affinity.first(ranking, held)
+                if why:
+                    admitted.reasons.append(why)
+            tier, skipped = self.pool.first_available(ranking, holder)
+            admitted.passed_over(skipped)
+            if tier is None:
+                raise Unavailable(
+                    "no tier can take the request: "
+                    + ", ".join(f"{n} ({pb.ReasonCode.Name(r)})" for n, r in skipped)
+                    + "; retry after the breakers' cooldown "
+                    + f"({self.cfg.circuit_breaker.cooldown_seconds:g} s)"
+                )
+            if skipped:
+                logger.warning("passed over %s: %s serves", ", ".join(n for n, _ in skipped), tier)
+            admitted.tier = tier
+            return admitted
+
+        return admit
 
     def _larger(self, tier: str, outcome: Outcome) -> list[str]:
         """The tiers an escalation from `tier` may go to, in order."""

@@ -28,6 +28,7 @@ from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scored import Ask, Message, Scored
 from tierroute.router.scoring.scorers import Score, Scorer, build_scorer
 from tierroute.router.selection.drift import DriftWatch, EmbeddingReference
+from tierroute.router.selection.filters import Admit, Admitted
 from tierroute.router.selection.fit import Fit
 from tierroute.router.selection.operating import OperatingPoint
 from tierroute.router.selection.policy import Bounds, Policy, Selection
@@ -194,22 +195,28 @@ class Decider:
         return decision, selection.tiers
 
     async def decide_scored(
-        self, text: str, bypass_cache: bool = False, ask: Ask | None = None
+        self,
+        text: str,
+        bypass_cache: bool = False,
+        ask: Ask | None = None,
+        admit: Admit | None = None,
     ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
         """`decide` with the whole selection, and what the scorer made of the prompt (None:
         the fallback decided). Without `ask`: a request that fits every tier, with no SLO.
-        Counted in the Prometheus metrics (router/metrics.py)."""
-        decided = await self._decide_scored(text, bypass_cache, ask)
-        decision, _, scored = decided
+        With `admit` (a Route's), the tier is the one it admits from the selection, and its
+        reasons join the decision's. Counted in the Prometheus metrics (router/metrics.py)."""
+        decided = await self._decide_scored(text, bypass_cache, ask, admit)
+        decision, selection, scored = decided
         metrics.decided(decision, looked_up=not bypass_cache)
         if self.drift is not None:
+            # The score's own choice: a tier passed over at admission is not drift.
             self.drift.observe(
-                scored.score if scored is not None else None, decision.tier == self._large
+                scored.score if scored is not None else None, selection.tiers[0] == self._large
             )
         return decided
 
     async def _decide_scored(
-        self, text: str, bypass_cache: bool, ask: Ask | None
+        self, text: str, bypass_cache: bool, ask: Ask | None, admit: Admit | None
     ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
         if self.batcher is None or self.scorer is None or self.embedder is None:
             raise Unavailable(
@@ -225,7 +232,7 @@ class Decider:
         if scored is None:
             scored, degraded, why = await self._score_in_budget(normalized, key)
             if scored is None:
-                return *self._fallback(started, why, ask), None
+                return *self._fallback(started, why, ask, admit), None
         ranking = self.policy.rank(scored.score)
         if self.operating is not None:
             self.operating.observe(scored.score)
@@ -233,6 +240,7 @@ class Decider:
         selection = self.selector.select(
             [c.tier for c in ranking], ranking[0].tier, ask, scored.category, scored.quality
         )
+        admitted = admit(selection.tiers) if admit is not None else None
         chosen = next(c for c in ranking if c.tier == selection.tiers[0])
         reasons = list(ranking[0].reasons)
         if degraded:
@@ -244,16 +252,16 @@ class Decider:
             reasons.append(pb.REASON_CODE_CACHE_HIT)
         decision = pb.RoutingDecision(
             complexity_score=round(scored.score, 4),
-            tier=chosen.tier,
+            tier=admitted.tier if admitted is not None else chosen.tier,
             confidence=round(chosen.confidence, 4),
             category=scored.category,
-            reason_codes=reasons,
+            reason_codes=with_admission(reasons, admitted),
             router_latency_ms=(time.perf_counter() - started) * 1000.0,
             cache_hit=hit,
             embedder_version=self.embedder.version,
             scorer_version=self.scorer.version,
             tier_max_score=chosen.max_score,
-            reasons=selection.reasons,
+            reasons=selection.reasons + (admitted.reasons if admitted is not None else []),
             predicted_quality={t: round(q, 4) for t, q in (scored.quality or {}).items()},
         )
         return decision, selection, scored
@@ -332,7 +340,7 @@ class Decider:
         return scored
 
     def _fallback(
-        self, started: float, why: str, ask: Ask | None
+        self, started: float, why: str, ask: Ask | None, admit: Admit | None
     ) -> tuple[pb.RoutingDecision, Selection]:
         """The default tier, as if the score had chosen it."""
         band = self.cfg.fallback_tier()
@@ -341,14 +349,22 @@ class Decider:
         selection = self.selector.select([*names[i:], *reversed(names[:i])], band, ask, "")
         tier = selection.tiers[0]
         logger.warning("scoring %s: routing to the default tier %r (%s serves)", why, band, tier)
+        admitted = admit(selection.tiers) if admit is not None else None
         decision = pb.RoutingDecision(
-            tier=tier,
-            reason_codes=[pb.REASON_CODE_ROUTER_FALLBACK],
+            tier=admitted.tier if admitted is not None else tier,
+            reason_codes=with_admission([pb.REASON_CODE_ROUTER_FALLBACK], admitted),
             router_latency_ms=(time.perf_counter() - started) * 1000.0,
             tier_max_score=self.policy.bound(tier),
-            reasons=selection.reasons,
+            reasons=selection.reasons + (admitted.reasons if admitted is not None else []),
         )
         return decision, selection
+
+
+def with_admission(codes: list[pb.ReasonCode], admitted: Admitted | None) -> list[pb.ReasonCode]:
+    """The scoring's reason codes, then those of admission not already among them."""
+    if admitted is None:
+        return codes
+    return codes + [c for c in admitted.codes if c not in codes]
 
 
 def _log_late_failure(task: asyncio.Future[Scored]) -> None:
