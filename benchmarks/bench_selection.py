@@ -83,9 +83,9 @@ async def run(config: Path, rounds: int, per_block: int) -> dict[str, Any]:
     three = Decider(three_tiers(base))
     for d in (two, three):
         await d.load()
-        for tier, ms in zip(d.policy.tiers, (80.0, 150.0, 400.0), strict=False):
+        for tier, ms in zip(d.decisions.policy.tiers, (80.0, 150.0, 400.0), strict=False):
             for _ in range(5):
-                d.measurements.observe(tier, "", TTFT_MS, ms)
+                d.decisions.measurements.observe(tier, "", TTFT_MS, ms)
         for p in PROMPTS:  # fill the routing cache
             await d.decide(p, False, None)
     runs = [("two_tiers", two, no_bounds), ("three_tiers_slo", three, with_slo)]

@@ -1,7 +1,8 @@
 """The router's Prometheus metrics (served with the RPC metrics on `router.metrics_listen`,
 tierroute.runtime.metrics). Recorded where the thing happens, once:
 
-- decisions (Score and Route alike), the score histogram and the routing cache: the decider;
+- decisions (Score and Route alike), the score histogram and the routing cache: the decider and
+  selection/decision.py;
 - time to first token, time per output token and tier call outcomes: the live measurements
   the router routes on (tiers/measured.py), so the metrics and the routing see the same
   observations;

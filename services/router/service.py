@@ -165,7 +165,7 @@ class RouterService:
         )
 
     async def load(self, host: Host) -> None:
-        pool, policy = self.pool, self.decider.policy
+        pool, policy = self.pool, self.decider.decisions.policy
         self._state = metrics.STATE.state = metrics.State(
             breakers=lambda: {t: b.peek().value for t, b in pool.breakers.items()},
             replicas=lambda: {
@@ -221,7 +221,7 @@ class RouterService:
                 raise ConfigError(f"invalid configuration: {problem}")
 
     def _drift_state(self) -> tuple[dict[str, float], dict[str, bool]]:
-        drift = self.decider.drift
+        drift = self.decider.decisions.drift
         return ({}, {}) if drift is None else (dict(drift.values), dict(drift.alerts))
 
     @staticmethod

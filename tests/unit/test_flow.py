@@ -6,6 +6,7 @@ real counterparts: tests/integration/router/test_route.py, with vLLM engines).""
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -22,9 +23,8 @@ from tierroute.router.route.flow import RouteFlow
 from tierroute.router.route.judge import Judge
 from tierroute.router.route.state import Decided, Escalated, Finished, RouteEvent, Token
 from tierroute.router.scoring.decider import Decider
-from tierroute.router.scoring.scored import Ask, Scored
-from tierroute.router.selection.filters import Admit, Admitted
-from tierroute.router.selection.policy import Selection
+from tierroute.router.scoring.scored import Scored
+from tierroute.router.selection.decision import Scoring
 from tierroute.router.tiers.client import TierError, refused
 from tierroute.router.tiers.pool import Replica, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb
@@ -102,22 +102,12 @@ class Client:
 
 
 class ScriptedDecider(Decider):
-    """The real input checks and policy; the score is the test's."""
+    """The real input checks, policy, selection and decision; the score is the test's."""
 
-    score = 2.0
+    value = 2.0
 
-    async def _decide_scored(
-        self, text: str, bypass_cache: bool, ask: Ask | None, admit: Admit | None
-    ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
-        tiers = [t.name for t in self.cfg.tiers]
-        admitted = admit(tiers) if admit is not None else Admitted(tiers[0])
-        decision = pb.RoutingDecision(
-            tier=admitted.tier,
-            complexity_score=self.score,
-            reason_codes=admitted.codes,
-            reasons=admitted.reasons,
-        )
-        return decision, Selection(tiers, [], frozenset(tiers)), Scored(self.score, "", False)
+    async def score(self, text: str, bypass_cache: bool = False) -> Scoring:
+        return Scoring(Scored(self.value, "", False), time.perf_counter(), "scripted", "scripted")
 
 
 class ScriptedJudge(Judge):
@@ -335,7 +325,7 @@ async def test_a_stalled_tier_is_abandoned_and_the_larger_tier_answers() -> None
 
 async def test_a_hedge_is_cancelled_and_charged_when_the_small_answer_is_delivered() -> None:
     router = Router({"validation": "logprob", "hedge_margin": 1.0})
-    router.decider.score = 3.5  # within the margin of the small tier's bound (4.0)
+    router.decider.value = 3.5  # within the margin of the small tier's bound (4.0)
     router.small.scripts.append(answer("Paris"))
     release = asyncio.Event()  # the large tier's answer never comes before the verdict
     router.large.scripts.append([release, *answer("Paris, France")])
@@ -350,7 +340,7 @@ async def test_a_hedge_is_cancelled_and_charged_when_the_small_answer_is_deliver
 
 async def test_a_hedge_answers_with_its_head_start_when_the_small_answer_is_rejected() -> None:
     router = Router({"validation": "logprob", "hedge_margin": 1.0})
-    router.decider.score = 3.5
+    router.decider.value = 3.5
     router.small.scripts.append(answer("Lyon"))
     router.large.scripts.append(answer("Paris"))
     router.judge.verdicts.append(val_pb.VERDICT_ESCALATE)
@@ -407,7 +397,11 @@ async def test_a_tier_whose_breaker_is_open_is_passed_over_in_the_decision_itsel
     decided = events[0]
     assert isinstance(decided, Decided)
     assert decided.decision.tier == "large"
-    assert list(decided.decision.reason_codes) == [pb.REASON_CODE_CIRCUIT_OPEN]
+    # The score's own reason (below small's threshold), then admission's.
+    assert list(decided.decision.reason_codes) == [
+        pb.REASON_CODE_SCORE_BELOW_THRESHOLD,
+        pb.REASON_CODE_CIRCUIT_OPEN,
+    ]
     assert list(decided.decision.reasons) == ["circuit_open:small"]
     assert summary(events).tier == "large" and router.small.calls == []
     assert decisions("large", "circuit_open") - before == 1  # counted as it was made

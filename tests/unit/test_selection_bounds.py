@@ -183,10 +183,14 @@ def test_an_slo_bound_that_is_not_a_number_of_the_right_sign_is_refused(
 def test_the_decider_reads_measured_speed_per_category() -> None:
     decider = Decider(config())
     for _ in range(5):
-        decider.measurements.observe("medium", "math", TTFT_MS, 900.0)
-        decider.measurements.observe("medium", "chat", TTFT_MS, 50.0)
+        decider.decisions.measurements.observe("medium", "math", TTFT_MS, 900.0)
+        decider.decisions.measurements.observe("medium", "chat", TTFT_MS, 50.0)
     ask = decider.ask("hi", [], 0, pb.Slo(max_ttft_ms=500))
-    math_selection = decider.selector.select(["medium", "large", "small"], "medium", ask, "math")
-    chat_selection = decider.selector.select(["medium", "large", "small"], "medium", ask, "chat")
+    math_selection = decider.decisions.selector.select(
+        ["medium", "large", "small"], "medium", ask, "math"
+    )
+    chat_selection = decider.decisions.selector.select(
+        ["medium", "large", "small"], "medium", ask, "chat"
+    )
     assert math_selection.tiers[0] == "large"
     assert chat_selection.tiers[0] == "medium"

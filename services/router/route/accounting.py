@@ -50,7 +50,7 @@ class Accounting:
         summary = routed.outcome.summary()
         if_large = large_tier_cost(summary, self._large_prices)
         metrics.routed(summary, status, CLIENT.get(), if_large)
-        drift = self.decider.drift
+        drift = self.decider.decisions.drift
         if drift is not None and status == "OK" and summary.tier and not request.force_tier:
             drift.answered(summary.escalated)
         entry: Entry | None = None

@@ -87,16 +87,21 @@ class RouteFlow:
         self.pool = pool
         self.judge = judge
         self._tiers = [t.name for t in cfg.tiers]
-        self._measured = decider.measurements
+        self._measured = decider.decisions.measurements
         self.limits = ClientLimits(cfg.router)
         self.affinity = Affinity(
-            cfg.router.affinity_ttl_seconds, self._tiers, decider.measurements.store
+            cfg.router.affinity_ttl_seconds, self._tiers, decider.decisions.measurements.store
         )
         self._max_tokens_limit = cfg.output_tokens_limit()
         self.shadow = Shadow(cfg, pool, self._shadow_request, self._embed)
         self.accounting = Accounting(cfg, decider, log, self.shadow)
         self.attempts = Attempts(
-            cfg, pool, self._measured, Verdicts(cfg, judge), self.shadow, decider.policy.bound
+            cfg,
+            pool,
+            self._measured,
+            Verdicts(cfg, judge),
+            self.shadow,
+            decider.decisions.policy.bound,
         )
 
     def _shadow_request(self, request: pb.RouteRequest, tier: str) -> tier_pb.GenerateRequest:

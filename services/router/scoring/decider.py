@@ -1,12 +1,12 @@
-"""The decision: the prompt scored (embedder, scorer, routing cache, within the score budget),
-the tiers ranked for the score (selection/policy.py) and selected for the request
-(selection/selector.py)."""
+"""The decider scores a prompt: the embedder and scorer on their worker thread (micro-batched),
+the routing cache, the score budget and the degraded scorer. What it made of the prompt
+(`Scoring`) goes to selection/decision.py, where the decision is built; `decide` is the two
+in sequence, as the Score RPC and the Route flow ask for them."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,8 +16,8 @@ from threadpoolctl import threadpool_limits
 
 from tierroute.core.asked import asked
 from tierroute.core.config import Config
-from tierroute.core.errors import InvalidArgument, Unavailable
-from tierroute.core.prompts import check_prompt, normalize, routing_text
+from tierroute.core.errors import Unavailable
+from tierroute.core.prompts import normalize
 from tierroute.quality.artifact import requests
 from tierroute.quality.multi import QualityModel
 from tierroute.router import metrics
@@ -27,12 +27,10 @@ from tierroute.router.scoring.degraded import DegradedEmbedder
 from tierroute.router.scoring.embedder import Embedder
 from tierroute.router.scoring.scored import Ask, Message, Scored
 from tierroute.router.scoring.scorers import Score, Scorer, build_scorer
-from tierroute.router.selection.drift import DriftWatch, EmbeddingReference
-from tierroute.router.selection.filters import Admit, Admitted
-from tierroute.router.selection.fit import Fit
-from tierroute.router.selection.operating import OperatingPoint
-from tierroute.router.selection.policy import Bounds, Policy, Selection
-from tierroute.router.selection.selector import Selector
+from tierroute.router.selection.decision import Decisions, Scoring
+from tierroute.router.selection.drift import EmbeddingReference
+from tierroute.router.selection.filters import Admit
+from tierroute.router.selection.policy import Selection
 from tierroute.router.tiers.measured import Measurements
 from tierroute.router.v1 import router_service_pb2 as pb
 
@@ -40,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class _Scoring:
+class _Batched:
     """What the scorer's worker thread made of one prompt."""
 
     vector: np.ndarray
@@ -52,20 +50,15 @@ class _Scoring:
 class Decider:
     def __init__(self, cfg: Config, measurements: Measurements | None = None) -> None:
         self.cfg = cfg
-        self.policy = Policy(cfg)
-        self.fit = Fit(cfg)
-        self.measurements = measurements or Measurements(cfg.router.metrics_half_life_seconds)
-        self.selector = Selector(cfg, self.policy, self.measurements)
+        # Where the decision is built, and selection's state (policy, measurements, drift).
+        self.decisions = Decisions(cfg, measurements)
         self.cache: TTLCache[Scored] = TTLCache(
             cfg.router.cache_max_entries, cfg.router.cache_ttl_seconds
         )
         self.embedder: Embedder | None = None
         self.scorer: Scorer | None = None
-        self.batcher: MicroBatcher[_Scoring] | None = None
+        self.batcher: MicroBatcher[_Batched] | None = None
         self.degraded: DegradedEmbedder | None = None
-        self.operating: OperatingPoint | None = None
-        self.drift: DriftWatch | None = None
-        self._large = cfg.tiers[-1].name if cfg.tiers else ""
         self.quality: QualityModel | None = None
         self._routing_version = cfg.routing_version()
         self._keep_vectors = cfg.router.routing_log is not None
@@ -109,25 +102,7 @@ class Decider:
             return embedder, scorer, quality, reference
 
         embedder, scorer, self.quality, reference = await asyncio.to_thread(_load)
-        prior = getattr(scorer, "prior_scores", lambda: None)()
-        self.drift = DriftWatch(
-            cfg.operating_point_half_life,
-            prior,
-            cfg.target_large_share,
-            cfg.drift_psi_max,
-            cfg.drift_share_band,
-            cfg.drift_escalation_max,
-            reference,
-        )
-        if cfg.target_large_share is not None:
-            self.operating = OperatingPoint(
-                cfg.target_large_share,
-                self.policy.last_bound,
-                cfg.operating_point_half_life,
-                cfg.operating_point_state,
-                prior,
-            )
-            self.policy.shift(self.operating.offset)
+        self.decisions.start(getattr(scorer, "prior_scores", lambda: None)(), reference)
         self.embedder, self.scorer = embedder, scorer
         batcher = MicroBatcher(
             self._score_batch,
@@ -150,12 +125,8 @@ class Decider:
             await self.batcher.close()
 
     def check_input(self, prompt: str, messages: Sequence[Message]) -> str:
-        """The text to route on, once the prompt or messages are within every input limit of
-        router (characters, messages, tokens): InvalidArgument or TooLarge, saying which."""
-        r = self.cfg.router
-        check_prompt(prompt, messages, r.max_prompt_chars, r.max_messages)
-        self.fit.check_tokens(prompt, messages)
-        return routing_text(prompt, messages, r.routing_context_chars)
+        """Decisions.check_input: the text to route on, once within every input limit."""
+        return self.decisions.check_input(prompt, messages)
 
     def ask(
         self,
@@ -164,27 +135,8 @@ class Decider:
         max_tokens: int = 0,
         slo: pb.Slo | None = None,
     ) -> Ask:
-        """What a request asks of the tiers. InvalidArgument for an SLO bound that is not a
-        positive number (a cost bound may be 0), or a request that fits no tier."""
-        needs = self.fit.needs(prompt, messages, max_tokens)
-        self.fit.check_any(needs)
-        ttft = cost = None
-        if slo is not None and slo.HasField("max_ttft_ms"):
-            ttft = slo.max_ttft_ms
-            if not math.isfinite(ttft) or ttft <= 0:
-                raise InvalidArgument(
-                    f"slo.max_ttft_ms is {ttft}; set it to the most milliseconds the first "
-                    "token may take (> 0), or leave it unset"
-                )
-        if slo is not None and slo.HasField("max_cost_per_1k"):
-            cost = slo.max_cost_per_1k
-            if not math.isfinite(cost) or cost < 0:
-                raise InvalidArgument(
-                    f"slo.max_cost_per_1k is {cost}; set it to the most USD per 1,000 tokens "
-                    "the request may cost (>= 0), or leave it unset"
-                )
-        fits = frozenset(name for name, need in needs.items() if need.fits)
-        return Ask(needs, Bounds(fits, ttft, cost))
+        """Decisions.ask: what a request asks of the tiers (InvalidArgument if it cannot)."""
+        return self.decisions.ask(prompt, messages, max_tokens, slo)
 
     async def decide(
         self, text: str, bypass_cache: bool = False, ask: Ask | None = None
@@ -201,23 +153,15 @@ class Decider:
         ask: Ask | None = None,
         admit: Admit | None = None,
     ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
-        """`decide` with the whole selection, and what the scorer made of the prompt (None:
-        the fallback decided). Without `ask`: a request that fits every tier, with no SLO.
-        With `admit` (a Route's), the tier is the one it admits from the selection, and its
-        reasons join the decision's. Counted in the Prometheus metrics (router/metrics.py)."""
-        decided = await self._decide_scored(text, bypass_cache, ask, admit)
-        decision, selection, scored = decided
-        metrics.decided(decision, looked_up=not bypass_cache)
-        if self.drift is not None:
-            # The score's own choice: a tier passed over at admission is not drift.
-            self.drift.observe(
-                scored.score if scored is not None else None, selection.tiers[0] == self._large
-            )
-        return decided
+        """`text` scored, then decided (Decisions.decide, with `ask` and a Route's `admit`):
+        the decision, the selection it was made from and the score (None: the fallback)."""
+        scoring = await self.score(text, bypass_cache)
+        decision, selection = self.decisions.decide(scoring, ask, admit, not bypass_cache)
+        return decision, selection, scoring.scored
 
-    async def _decide_scored(
-        self, text: str, bypass_cache: bool, ask: Ask | None, admit: Admit | None
-    ) -> tuple[pb.RoutingDecision, Selection, Scored | None]:
+    async def score(self, text: str, bypass_cache: bool = False) -> Scoring:
+        """What the routing cache, or else the scorer within its budget (or the degraded
+        scorer), made of `text`; Unavailable while the embedder loads."""
         if self.batcher is None or self.scorer is None or self.embedder is None:
             raise Unavailable(
                 "the router is still loading its embedder; retry when health reports SERVING"
@@ -226,45 +170,12 @@ class Decider:
         normalized = normalize(text)
         scorer_version = self.scorer.version + (f"+{self.quality.version}" if self.quality else "")
         key = cache_key(normalized, self.embedder.version, scorer_version, self._routing_version)
+        versions = (self.embedder.version, self.scorer.version)
         scored = None if bypass_cache else self.cache.get(key)
-        hit = scored is not None
-        degraded = ""
-        if scored is None:
-            scored, degraded, why = await self._score_in_budget(normalized, key)
-            if scored is None:
-                return *self._fallback(started, why, ask, admit), None
-        ranking = self.policy.rank(scored.score)
-        if self.operating is not None:
-            self.operating.observe(scored.score)
-            self.policy.shift(self.operating.offset)
-        selection = self.selector.select(
-            [c.tier for c in ranking], ranking[0].tier, ask, scored.category, scored.quality
-        )
-        admitted = admit(selection.tiers) if admit is not None else None
-        chosen = next(c for c in ranking if c.tier == selection.tiers[0])
-        reasons = list(ranking[0].reasons)
-        if degraded:
-            reasons.append(pb.REASON_CODE_SCORE_DEGRADED)
-            selection.reasons.insert(0, f"score_degraded:{degraded}")
-        if scored.truncated:
-            reasons.append(pb.REASON_CODE_PROMPT_TRUNCATED)
-        if hit:
-            reasons.append(pb.REASON_CODE_CACHE_HIT)
-        decision = pb.RoutingDecision(
-            complexity_score=round(scored.score, 4),
-            tier=admitted.tier if admitted is not None else chosen.tier,
-            confidence=round(chosen.confidence, 4),
-            category=scored.category,
-            reason_codes=with_admission(reasons, admitted),
-            router_latency_ms=(time.perf_counter() - started) * 1000.0,
-            cache_hit=hit,
-            embedder_version=self.embedder.version,
-            scorer_version=self.scorer.version,
-            tier_max_score=chosen.max_score,
-            reasons=selection.reasons + (admitted.reasons if admitted is not None else []),
-            predicted_quality={t: round(q, 4) for t, q in (scored.quality or {}).items()},
-        )
-        return decision, selection, scored
+        if scored is not None:
+            return Scoring(scored, started, *versions, hit=True)
+        scored, degraded, why = await self._score_in_budget(normalized, key)
+        return Scoring(scored, started, *versions, degraded=degraded, why=why)
 
     async def _score_in_budget(self, normalized: str, key: str) -> tuple[Scored | None, str, str]:
         """The prompt scored within `score_budget_ms`: by the embedder if its queue and pace
@@ -300,7 +211,7 @@ class Decider:
             logger.exception("the degraded scorer failed")
             return None, degraded, f"{why}; the degraded scorer failed: {exc}"
 
-    def _score_batch(self, texts: list[str]) -> list[_Scoring]:
+    def _score_batch(self, texts: list[str]) -> list[_Batched]:
         """Embed (what each prompt asks) and score a batch, on the scorer's worker thread."""
         assert self.embedder is not None
         vectors, truncated = self.embedder.embed_with_truncation(requests(texts))
@@ -308,11 +219,11 @@ class Decider:
 
     def _score_batch_of(
         self, vectors: np.ndarray, truncated: list[bool], texts: list[str]
-    ) -> list[_Scoring]:
+    ) -> list[_Batched]:
         assert self.scorer is not None
         scores = self.scorer.score(vectors, texts)
         return [
-            _Scoring(
+            _Batched(
                 vectors[i],
                 truncated[i],
                 scores[i],
@@ -321,7 +232,7 @@ class Decider:
             for i in range(len(texts))
         ]
 
-    def _scored(self, scoring: _Scoring, keep_vector: bool = True) -> Scored:
+    def _scored(self, scoring: _Batched, keep_vector: bool = True) -> Scored:
         return Scored(
             scoring.score.value,
             scoring.score.category,
@@ -333,38 +244,11 @@ class Decider:
     async def _score(self, normalized: str, key: str) -> Scored:
         assert self.batcher is not None
         scoring = await self.batcher.submit(normalized)
-        if self.drift is not None:
-            self.drift.embedded(scoring.vector)
+        if self.decisions.drift is not None:
+            self.decisions.drift.embedded(scoring.vector)
         scored = self._scored(scoring)
         self.cache.put(key, scored)
         return scored
-
-    def _fallback(
-        self, started: float, why: str, ask: Ask | None, admit: Admit | None
-    ) -> tuple[pb.RoutingDecision, Selection]:
-        """The default tier, as if the score had chosen it."""
-        band = self.cfg.fallback_tier()
-        names = self.policy.tiers
-        i = names.index(band)
-        selection = self.selector.select([*names[i:], *reversed(names[:i])], band, ask, "")
-        tier = selection.tiers[0]
-        logger.warning("scoring %s: routing to the default tier %r (%s serves)", why, band, tier)
-        admitted = admit(selection.tiers) if admit is not None else None
-        decision = pb.RoutingDecision(
-            tier=admitted.tier if admitted is not None else tier,
-            reason_codes=with_admission([pb.REASON_CODE_ROUTER_FALLBACK], admitted),
-            router_latency_ms=(time.perf_counter() - started) * 1000.0,
-            tier_max_score=self.policy.bound(tier),
-            reasons=selection.reasons + (admitted.reasons if admitted is not None else []),
-        )
-        return decision, selection
-
-
-def with_admission(codes: list[pb.ReasonCode], admitted: Admitted | None) -> list[pb.ReasonCode]:
-    """The scoring's reason codes, then those of admission not already among them."""
-    if admitted is None:
-        return codes
-    return codes + [c for c in admitted.codes if c not in codes]
 
 
 def _log_late_failure(task: asyncio.Future[Scored]) -> None:

@@ -1,7 +1,7 @@
 """Filters applied to a ranking at the moment a request is admitted, after those the ranking
 is made with (selector.py): the validator down, the conversation's held tier, each tier's
-breaker and replicas. A Route hands them to the decider as an `Admit`, which runs them on the
-selection before the decision is built, so the decision is built once and never edited."""
+breaker and replicas. A Route hands them to the decider as an `Admit`; decision.py runs them
+on the selection before it builds the decision, so the decision is built once and never edited."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Selection's one home: which tiers a request may go to, in what order, and why.
 
-The decider scores a prompt and hands the ranking its score gives (policy.py) to the
+The decider scores a prompt; decision.py hands the ranking its score gives (policy.py) to the
 `Selector`, which gathers what the rules need (each tier's measured time to first token for
 the prompt's category, its cost for this request, its predicted quality where a quality
 artifact gives one) and applies them: the quality bar (policy.py), then each exclusion

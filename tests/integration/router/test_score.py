@@ -519,7 +519,7 @@ async def test_a_target_large_share_is_met_on_live_traffic_and_kept_across_a_res
                 batch = prompts[i : i + 8]
                 decisions = await asyncio.gather(*(score(stub, prompt=p) for p in batch))
                 tiers += [d.tier for d in decisions]
-        threshold = decider_of(server).operating.threshold  # type: ignore[union-attr]
+        threshold = decider_of(server).decisions.operating.threshold  # type: ignore[union-attr]
     finally:
         await server.stop(0)
     late = tiers[1600:]
@@ -533,7 +533,7 @@ async def test_a_target_large_share_is_met_on_live_traffic_and_kept_across_a_res
     caplog.clear()
     again, _ = await started(host(cfg))
     try:
-        restored = decider_of(again).operating
+        restored = decider_of(again).decisions.operating
         assert restored is not None and restored.threshold == pytest.approx(threshold, abs=0.26)
         assert f"restored from {state}" in caplog.text
     finally:
