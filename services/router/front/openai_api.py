@@ -28,7 +28,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 from starlette.applications import Starlette
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
@@ -119,18 +119,17 @@ class _Edge:
         method, path = scope["method"], scope["path"]
         route = path if path in _PATHS else "unknown"
         arrived = time.perf_counter()
-        span = telemetry.tracer(__name__).start_span(
+        span = telemetry.server_span(
             f"{method} {route}",
-            context=propagate.extract({k.decode("latin-1"): v.decode("latin-1")
-                                       for k, v in headers}),
-            kind=trace.SpanKind.SERVER,
-            attributes={
+            ((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers),
+            {
                 "http.request.method": method,
                 "url.path": path,
                 "url.scheme": scope.get("scheme", "http"),
                 "network.protocol.version": scope.get("http_version", "1.1"),
             },
-        )  # fmt: skip
+            __name__,
+        )
         status = 0
 
         async def sent(message: Message) -> None:
@@ -141,7 +140,7 @@ class _Edge:
             await send(message)
 
         try:
-            with trace.use_span(span, end_on_exit=False):
+            with telemetry.current(span):
                 size = sum(len(k) + len(v) for k, v in headers)
                 if size > self.max_header_bytes:
                     logger.info("HTTP: refused a request with %d bytes of headers", size)

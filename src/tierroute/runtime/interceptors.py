@@ -29,10 +29,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
-from opentelemetry import propagate, trace
+from opentelemetry import trace
 
 from tierroute.core.errors import RETRY_PUSHBACK_KEY, ServiceError
-from tierroute.runtime import metrics
+from tierroute.runtime import metrics, telemetry
 from tierroute.runtime.admission import InFlight
 from tierroute.runtime.auth import Clients, caller
 from tierroute.runtime.decoding import EXEMPT, Decoding
@@ -109,16 +109,16 @@ class Tracing(_Wrapping):
     def _start(
         self, method: str, context: grpc.aio.ServicerContext, kind: str
     ) -> tuple[trace.Span, metrics.Rpc]:
-        carrier = {
-            k.lower(): v.decode() if isinstance(v, bytes) else v
+        metadata = (
+            (k, v.decode() if isinstance(v, bytes) else v)
             for k, v in (context.invocation_metadata() or ())
-        }
+        )
         service, name = split_method(method)
-        span = trace.get_tracer(self._tracer_name).start_span(
+        span = telemetry.server_span(
             method.lstrip("/"),
-            context=propagate.extract(carrier),
-            kind=trace.SpanKind.SERVER,
-            attributes={"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            metadata,
+            {"rpc.system": "grpc", "rpc.service": service, "rpc.method": name},
+            self._tracer_name,
         )
         return span, metrics.rpc_started(kind, service, name, time.perf_counter())
 
@@ -147,9 +147,7 @@ class Tracing(_Wrapping):
             span = started[0]
             failure: BaseException | None = None
             try:
-                with trace.use_span(
-                    span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-                ):
+                with telemetry.current(span):
                     return await behavior(request, context)
             except BaseException as exc:
                 failure = exc
@@ -169,12 +167,7 @@ class Tracing(_Wrapping):
                 while True:
                     # The span is current only while the handler runs, never across a yield:
                     # a stream closed from elsewhere then has no context to detach.
-                    with trace.use_span(
-                        span,
-                        end_on_exit=False,
-                        record_exception=False,
-                        set_status_on_exception=False,
-                    ):
+                    with telemetry.current(span):
                         try:
                             item = await anext(responses)
                         except StopAsyncIteration:

@@ -1,12 +1,13 @@
 """OpenTelemetry tracing shared by every service: the tracer provider with OTLP/gRPC export when
-an endpoint is configured, and CLIENT spans whose W3C trace context travels in gRPC metadata.
-(SERVER spans are the tracing interceptor's: tierroute.runtime.interceptors.)"""
+an endpoint is configured, CLIENT spans whose W3C trace context travels in gRPC metadata, and
+the SERVER span both fronts open for a request (`server_span`, `current`): the gRPC tracing
+interceptor (tierroute.runtime.interceptors) and the HTTP front's edge.)"""
 
 from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import grpc
 from opentelemetry import context as otel_context
@@ -52,6 +53,32 @@ def shutdown_tracing() -> None:
 
 def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
+
+
+def server_span(
+    name: str,
+    headers: Iterable[tuple[str, str]],
+    attributes: dict[str, str | int | float | bool],
+    tracer_name: str,
+) -> trace.Span:
+    """A SERVER span for one incoming request, the child of the W3C trace context the caller
+    sent in `headers` (gRPC metadata or HTTP headers, names in any case). Not made current:
+    the front makes it current (`current`) only while its handler runs, and ends it."""
+    carrier = {k.lower(): v for k, v in headers}
+    return tracer(tracer_name).start_span(
+        name,
+        context=propagate.extract(carrier),
+        kind=trace.SpanKind.SERVER,
+        attributes=attributes,
+    )
+
+
+def current(span: trace.Span) -> contextlib.AbstractContextManager[trace.Span]:
+    """`span` current while the block runs; not ended, and its status left to the front,
+    which knows whether a failure was the server's (an exception is not recorded here)."""
+    return trace.use_span(
+        span, end_on_exit=False, record_exception=False, set_status_on_exception=False
+    )
 
 
 def current_headers() -> dict[str, str]:
