@@ -12,7 +12,8 @@ PROTOS      := $(shell find protos -name '*.proto')
 GEN_TMP     := build/gen
 
 .PHONY: setup deps constraints models gen lint redis prometheus test test-contended test-unit run bench-router bench-router-contention bench-tier bench-tiers bench-route bench-upstream bench-e2e bench-shadow bench-commit \
-	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default config-reference clean
+	bench-calibration bench-escalation chaos eval eval-n certs calibrate-default config-reference image \
+	image-tools clean
 
 setup: deps models
 
@@ -189,6 +190,26 @@ bench-escalation: setup
 # part (--fast) runs in CI as tests/integration/test_chaos.py.
 chaos: setup
 	$(PY) benchmarks/chaos.py
+
+# The image the Kubernetes manifests run (Containerfile), without a Docker daemon: a Debian base
+# from mmdebstrap, then buildah (chroot isolation, vfs storage: no daemon, no overlay mounts).
+# VARIANT=gpu for CUDA nodes. Where this machine keeps wheels that are not on PyPI (the CPU
+# torch) and the CA bundle pip trusts are handed to the build, not kept in the image.
+IMAGE   ?= tierroute:0.1.0
+VARIANT ?= cpu
+BUILDAH := STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot buildah
+IMAGE_BUILD_ARGS := $(if $(wildcard /opt/wheels),--volume /opt/wheels:/opt/wheels:ro \
+	--build-arg PIP_FIND_LINKS=/opt/wheels) $(if $(wildcard /etc/ssl/certs/ca-certificates.crt),\
+	--volume /etc/ssl/certs/ca-certificates.crt:/run/host-ca.crt:ro --build-arg PIP_CERT=/run/host-ca.crt)
+image: models image-tools
+	STORAGE_DRIVER=vfs BUILDAH_ISOLATION=chroot deploy/image/base.sh
+	$(BUILDAH) bud --quiet --layers --isolation chroot --build-arg VARIANT=$(VARIANT) \
+		$(IMAGE_BUILD_ARGS) --tag $(IMAGE) --file Containerfile .
+
+# Debian's buildah and mmdebstrap.
+image-tools:
+	command -v buildah >/dev/null && command -v mmdebstrap >/dev/null || { \
+		$(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq buildah mmdebstrap; }
 
 clean:
 	rm -rf build $(VENV) .tools $(MODELS_DIR)

@@ -111,6 +111,25 @@ async def test_mutual_tls_refuses_a_client_without_a_certificate_or_from_another
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
+async def test_the_probe_the_manifests_run_checks_health_over_mutual_tls(
+    validator: str, certs: dict[str, Path]
+) -> None:
+    """`tierroute probe`, as deploy/kubernetes runs it in the image: SERVING over mutual TLS
+    with the client certificate; without it the validator refuses, and the probe fails."""
+    ours = certs["ours"]
+    tls = ["--tls-ca", str(ours / "ca.pem"), "--timeout", "10"]
+    client = ["--tls-cert", str(ours / "client.pem"), "--tls-key", str(ours / "client-key.pem")]
+    code, out, err = await cli(
+        "--address", validator, *tls, "probe", *client, "--tls-server-name", "127.0.0.1"
+    )
+    assert code == 0, err
+    assert out.strip() == f"{validator} (server): SERVING"
+    code, out, err = await cli("--address", validator, *tls, "probe")
+    assert code == 1 and "UNAVAILABLE" in err, (out, err)
+    code, _, err = await cli("--address", validator, *tls, "probe", "--tls-cert", "c.pem")
+    assert code == 2 and "--tls-cert and --tls-key together" in err
+
+
 @pytest.fixture(scope="module")
 def tls_tier(
     certs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory

@@ -48,9 +48,34 @@ def test_the_pieces_of_the_scale_out_picture_are_there() -> None:
         container = d["spec"]["template"]["spec"]["containers"][0]
         assert container["command"][0] in scripts
         for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-            assert "grpc_health_probe" in container[probe]["exec"]["command"]
+            # The image's own probe (tierroute probe), over the same mutual TLS as the router
+            command = container[probe]["exec"]["command"]
+            assert command[0] == "tierroute" and "probe" in command
+            assert "--tls-cert=/etc/tierroute/tls/client.pem" in command
+        pod = d["spec"]["template"]["spec"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["runAsUser"] == 10001  # the Containerfile's user
+        assert container["securityContext"]["allowPrivilegeEscalation"] is False
+        assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
         if d["metadata"]["name"].startswith("tierroute-tier-"):
             assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+
+
+def test_only_the_router_reaches_the_tiers_the_validator_and_redis() -> None:
+    policies = [d for d in documents() if d["kind"] == "NetworkPolicy"]
+    backends = next(p for p in policies if p["metadata"]["name"].endswith("router-only"))
+    chosen = backends["spec"]["podSelector"]["matchExpressions"][0]["values"]
+    components = {
+        d["spec"]["template"]["metadata"]["labels"].get("app.kubernetes.io/component")
+        for d in documents()
+        if d["kind"] == "Deployment" and d["metadata"]["name"] != "tierroute-router"
+    }
+    assert components == set(chosen)  # every backend Deployment is behind the policy
+    grpc_rule, metrics_rule = backends["spec"]["ingress"]
+    assert grpc_rule["from"] == [
+        {"podSelector": {"matchLabels": {"app.kubernetes.io/name": "tierroute-router"}}}
+    ]
+    assert {p["port"] for p in metrics_rule["ports"]} == {"metrics"}
 
 
 def test_the_config_map_holds_a_config_tierroute_loads() -> None:

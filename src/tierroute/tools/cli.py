@@ -2,6 +2,7 @@
 
 tierroute score "What is the capital of France?"
 tierroute route "Prove that sqrt(2) is irrational." [--json] [--force-tier large]
+tierroute --address 127.0.0.1:50061 probe     # gRPC health of any service: exit 0 if SERVING
 """
 
 from __future__ import annotations
@@ -51,11 +52,48 @@ def _slo(args: argparse.Namespace) -> pb.Slo | None:
 
 
 def _channel(args: argparse.Namespace) -> grpc.Channel:
-    """Plaintext, or TLS verified against --tls-ca."""
+    """Plaintext, or TLS verified against --tls-ca (with probe's client certificate for mTLS,
+    and the name to verify the server by, when given)."""
     if not args.tls_ca:
         return grpc.insecure_channel(args.address)
     ca = Path(args.tls_ca).read_bytes()
-    return grpc.secure_channel(args.address, grpc.ssl_channel_credentials(ca))
+    cert = getattr(args, "tls_cert", None)
+    key = getattr(args, "tls_key", None)
+    credentials = grpc.ssl_channel_credentials(
+        ca,
+        Path(key).read_bytes() if key else None,
+        Path(cert).read_bytes() if cert else None,
+    )
+    name = getattr(args, "tls_server_name", None)
+    options = [("grpc.ssl_target_name_override", name)] if name else []
+    return grpc.secure_channel(args.address, credentials, options=options)
+
+
+def probe(args: argparse.Namespace) -> int:
+    """gRPC health (grpc.health.v1) of the service at --address: 0 when SERVING, else 1 with
+    what it answered. What the Kubernetes manifests' startup, readiness and liveness probes
+    run, inside the image (it has no grpc_health_probe)."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    if bool(args.tls_cert) != bool(args.tls_key):
+        print("tierroute probe: give --tls-cert and --tls-key together", file=sys.stderr)
+        return 2
+    try:
+        with _channel(args) as channel:
+            response = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service),
+                timeout=args.timeout,
+                metadata=_auth(args),
+            )
+    except grpc.RpcError as error:  # not "the router": any service may be probed
+        print(
+            f"tierroute probe: {args.address} {error.code().name}: {error.details()}",
+            file=sys.stderr,
+        )
+        return 1
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
+    print(f"{args.address} {args.service or '(server)'}: {status}")
+    return 0 if response.status == health_pb2.HealthCheckResponse.SERVING else 1
 
 
 def certs(args: argparse.Namespace) -> int:
@@ -220,6 +258,14 @@ def main(argv: list[str] | None = None) -> int:
     tn.add_argument("name", help="the client's name, as logs and spans will show it")
     tn.add_argument("--file", type=Path, required=True, help="the tokens file (created 0600)")
     tn.set_defaults(run=token_new)
+    pr = commands.add_parser(
+        "probe", help="gRPC health of any tierroute service: exit 0 if SERVING (k8s probes)"
+    )
+    pr.add_argument("--service", default="", help="the health service name ('': the server)")
+    pr.add_argument("--tls-cert", help="client certificate, for a service that asks for one")
+    pr.add_argument("--tls-key", help="the client certificate's key")
+    pr.add_argument("--tls-server-name", help="the name to verify the server's certificate by")
+    pr.set_defaults(run=probe)
     offline_commands(commands)
     args = parser.parse_args(argv)
     args.command_line = "tierroute " + shlex.join(sys.argv[1:] if argv is None else argv)
