@@ -60,10 +60,10 @@ class RouterServicer(pb_grpc.RouterServiceServicer):
     async def Score(
         self, request: pb.ScoreRequest, context: grpc.aio.ServicerContext
     ) -> pb.ScoreResponse:
-        text = self.decider.check_input(request.prompt, request.messages)
+        text = self.decider.decisions.check_input(request.prompt, request.messages)
         if self.flow.limits.active:
             self.flow.limits.check_rate(_client(context))
-        ask = self.decider.ask(
+        ask = self.decider.decisions.ask(
             request.prompt,
             request.messages,
             request.max_tokens,

@@ -23,8 +23,7 @@ from tierroute.router.route.flow import RouteFlow
 from tierroute.router.route.judge import Judge
 from tierroute.router.route.state import Decided, Escalated, Finished, RouteEvent, Token
 from tierroute.router.scoring.decider import Decider
-from tierroute.router.scoring.scored import Scored
-from tierroute.router.selection.decision import Scoring
+from tierroute.router.scoring.scored import Scored, Scoring
 from tierroute.router.tiers.client import TierError, refused
 from tierroute.router.tiers.pool import Replica, TierPool
 from tierroute.router.v1 import router_service_pb2 as pb

@@ -15,18 +15,18 @@ from tierroute.core.config import config_from_dict
 from tierroute.core.errors import InvalidArgument, TooLarge
 from tierroute.core.prompts import routing_text
 from tierroute.core.sampling import check_sampling
-from tierroute.router.scoring.decider import Decider
+from tierroute.router.selection.decision import Decisions
 from tierroute.router.selection.fit import BYTES_PER_TOKEN_ESTIMATE
 
 
-def decider(windows: tuple[int, int] | None = None, **router: Any) -> Decider:
+def decider(windows: tuple[int, int] | None = None, **router: Any) -> Decisions:
     tiers = [
         {"name": "small", "address": "127.0.0.1:1", "model": "m", "max_score": 4},
         {"name": "large", "address": "127.0.0.1:2", "model": "m"},
     ]
     for tier, window in zip(tiers, windows or (), strict=False):
         tier["engine_args"] = {"max_model_len": window}
-    return Decider(
+    return Decisions(
         config_from_dict({"router": {"listen": "127.0.0.1:0", **router}, "tiers": tiers})
     )
 

@@ -9,7 +9,7 @@ import pytest
 
 from tierroute.core.config import Config, config_from_dict
 from tierroute.core.errors import InvalidArgument
-from tierroute.router.scoring.decider import Decider
+from tierroute.router.selection.decision import Decisions
 from tierroute.router.selection.fit import BYTES_PER_TOKEN_ESTIMATE, Fit
 from tierroute.router.selection.policy import Bounds, Policy, above
 from tierroute.router.selection.selector import select
@@ -177,20 +177,16 @@ def test_an_slo_bound_that_is_not_a_number_of_the_right_sign_is_refused(
     slo: pb.Slo, message: str
 ) -> None:
     with pytest.raises(InvalidArgument, match=message):
-        Decider(config()).ask("hi", [], 0, slo)
+        Decisions(config()).ask("hi", [], 0, slo)
 
 
 def test_the_decider_reads_measured_speed_per_category() -> None:
-    decider = Decider(config())
+    decisions = Decisions(config())
     for _ in range(5):
-        decider.decisions.measurements.observe("medium", "math", TTFT_MS, 900.0)
-        decider.decisions.measurements.observe("medium", "chat", TTFT_MS, 50.0)
-    ask = decider.ask("hi", [], 0, pb.Slo(max_ttft_ms=500))
-    math_selection = decider.decisions.selector.select(
-        ["medium", "large", "small"], "medium", ask, "math"
-    )
-    chat_selection = decider.decisions.selector.select(
-        ["medium", "large", "small"], "medium", ask, "chat"
-    )
+        decisions.measurements.observe("medium", "math", TTFT_MS, 900.0)
+        decisions.measurements.observe("medium", "chat", TTFT_MS, 50.0)
+    ask = decisions.ask("hi", [], 0, pb.Slo(max_ttft_ms=500))
+    math_selection = decisions.selector.select(["medium", "large", "small"], "medium", ask, "math")
+    chat_selection = decisions.selector.select(["medium", "large", "small"], "medium", ask, "chat")
     assert math_selection.tiers[0] == "large"
     assert chat_selection.tiers[0] == "medium"

@@ -133,7 +133,7 @@ class RouteFlow:
         try:  # every Route is counted, refused ones too (tierroute_routes_total)
             # Checked once, here, by the tiers' own rules: a client's mistake never reaches a
             # tier, so it is never an escalation and never counts against a breaker.
-            text = self.decider.check_input(request.prompt, request.messages)
+            text = self.decider.decisions.check_input(request.prompt, request.messages)
             check_sampling(request.sampling, DEFAULT_TEMPERATURE, self._max_tokens_limit)
             # Past a client's limit: RESOURCE_EXHAUSTED before any work (route/limits.py).
             ticket = self.limits.admit(CLIENT.get()) if self.limits.active else None
@@ -203,7 +203,7 @@ class RouteFlow:
     ) -> tuple[pb.RoutingDecision, Scored | None]:
         """Score the request and rank the tiers; the first that can take it serves."""
         request = routed.request
-        ask = self.decider.ask(
+        ask = self.decider.decisions.ask(
             request.prompt,
             request.messages,
             request.sampling.max_tokens,

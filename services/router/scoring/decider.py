@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,9 +24,9 @@ from tierroute.router.scoring.batching import MicroBatcher
 from tierroute.router.scoring.cache import TTLCache, cache_key
 from tierroute.router.scoring.degraded import DegradedEmbedder
 from tierroute.router.scoring.embedder import Embedder
-from tierroute.router.scoring.scored import Ask, Message, Scored
+from tierroute.router.scoring.scored import Ask, Scored, Scoring
 from tierroute.router.scoring.scorers import Score, Scorer, build_scorer
-from tierroute.router.selection.decision import Decisions, Scoring
+from tierroute.router.selection.decision import Decisions
 from tierroute.router.selection.drift import EmbeddingReference
 from tierroute.router.selection.filters import Admit
 from tierroute.router.selection.policy import Selection
@@ -123,20 +122,6 @@ class Decider:
     async def close(self) -> None:
         if self.batcher is not None:
             await self.batcher.close()
-
-    def check_input(self, prompt: str, messages: Sequence[Message]) -> str:
-        """Decisions.check_input: the text to route on, once within every input limit."""
-        return self.decisions.check_input(prompt, messages)
-
-    def ask(
-        self,
-        prompt: str,
-        messages: Sequence[Message],
-        max_tokens: int = 0,
-        slo: pb.Slo | None = None,
-    ) -> Ask:
-        """Decisions.ask: what a request asks of the tiers (InvalidArgument if it cannot)."""
-        return self.decisions.ask(prompt, messages, max_tokens, slo)
 
     async def decide(
         self, text: str, bypass_cache: bool = False, ask: Ask | None = None

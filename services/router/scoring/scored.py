@@ -1,5 +1,6 @@
-"""What scoring makes of a request (`Scored`, kept by the routing cache) and what a request asks
-of the tiers beyond quality (`Ask`): the types the decider, the flow and selection share."""
+"""What scoring makes of a request (`Scored`, kept by the routing cache; `Scoring`, what the
+decider hands to selection/decision.py) and what a request asks of the tiers beyond quality
+(`Ask`): the types the decider, the flow and selection share."""
 
 from __future__ import annotations
 
@@ -30,6 +31,21 @@ class Scored:
     vector: np.ndarray | None = None
     # Predicted quality per tier (router.quality_artifact), or None.
     quality: dict[str, float] | None = None
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """What the decider made of one prompt: its score (None: it could not score it, `why`),
+    whether the routing cache answered, the degraded scorer's reason if that scored it, when
+    scoring started (time.perf_counter()) and the versions that scored it."""
+
+    scored: Scored | None
+    started: float
+    embedder_version: str = ""
+    scorer_version: str = ""
+    hit: bool = False
+    degraded: str = ""
+    why: str = ""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -22,7 +21,7 @@ from tierroute.core.config import Config
 from tierroute.core.errors import InvalidArgument
 from tierroute.core.prompts import check_prompt, routing_text
 from tierroute.router import metrics
-from tierroute.router.scoring.scored import Ask, Message, Scored
+from tierroute.router.scoring.scored import Ask, Message, Scored, Scoring
 from tierroute.router.selection.drift import DriftWatch, EmbeddingReference
 from tierroute.router.selection.filters import Admit, Admitted
 from tierroute.router.selection.fit import Fit
@@ -33,21 +32,6 @@ from tierroute.router.tiers.measured import Measurements
 from tierroute.router.v1 import router_service_pb2 as pb
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Scoring:
-    """What the decider made of one prompt: its score (None: it could not score it, `why`),
-    whether the routing cache answered, the degraded scorer's reason if that scored it, when
-    scoring started (time.perf_counter()) and the versions that scored it."""
-
-    scored: Scored | None
-    started: float
-    embedder_version: str = ""
-    scorer_version: str = ""
-    hit: bool = False
-    degraded: str = ""
-    why: str = ""
 
 
 class Decisions:
